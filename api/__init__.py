@@ -1,0 +1,1 @@
+"""The FastAPI service: REST queries from the store (live feeds come from the candle bus)."""

@@ -1,0 +1,72 @@
+"""The FastAPI application: settings validated once, resources built in the lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from api import errors
+from api.deps import Resources
+from api.routes import router
+from speedlayer import __version__
+from speedlayer.clock import Clock, SystemClock
+from speedlayer.config import Settings
+from speedlayer.store.base import Store
+
+log = logging.getLogger(__name__)
+
+
+def create_app(
+    settings: Settings | None = None, store: Store | None = None, clock: Clock | None = None
+) -> FastAPI:
+    """Build the app. Without ``store``, the lifespan opens (and closes) the SQLite store."""
+    settings = settings or Settings()
+    clock = clock or SystemClock()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            active = store
+            if active is None:
+                from speedlayer.store.sqlite import SQLiteStore
+
+                active = await stack.enter_async_context(
+                    SQLiteStore(settings.db, settings.interval_set, clock)
+                )
+            app.state.resources = Resources(settings=settings, store=active)
+            purger = asyncio.create_task(_purge_periodically(active, settings.purge_interval_s))
+            try:
+                yield
+            finally:
+                purger.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await purger
+
+    app = FastAPI(
+        title="speedlayer",
+        version=__version__,
+        description=(
+            "Real-time OHLCV candles resampled from Polygon 1-minute aggregates. Candles are "
+            "keyed by (symbol, interval, bucket start in epoch ms UTC); see /intervals for the "
+            "intervals and their retention."
+        ),
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    app.include_router(router)
+    return app
+
+
+async def _purge_periodically(store: Store, every_s: float) -> None:
+    while True:
+        try:
+            purged = await store.purge_expired()
+            if purged:
+                log.info("purged %d expired candles", purged)
+        except Exception:  # the purge must never take the API down; it retries next round
+            log.exception("purging expired candles failed")
+        await asyncio.sleep(every_s)

@@ -1,0 +1,49 @@
+"""Every error leaves the API as JSON ``{"error": code, "message": text}`` with the right status."""
+
+from __future__ import annotations
+
+import logging
+
+import msgspec
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from speedlayer.errors import ConfigError, StoreError
+
+log = logging.getLogger(__name__)
+
+
+def error_response(status: int, code: str, message: str) -> Response:
+    body = msgspec.json.encode({"error": code, "message": message})
+    return Response(body, status_code=status, media_type="application/json")
+
+
+def _describe(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ()) if p not in ("query", "path", "body")]
+        where = ".".join(loc) or "request"
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> Response:
+        return error_response(422, "invalid_parameter", _describe(exc))
+
+    @app.exception_handler(ConfigError)
+    async def _config(_: Request, exc: ConfigError) -> Response:
+        return error_response(422, "invalid_parameter", str(exc))
+
+    @app.exception_handler(StoreError)
+    async def _store(_: Request, exc: StoreError) -> Response:
+        log.error("store error: %s", exc)
+        return error_response(503, "store_unavailable", "the candle store is unavailable")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> Response:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, str(exc.detail))

@@ -1,0 +1,58 @@
+"""Wire models: what the API documents in OpenAPI. Responses are encoded with msgspec directly
+from the domain structs; these pydantic models describe that JSON, they are not built per row."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class CandleOut(BaseModel):
+    symbol: str = Field(examples=["AAPL"])
+    interval: str = Field(examples=["15m"])
+    timestamp: int = Field(description="bucket start, epoch ms UTC", examples=[1704205800000])
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+    vwap: float | None = Field(description="sum(vw*v)/sum(v) over bars with a VWAP; null if none")
+    trades: int | None = Field(description="sum of trade counts; null if no bar carried one")
+    bars: int = Field(description="number of 1-minute bars in the candle")
+    final: bool = Field(description="true once the bucket's end plus the grace period has passed")
+    revision: int = Field(description="increases with every change of this candle")
+    ttl: int = Field(description="expiry, epoch seconds (candle end + retention)")
+
+
+class CandlePage(BaseModel):
+    symbol: str
+    interval: str
+    candles: list[CandleOut]
+    next_cursor: str | None = Field(
+        description="pass as ?cursor= (with the same other parameters) for the next page; "
+        "null on the last page"
+    )
+
+
+class IntervalOut(BaseModel):
+    name: str = Field(examples=["15m"])
+    interval_ms: int = Field(examples=[900000])
+    retention_s: int = Field(examples=[2592000])
+    retention: str = Field(description="retention in days", examples=["30d"])
+    table: str = Field(examples=["speed_layer_ohlcv_15min"])
+
+
+class IntervalList(BaseModel):
+    intervals: list[IntervalOut]
+
+
+class SymbolList(BaseModel):
+    symbols: list[str]
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="machine-readable code", examples=["invalid_parameter"])
+    message: str = Field(examples=["interval '7x' is invalid: expected e.g. 15m, 1h, 1d"])
+
+
+class Health(BaseModel):
+    status: str = Field(examples=["ok"])

@@ -1,0 +1,1 @@
+"""Ingest: feeds (file replay, synthetic data, Polygon) -> validated 1-minute bars."""

@@ -1,0 +1,174 @@
+"""Read 1-minute bars from files, in file order (arrival order matters for last-write-wins).
+
+Formats, detected from the content:
+
+* CSV with a header naming at least ``symbol,t,o,h,l,c,v`` (optional ``vw,n``; other columns are
+  ignored; an empty ``vw``/``n`` cell means absent) — the format of ``realbars/*/bars_1m.csv``.
+* JSON lines of Polygon WebSocket events: one ``AM``/``XA``/``CA`` event object or one frame (a JSON
+  array of events) per line. Status events are skipped; other event types are rejected.
+* Polygon REST aggregate responses (``{"ticker": ..., "results": [{t,o,h,l,c,v,vw,n}, ...]}``),
+  one per file or one per line.
+
+Every record yields either a ``Bar`` or a ``Rejected`` with a reason; a bad record never stops
+the read.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from speedlayer.errors import SpeedlayerError
+from speedlayer.models import Bar, validate_bar
+
+MINUTE_EVENTS = frozenset({"AM", "XA", "CA"})
+REQUIRED_CSV_COLUMNS = ("symbol", "t", "o", "h", "l", "c", "v")
+
+
+class ReplayFormatError(SpeedlayerError):
+    """A file is not in any replay format (as a whole, not a single bad record)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    reason: str
+    where: str
+
+
+Record = Bar | Rejected
+
+
+def read_bars(path: str | Path) -> Iterator[Record]:
+    path = Path(path)
+    try:
+        handle = path.open("r", encoding="utf-8", newline="")
+    except OSError as exc:
+        raise ReplayFormatError(f"cannot read {path}: {exc.strerror}") from exc
+    with handle:
+        head = handle.read(4096)
+        first = head.lstrip()[:1]
+        handle.seek(0)
+        if first in ("{", "["):
+            yield from _read_json(handle, str(path))
+        elif first:
+            yield from _read_csv(handle, str(path))
+
+
+def _read_csv(handle: io.TextIOBase, name: str) -> Iterator[Record]:
+    reader = csv.reader(handle)
+    header = [column.strip().lower() for column in next(reader, [])]
+    missing = [column for column in REQUIRED_CSV_COLUMNS if column not in header]
+    if missing:
+        raise ReplayFormatError(
+            f"{name}: not a bar CSV: header lacks {', '.join(missing)} "
+            f"(expected symbol,t,o,h,l,c,v[,vw,n])"
+        )
+    idx = [header.index(column) for column in REQUIRED_CSV_COLUMNS]
+    i_vw = header.index("vw") if "vw" in header else None
+    i_n = header.index("n") if "n" in header else None
+    width = max([*idx, i_vw or 0, i_n or 0]) + 1
+    i_s, i_t, i_o, i_h, i_l, i_c, i_v = idx
+    for row in reader:
+        if len(row) < width:
+            if not row:
+                continue
+            yield Rejected("malformed_row", f"{name}:{reader.line_num}")
+            continue
+        result = validate_bar(
+            row[i_s], row[i_t], row[i_o], row[i_h], row[i_l], row[i_c], row[i_v],
+            row[i_vw] if i_vw is not None else None, row[i_n] if i_n is not None else None,
+        )  # fmt: skip
+        yield result if isinstance(result, Bar) else Rejected(result, f"{name}:{reader.line_num}")
+
+
+def _read_json(handle: io.TextIOBase, name: str) -> Iterator[Record]:
+    text = handle.read()
+    try:
+        documents: Iterable[tuple[int, object]] = [(0, orjson.loads(text))]
+    except orjson.JSONDecodeError:
+        documents = _json_lines(text)
+    for line, document in documents:
+        yield from _from_document(document, f"{name}:{line}" if line else name)
+
+
+def _json_lines(text: str) -> Iterator[tuple[int, object]]:
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield number, orjson.loads(line)
+        except orjson.JSONDecodeError:
+            yield number, _MALFORMED
+
+
+_MALFORMED = object()
+
+
+def _from_document(document: object, where: str) -> Iterator[Record]:
+    if document is _MALFORMED:
+        yield Rejected("malformed_json", where)
+    elif isinstance(document, list):
+        for event in document:
+            yield from _from_document(event, where)
+    elif isinstance(document, dict):
+        if "results" in document or "resultsCount" in document:
+            yield from _from_rest(document, where)
+        elif "ev" in document:
+            record = from_event(document, where)
+            if record is not None:
+                yield record
+        else:
+            yield Rejected("unknown_record", where)
+    else:
+        yield Rejected("unknown_record", where)
+
+
+def _from_rest(document: dict[str, object], where: str) -> Iterator[Record]:
+    ticker = document.get("ticker")
+    results = document.get("results") or []
+    if not isinstance(results, list):
+        yield Rejected("malformed_rest_response", where)
+        return
+    for item in results:
+        if not isinstance(item, dict):
+            yield Rejected("unknown_record", where)
+            continue
+        yield from_rest_result(ticker, item, where)
+
+
+def from_rest_result(ticker: object, item: dict[str, object], where: str) -> Record:
+    """One element of a REST aggregates ``results`` array."""
+    try:
+        result = validate_bar(
+            ticker, item["t"], item["o"], item["h"], item["l"], item["c"], item["v"],
+            item.get("vw"), item.get("n"),
+        )  # fmt: skip
+    except KeyError:
+        return Rejected("missing_field", where)
+    return result if isinstance(result, Bar) else Rejected(result, where)
+
+
+def from_event(event: dict[str, object], where: str) -> Record | None:
+    """One WebSocket event: a Bar, a Rejected, or None for status events."""
+    ev = event.get("ev")
+    if ev == "status":
+        return None
+    if ev not in MINUTE_EVENTS:
+        return Rejected("not_a_minute_aggregate", where)
+    symbol = event.get("sym") if ev == "AM" else event.get("pair")
+    start, end = event.get("s"), event.get("e")
+    if isinstance(start, int) and isinstance(end, int) and end - start != 60_000:
+        return Rejected("not_a_minute_aggregate", where)
+    try:
+        result = validate_bar(
+            symbol, start, event["o"], event["h"], event["l"], event["c"], event.get("v", 0),
+            event.get("vw"), event.get("n"),
+        )  # fmt: skip
+    except KeyError:
+        return Rejected("missing_field", where)
+    return result if isinstance(result, Bar) else Rejected(result, where)

@@ -1,0 +1,345 @@
+"""The resampler: 1-minute bars in, candles of every configured interval out.
+
+Semantics (DESIGN.md section 2):
+
+* Bars are keyed by (symbol, t). A bar with a known key replaces the old one (last write wins by
+  arrival); an exact duplicate changes nothing.
+* A candle is a pure function of the set of bars in its bucket: open of the earliest bar, close of
+  the latest, max high, min low, summed volume, VWAP = sum(vw * v) / sum(v) over the bars that carry
+  vw, trades = sum(n) over the bars that carry n, ``bars`` = number of bars. Sums are taken in time
+  order, so the result is bit-for-bit the same whatever order the bars arrived in.
+* Every change of a candle increments its ``revision``. A candle is ``final`` once the injected
+  clock passes its end plus ``grace_ms``; that transition is itself a change. A later bar
+  re-publishes a final candle with a higher revision.
+
+State is bounded: a bucket is evicted once it is final and the event-time watermark (the latest
+bar end seen) has passed its end by ``lateness_ms``. The caller (the pipeline) writes every
+published candle to the store before evicting, so an evicted or pre-restart bucket can be rebuilt
+from the store's 1-minute table (``restore``) when a late bar for it arrives; ``known_until``
+tracks, per symbol, before which time the store may hold bars that are not in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from speedlayer.clock import Clock
+from speedlayer.intervals import MINUTE_MS, Interval, IntervalSet
+from speedlayer.models import Bar, Candle
+
+BucketKey = tuple[str, int]  # (symbol, bucket start ms)
+
+
+class _Bucket:
+    """Open bucket: its bars by minute, and the aggregates of those bars in time order."""
+
+    __slots__ = (
+        "bars",
+        "close",
+        "final",
+        "first_t",
+        "has_n",
+        "has_vw",
+        "high",
+        "last_t",
+        "low",
+        "open",
+        "pv",
+        "pv_volume",
+        "revision",
+        "trades",
+        "volume",
+    )  # fmt: skip
+
+    def __init__(self, revision: int = 0, final: bool = False) -> None:
+        self.bars: dict[int, Bar] = {}
+        self.first_t = 0
+        self.last_t = -1
+        self.open = self.close = self.high = self.low = 0.0
+        self.volume = self.pv = self.pv_volume = 0.0
+        self.has_vw = False
+        self.trades = 0
+        self.has_n = False
+        self.revision = revision
+        self.final = final
+
+    def append(self, bar: Bar) -> None:
+        """Add a bar later than every bar held: the time-ordered sums extend exactly."""
+        if not self.bars:
+            self.first_t = bar.t
+            self.open = bar.o
+            self.high = bar.h
+            self.low = bar.l
+        else:
+            if bar.h > self.high:
+                self.high = bar.h
+            if bar.l < self.low:
+                self.low = bar.l
+        self.bars[bar.t] = bar
+        self.last_t = bar.t
+        self.close = bar.c
+        self.volume += bar.v
+        if bar.vw is not None:
+            self.has_vw = True
+            self.pv += bar.vw * bar.v
+            self.pv_volume += bar.v
+        if bar.n is not None:
+            self.has_n = True
+            self.trades += bar.n
+
+    def recompute(self) -> None:
+        """Rebuild the aggregates from the bars, in time order."""
+        bars = self.bars
+        self.bars = {}
+        self.volume = self.pv = self.pv_volume = 0.0
+        self.trades = 0
+        self.has_vw = self.has_n = False
+        for t in sorted(bars):
+            self.append(bars[t])
+
+    def state(self) -> tuple[object, ...]:
+        return (
+            self.open, self.high, self.low, self.close, self.volume, self.pv, self.pv_volume,
+            self.has_vw, self.trades, self.has_n, len(self.bars),
+        )  # fmt: skip
+
+    def candle(self, symbol: str, interval: Interval, start: int) -> Candle:
+        vwap = self.pv / self.pv_volume if self.has_vw and self.pv_volume > 0 else None
+        return Candle(
+            symbol, interval.name, start, self.open, self.high, self.low, self.close,
+            self.volume, vwap, self.trades if self.has_n else None, len(self.bars),
+            self.final, self.revision, interval.ttl(start),
+        )  # fmt: skip
+
+
+@dataclass
+class BatchResult:
+    """What one call to ``process`` did: candles changed (latest state of each), bar counts."""
+
+    candles: list[Candle] = field(default_factory=list)
+    accepted: int = 0
+    duplicates: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreRequest:
+    """Buckets the store may know about: rebuild them from the 1-minute bars in [start, end)."""
+
+    symbol: str
+    start_ms: int
+    end_ms: int
+    buckets: tuple[tuple[Interval, int], ...]
+
+
+class Resampler:
+    def __init__(
+        self,
+        intervals: IntervalSet,
+        clock: Clock,
+        *,
+        grace_ms: int = 10_000,
+        lateness_ms: int = 15 * MINUTE_MS,
+    ) -> None:
+        if intervals.items[0].interval_ms != MINUTE_MS:
+            raise ValueError("the interval set must start with 1m")
+        self.intervals = intervals.items
+        self.clock = clock
+        self.grace_ms = grace_ms
+        self.lateness_ms = lateness_ms
+        # Per interval: bucket start -> symbol -> bucket; and the starts holding non-final buckets.
+        self._open: list[dict[int, dict[str, _Bucket]]] = [{} for _ in self.intervals]
+        self._forming: list[set[int]] = [set() for _ in self.intervals]
+        # Per symbol: the store may hold bars before this time that are not in memory.
+        self._known_until: dict[str, int] = {}
+        self._watermark_ms = 0
+
+    # -- restoring state from the store -------------------------------------------------------
+
+    def unknown_symbols(self, bars: Iterable[Bar]) -> list[str]:
+        """Symbols seen for the first time: the caller must report their last stored bar time."""
+        known = self._known_until
+        return list({bar.symbol for bar in bars if bar.symbol not in known})
+
+    def note_stored_until(self, last_bar_t: dict[str, int | None]) -> None:
+        """Record, per symbol, the start of the latest bar in the store (None: no bars)."""
+        for symbol, t in last_bar_t.items():
+            until = -1 if t is None else t + MINUTE_MS
+            if until > self._known_until.get(symbol, -1):
+                self._known_until[symbol] = until
+
+    def restore_requests(self, bars: Iterable[Bar]) -> list[RestoreRequest]:
+        """Buckets touched by ``bars`` that are not in memory but may have stored bars."""
+        wanted: dict[str, set[tuple[int, int]]] = {}
+        longest_ms = max(interval.interval_ms for interval in self.intervals)
+        for bar in bars:
+            until = self._known_until.get(bar.symbol, -1)
+            if bar.t - longest_ms >= until:
+                continue  # every bucket of this bar starts after the stored bars end
+            for index, interval in enumerate(self.intervals):
+                start = bar.t - bar.t % interval.interval_ms
+                if start >= until:
+                    continue
+                group = self._open[index].get(start)
+                if group is None or bar.symbol not in group:
+                    wanted.setdefault(bar.symbol, set()).add((index, start))
+        requests = []
+        for symbol, keys in wanted.items():
+            buckets = tuple((self.intervals[i], start) for i, start in sorted(keys))
+            lo = min(start for _, start in buckets)
+            hi = max(start + iv.interval_ms for iv, start in buckets)
+            requests.append(RestoreRequest(symbol, lo, hi, buckets))
+        return requests
+
+    def restore(
+        self,
+        request: RestoreRequest,
+        bars: Sequence[Bar],
+        stored: dict[tuple[str, int], Candle],
+    ) -> None:
+        """Rebuild the requested buckets from stored 1-minute bars and stored candle revisions.
+
+        ``stored`` maps (interval name, start) to the stored candle, where there is one.
+        """
+        now = self.clock.now_ms()
+        ordered = sorted(bars, key=lambda bar: bar.t)
+        for interval, start in request.buckets:
+            index = self.intervals.index(interval)
+            group = self._open[index].setdefault(start, {})
+            if request.symbol in group:
+                continue
+            candle = stored.get((interval.name, start))
+            end = start + interval.interval_ms
+            bucket = _Bucket(
+                revision=candle.revision if candle else 0,
+                final=(candle is not None and candle.final) or end + self.grace_ms <= now,
+            )
+            for bar in ordered:
+                if start <= bar.t < end:
+                    bucket.append(bar)
+            group[request.symbol] = bucket
+            if not bucket.final:
+                self._forming[index].add(start)
+
+    # -- processing -----------------------------------------------------------------------------
+
+    def process(self, bars: Iterable[Bar]) -> BatchResult:
+        """Apply bars in arrival order, then finalize what the clock has passed.
+
+        Returns the latest state of every candle that changed, each once, in order of first change.
+        Call ``restore`` for ``restore_requests(bars)`` first when the store may hold older state.
+        """
+        now = self.clock.now_ms()
+        grace = self.grace_ms
+        intervals = self.intervals
+        opened = self._open
+        forming = self._forming
+        known = self._known_until
+        changed: dict[tuple[int, int, str], _Bucket] = {}
+        result = BatchResult()
+        watermark = self._watermark_ms
+        minute_buckets = opened[0]
+        for bar in bars:
+            symbol = bar.symbol
+            t = bar.t
+            group = minute_buckets.get(t)
+            previous = None
+            if group is not None:
+                held = group.get(symbol)
+                if held is not None:
+                    previous = held.bars.get(t)
+                    if previous is not None and previous == bar:
+                        result.duplicates += 1
+                        continue
+            result.accepted += 1
+            if symbol not in known:
+                known[symbol] = -1
+            if t + MINUTE_MS > watermark:
+                watermark = t + MINUTE_MS
+            for index, interval in enumerate(intervals):
+                interval_ms = interval.interval_ms
+                start = t - t % interval_ms
+                group = opened[index].get(start)
+                if group is None:
+                    group = opened[index][start] = {}
+                bucket = group.get(symbol)
+                if bucket is None:
+                    final = start + interval_ms + grace <= now
+                    bucket = group[symbol] = _Bucket(final=final)
+                    if not final:
+                        forming[index].add(start)
+                if previous is None and t > bucket.last_t:
+                    bucket.append(bar)
+                else:
+                    before = bucket.state()
+                    bucket.bars[t] = bar
+                    bucket.recompute()
+                    if bucket.state() == before:
+                        continue
+                bucket.revision += 1
+                changed[(index, start, symbol)] = bucket
+        self._watermark_ms = watermark
+        self._finalize(now, changed)
+        result.candles = [
+            bucket.candle(symbol, intervals[index], start)
+            for (index, start, symbol), bucket in changed.items()
+        ]
+        return result
+
+    def advance(self) -> list[Candle]:
+        """Finalize the candles whose end plus grace the clock has passed; return them."""
+        changed: dict[tuple[int, int, str], _Bucket] = {}
+        self._finalize(self.clock.now_ms(), changed)
+        return [
+            bucket.candle(symbol, self.intervals[index], start)
+            for (index, start, symbol), bucket in changed.items()
+        ]
+
+    def _finalize(self, now: int, changed: dict[tuple[int, int, str], _Bucket]) -> None:
+        for index, interval in enumerate(self.intervals):
+            starts = self._forming[index]
+            if not starts:
+                continue
+            due = [start for start in starts if start + interval.interval_ms + self.grace_ms <= now]
+            for start in sorted(due):
+                starts.discard(start)
+                for symbol, bucket in self._open[index].get(start, {}).items():
+                    if not bucket.final and bucket.bars:
+                        bucket.final = True
+                        bucket.revision += 1
+                        changed[(index, start, symbol)] = bucket
+
+    def evict(self) -> int:
+        """Drop final buckets the watermark has left ``lateness_ms`` behind; return how many.
+
+        Only call this once every candle returned so far has been written to the store.
+        """
+        horizon = self._watermark_ms - self.lateness_ms
+        known = self._known_until
+        evicted = 0
+        for index, interval in enumerate(self.intervals):
+            interval_ms = interval.interval_ms
+            groups = self._open[index]
+            forming = self._forming[index]
+            for start in [s for s in groups if s + interval_ms <= horizon]:
+                group = groups[start]
+                end = start + interval_ms
+                if start in forming:
+                    victims = [symbol for symbol, bucket in group.items() if bucket.final]
+                    for symbol in victims:
+                        del group[symbol]
+                else:
+                    victims = list(group)
+                    del groups[start]
+                for symbol in victims:
+                    if known.get(symbol, -1) < end:
+                        known[symbol] = end
+                evicted += len(victims)
+        return evicted
+
+    @property
+    def watermark_ms(self) -> int:
+        return self._watermark_ms
+
+    def open_bucket_count(self) -> int:
+        return sum(len(group) for groups in self._open for group in groups.values())

@@ -1,0 +1,223 @@
+"""The ``speedlayer`` command.
+
+This is the composition root: it builds settings, stores and services, so it is the one module of
+the core package that imports the services (lazily, inside each command).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import msgspec
+from pydantic import ValidationError
+
+from speedlayer import __version__
+from speedlayer.clock import SystemClock
+from speedlayer.config import Settings
+from speedlayer.errors import SpeedlayerError
+from speedlayer.models import CANDLE_FIELDS
+from speedlayer.timeparse import parse_time_ms
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _settings(**overrides: Any) -> Settings:
+    """Settings from flags (given ones only) over SPEEDLAYER_* variables over defaults."""
+    given = {key: value for key, value in overrides.items() if value not in (None, ())}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise click.UsageError(f"invalid settings: {problems}") from None
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def db_option(fn: F) -> F:
+    return click.option(
+        "--db",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="SQLite database (default: $SPEEDLAYER_DB or ./data/speedlayer.db)",
+    )(fn)
+
+
+def _run(coro: Any) -> Any:
+    try:
+        return asyncio.run(coro)
+    except SpeedlayerError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="speedlayer")
+def main() -> None:
+    """speedlayer: real-time OHLCV candles from Polygon 1-minute bars."""
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@db_option
+@click.option("--batch-size", type=int, help="bars per batch (default 5000)")
+@click.option("--retention", multiple=True, help="INTERVAL=DURATION override, e.g. '*=10y'")
+@click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
+def replay(
+    files: tuple[str, ...],
+    db: Path | None,
+    batch_size: int | None,
+    retention: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Replay bars from FILES (CSV, Polygon AM JSON lines, REST aggregate responses) in order."""
+    settings = _settings(db=db, batch_size=batch_size, retention=list(retention))
+    _setup_logging(settings.log_level)
+
+    async def go() -> Any:
+        from ingest.replay import replay_files
+        from processors.pipeline import CandlePipeline
+        from processors.resampler import Resampler
+        from speedlayer.store.sqlite import SQLiteStore
+
+        clock = SystemClock()
+        async with SQLiteStore(settings.db, settings.interval_set, clock) as store:
+            resampler = Resampler(
+                settings.interval_set,
+                clock,
+                grace_ms=settings.grace_ms,
+                lateness_ms=settings.lateness_ms,
+            )
+            pipeline = CandlePipeline(resampler, store)
+            await pipeline.recover()
+            return await replay_files(files, pipeline, settings.batch_size)
+
+    summary = _run(go())
+    if as_json:
+        click.echo(msgspec.json.encode(summary.as_dict()).decode())
+    else:
+        for line in summary.lines():
+            click.echo(line)
+
+
+@main.command()
+@click.argument("symbol")
+@click.option("--interval", "-i", default="1m", show_default=True, help="e.g. 15m, 1h")
+@click.option("--start", help="inclusive; epoch ms or ISO 8601")
+@click.option("--end", help="exclusive; epoch ms or ISO 8601")
+@click.option("--limit", type=click.IntRange(min=1), help="at most this many candles")
+@click.option(
+    "--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True
+)
+@db_option
+def candles(
+    symbol: str,
+    interval: str,
+    start: str | None,
+    end: str | None,
+    limit: int | None,
+    fmt: str,
+    db: Path | None,
+) -> None:
+    """Print the stored candles of SYMBOL, oldest first."""
+    settings = _settings(db=db)
+    try:
+        iv = settings.interval_set.get(interval)
+        start_ms = parse_time_ms(start) if start else None
+        end_ms = parse_time_ms(end) if end else None
+    except SpeedlayerError as exc:
+        raise click.BadParameter(str(exc)) from None
+    if not settings.db.exists():
+        raise click.ClickException(f"no database at {settings.db}; run `speedlayer replay` first")
+
+    async def go() -> Any:
+        from speedlayer.store.sqlite import SQLiteStore
+
+        async with SQLiteStore(settings.db, settings.interval_set, SystemClock()) as store:
+            return await store.query(symbol, iv, start_ms, end_ms, limit, "asc")
+
+    rows = _run(go())
+    if fmt == "json":
+        click.echo(msgspec.json.encode(rows).decode())
+        return
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(CANDLE_FIELDS)
+    for candle in rows:
+        writer.writerow(
+            ""
+            if value is None
+            else ("true" if value is True else "false" if value is False else value)
+            for value in msgspec.structs.astuple(candle)
+        )
+
+
+@main.command()
+@db_option
+@click.option("--host", help="bind address (default 127.0.0.1)")
+@click.option("--port", type=int, help="port (default 8000)")
+def api(db: Path | None, host: str | None, port: int | None) -> None:
+    """Serve the REST API."""
+    settings = _settings(db=db, host=host, port=port)
+    _setup_logging(settings.log_level)
+    import uvicorn
+
+    from api.app import create_app
+
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+    )
+
+
+@main.command()
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="CSV file to write")
+@click.option("--symbols", type=click.IntRange(1, 20_000), default=20, show_default=True)
+@click.option(
+    "--days", type=float, default=2.0, show_default=True, help="history ending at this hour's start"
+)
+@click.option("--seed", type=int, default=7, show_default=True)
+def synth(out: str, symbols: int, days: float, seed: int) -> None:
+    """Write a synthetic 1-minute bar data set (random walks) ending at the current hour.
+
+    The same seed within the same hour writes the same bars, so replaying it again is a no-op.
+    """
+    from ingest.synthetic import RandomWalk, symbol_names, write_csv
+
+    minutes = max(1, int(days * 1440))
+    now_ms = SystemClock().now_ms()
+    start_ms = now_ms - now_ms % 3_600_000 - minutes * 60_000
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    count = write_csv(RandomWalk(symbol_names(symbols), seed).bars(start_ms, minutes), out)
+    click.echo(f"wrote {count} bars for {symbols} symbols over {minutes} minutes to {out}")
+
+
+@main.command()
+@db_option
+def purge(db: Path | None) -> None:
+    """Delete expired candles now (the API also purges periodically)."""
+    settings = _settings(db=db)
+
+    async def go() -> int:
+        from speedlayer.store.sqlite import SQLiteStore
+
+        async with SQLiteStore(settings.db, settings.interval_set, SystemClock()) as store:
+            return await store.purge_expired()
+
+    click.echo(f"purged {_run(go())} expired candles")
+
+
+if __name__ == "__main__":
+    main()
