@@ -1,0 +1,117 @@
+"""The Bus interface: topics carrying batches of items, bounded subscriptions.
+
+Topics, from the seed: ``market-data-raw`` carries validated 1-minute bars;
+``market-data-{interval}`` carries candle updates of one interval. A subscription is a bounded
+queue of batches with one of two overflow policies: ``block`` (the publisher waits: for the
+pipeline, which must lose nothing) or ``drop`` (the subscription is closed with a reason: for
+clients that must never stall the rest).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Sequence
+from types import TracebackType
+from typing import Any, Literal, Self
+
+from speedlayer.errors import SpeedlayerError
+
+RAW_TOPIC = "market-data-raw"
+Overflow = Literal["block", "drop"]
+
+
+def candle_topic(interval: str) -> str:
+    return f"market-data-{interval}"
+
+
+class SubscriptionClosed(SpeedlayerError):
+    """The subscription ended: the bus stopped, or a slow consumer was dropped (see ``reason``)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+_CLOSED = object()
+
+
+class Subscription:
+    """A bounded queue of batches from one or more topics. Iterate it, or ``await get()``."""
+
+    def __init__(self, bus: Bus, topics: Sequence[str], maxsize: int, overflow: Overflow) -> None:
+        self.bus = bus
+        self.topics = tuple(topics)
+        self.overflow = overflow
+        self.queue: asyncio.Queue[Any] = asyncio.Queue(maxsize)
+        self.closed_reason: str | None = None
+        self.delivered = 0
+
+    async def get(self) -> tuple[str, list[Any]]:
+        """The next (topic, batch); raises SubscriptionClosed once closed and drained."""
+        if self.closed_reason is not None and self.queue.empty():
+            raise SubscriptionClosed(self.closed_reason)
+        item = await self.queue.get()
+        if item is _CLOSED:
+            raise SubscriptionClosed(self.closed_reason or "closed")
+        self.delivered += 1
+        topic, batch = item
+        return topic, batch
+
+    def close(self, reason: str = "closed") -> None:
+        """Stop receiving; a pending ``get`` ends with SubscriptionClosed(reason)."""
+        if self.closed_reason is not None:
+            return
+        self.closed_reason = reason
+        self.bus._unsubscribe(self)
+        while True:  # make room for the sentinel so a waiting reader wakes up
+            try:
+                self.queue.put_nowait(_CLOSED)
+                return
+            except asyncio.QueueFull:
+                self.queue.get_nowait()
+
+    def __aiter__(self) -> AsyncIterator[tuple[str, list[Any]]]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[tuple[str, list[Any]]]:
+        while True:
+            try:
+                yield await self.get()
+            except SubscriptionClosed:
+                return
+
+
+class Bus(ABC):
+    """Lifecycle: ``start``/``stop`` or ``async with``; no I/O in ``__init__``."""
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    @abstractmethod
+    async def start(self) -> None: ...
+
+    @abstractmethod
+    async def stop(self) -> None: ...
+
+    @abstractmethod
+    async def publish(self, topic: str, batch: Sequence[Any]) -> None:
+        """Deliver one batch to every subscription of ``topic``."""
+
+    @abstractmethod
+    def subscribe(
+        self, topics: Sequence[str], *, maxsize: int = 1024, overflow: Overflow = "block"
+    ) -> Subscription:
+        """A new subscription receiving batches published from now on."""
+
+    @abstractmethod
+    def _unsubscribe(self, subscription: Subscription) -> None: ...

@@ -1,0 +1,52 @@
+"""The in-process bus: the embedded default and the fast test double."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from speedlayer.bus.base import Bus, Overflow, Subscription
+
+
+class MemoryBus(Bus):
+    def __init__(self) -> None:
+        self._subscriptions: dict[str, list[Subscription]] = {}
+        self.published = 0
+        self.dropped_subscriptions = 0
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        for subs in list(self._subscriptions.values()):
+            for sub in list(subs):
+                sub.close("bus stopped")
+        self._subscriptions.clear()
+
+    def subscribe(
+        self, topics: Sequence[str], *, maxsize: int = 1024, overflow: Overflow = "block"
+    ) -> Subscription:
+        sub = Subscription(self, topics, maxsize, overflow)
+        for topic in sub.topics:
+            self._subscriptions.setdefault(topic, []).append(sub)
+        return sub
+
+    def _unsubscribe(self, subscription: Subscription) -> None:
+        for topic in subscription.topics:
+            subs = self._subscriptions.get(topic)
+            if subs and subscription in subs:
+                subs.remove(subscription)
+
+    async def publish(self, topic: str, batch: Sequence[Any]) -> None:
+        if not batch:
+            return
+        self.published += 1
+        item = (topic, list(batch))
+        for sub in list(self._subscriptions.get(topic, ())):
+            if sub.overflow == "block":
+                await sub.queue.put(item)
+            elif sub.queue.full():
+                self.dropped_subscriptions += 1
+                sub.close("slow consumer: queue full")
+            else:
+                sub.queue.put_nowait(item)
