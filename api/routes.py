@@ -14,7 +14,7 @@ from api.deps import ResourcesDep
 from api.wire import CandlePage, ErrorBody, Health, IntervalList, SymbolList
 from speedlayer.errors import ConfigError, StoreError
 from speedlayer.models import SYMBOL_RE
-from speedlayer.timeparse import parse_time_ms
+from speedlayer.timeparse import MAX_MS, MIN_MS, parse_time_ms
 
 router = APIRouter()
 ERRORS: dict[int | str, dict[str, object]] = {
@@ -37,7 +37,9 @@ def decode_cursor(cursor: str, interval: str, order: str) -> int:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         c_interval, c_order, ts = raw.split(":")
-        timestamp = int(ts)
+        timestamp = parse_time_ms(ts, "cursor")
+        if not MIN_MS < timestamp < MAX_MS or not ts.lstrip("-").isdigit():
+            raise ValueError(ts)
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise ConfigError(f"cursor {cursor!r} is not a cursor this API issued") from None
     if c_interval != interval or c_order != order:
@@ -74,8 +76,8 @@ async def get_candles(
     if SYMBOL_RE.match(symbol) is None:
         raise ConfigError(f"symbol {symbol!r} is not a valid ticker")
     iv = settings.interval_set.get(interval)
-    start_ms = parse_time_ms(start) if start is not None else None
-    end_ms = parse_time_ms(end) if end is not None else None
+    start_ms = parse_time_ms(start, "start") if start is not None else None
+    end_ms = parse_time_ms(end, "end") if end is not None else None
     if start_ms is not None and end_ms is not None and end_ms < start_ms:
         raise ConfigError("end is before start")
     if limit is not None and limit > settings.max_page:

@@ -6,11 +6,13 @@ the batch, write every changed candle, publish, and only then let the resampler 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from processors.resampler import BatchResult, Resampler, RestoreRequest
+from speedlayer.errors import StoreError
 from speedlayer.models import Bar, Candle
 from speedlayer.store.base import Store
 
@@ -30,10 +32,20 @@ class PipelineStats:
 
 
 class CandlePipeline:
-    def __init__(self, resampler: Resampler, store: Store, publish: Publish | None = None) -> None:
+    def __init__(
+        self,
+        resampler: Resampler,
+        store: Store,
+        publish: Publish | None = None,
+        *,
+        retry_attempts: int = 8,
+        retry_initial_s: float = 0.05,
+    ) -> None:
         self.resampler = resampler
         self.store = store
         self.publish = publish
+        self.retry_attempts = retry_attempts
+        self.retry_initial_s = retry_initial_s
         self.stats = PipelineStats()
 
     async def recover(self) -> int:
@@ -82,10 +94,24 @@ class CandlePipeline:
     async def _emit(self, candles: Sequence[Candle]) -> None:
         if not candles:
             return
-        self.stats.rows_written += await self.store.upsert(candles)
+        self.stats.rows_written += await self._upsert_with_retry(candles)
         self.stats.candles_published += len(candles)
         if self.publish is not None:
             await self.publish(candles)
+
+    async def _upsert_with_retry(self, candles: Sequence[Candle]) -> int:
+        """Upserts are idempotent, so a failed write is simply tried again (with backoff)."""
+        delay = self.retry_initial_s
+        for attempt in range(1, self.retry_attempts + 1):
+            try:
+                return await self.store.upsert(candles)
+            except StoreError as exc:
+                if attempt == self.retry_attempts:
+                    raise
+                log.warning("store write failed (attempt %d): %s; retrying", attempt, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        raise AssertionError("unreachable")
 
     async def _restore(self, requests: Sequence[RestoreRequest]) -> None:
         for request in requests:

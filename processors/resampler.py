@@ -6,7 +6,8 @@ Semantics (DESIGN.md section 2):
   arrival); an exact duplicate changes nothing.
 * A candle is a pure function of the set of bars in its bucket: open of the earliest bar, close of
   the latest, max high, min low, summed volume, VWAP = sum(vw * v) / sum(v) over the bars that carry
-  vw, trades = sum(n) over the bars that carry n, ``bars`` = number of bars. Sums are taken in time
+  vw (a one-bar candle keeps that bar's vw exactly), trades = sum(n) over the bars that carry n,
+  ``bars`` = number of bars. Sums are taken in time
   order, so the result is bit-for-bit the same whatever order the bars arrived in.
 * Every change of a candle increments its ``revision``. A candle is ``final`` once the injected
   clock passes its end plus ``grace_ms``; that transition is itself a change. A later bar
@@ -105,7 +106,14 @@ class _Bucket:
         )  # fmt: skip
 
     def candle(self, symbol: str, interval: Interval, start: int) -> Candle:
-        vwap = self.pv / self.pv_volume if self.has_vw and self.pv_volume > 0 else None
+        if len(self.bars) == 1:
+            # A one-bar candle carries the bar's own VWAP (equal to the formula when v > 0, and
+            # exact), so the 1-minute table records every bar exactly as it arrived.
+            vwap = next(iter(self.bars.values())).vw
+        elif self.has_vw and self.pv_volume > 0:
+            vwap = self.pv / self.pv_volume
+        else:
+            vwap = None
         return Candle(
             symbol, interval.name, start, self.open, self.high, self.low, self.close,
             self.volume, vwap, self.trades if self.has_n else None, len(self.bars),

@@ -7,6 +7,7 @@ the core package that imports the services (lazily, inside each command).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import logging
 import sys
@@ -134,8 +135,8 @@ def candles(
     settings = _settings(db=db)
     try:
         iv = settings.interval_set.get(interval)
-        start_ms = parse_time_ms(start) if start else None
-        end_ms = parse_time_ms(end) if end else None
+        start_ms = parse_time_ms(start, "--start") if start else None
+        end_ms = parse_time_ms(end, "--end") if end else None
     except SpeedlayerError as exc:
         raise click.BadParameter(str(exc)) from None
     if not settings.db.exists():
@@ -202,6 +203,129 @@ def synth(out: str, symbols: int, days: float, seed: int) -> None:
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     count = write_csv(RandomWalk(symbol_names(symbols), seed).bars(start_ms, minutes), out)
     click.echo(f"wrote {count} bars for {symbols} symbols over {minutes} minutes to {out}")
+
+
+def sim_options(fn: F) -> F:
+    fn = click.option(
+        "--symbols", type=int, help="simulated symbols (default 100; US market ~12000)"
+    )(fn)
+    fn = click.option(
+        "--speed", type=float, help="simulated minutes per second (default 0 = real time)"
+    )(fn)
+    return click.option(
+        "--replay",
+        "replay_files",
+        multiple=True,
+        type=click.Path(exists=True, dir_okay=False),
+        help="replay FILE(s) instead of synthetic data (repeatable)",
+    )(fn)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8001, show_default=True)
+@sim_options
+@click.option("--market", type=click.Choice(["stocks", "crypto", "forex"]), default="stocks")
+@click.option("--api-key", help="accept only this key (default: any key)")
+@click.option("--disconnect-every", type=float, help="fault: drop connections every N seconds")
+@click.option("--disconnect-code", type=int, default=1011, show_default=True)
+@click.option("--duplicate-rate", type=float, default=0.0, help="fault: fraction of bars resent")
+@click.option("--correction-rate", type=float, default=0.0, help="fault: fraction corrected later")
+@click.option("--out-of-order-rate", type=float, default=0.0, help="fault: fraction delayed")
+@click.option("--malformed-rate", type=float, default=0.0, help="fault: frames followed by garbage")
+@click.option("--auth-fail", is_flag=True, help="fault: reject every auth")
+@click.option("--max-connections", type=int, help="fault: cap simultaneous connections")
+@click.option("--stall-after", type=float, help="fault: stop answering after N seconds")
+def simulate(
+    host: str,
+    port: int,
+    symbols: int | None,
+    speed: float | None,
+    replay_files: tuple[str, ...],
+    market: str,
+    api_key: str | None,
+    disconnect_every: float | None,
+    disconnect_code: int,
+    duplicate_rate: float,
+    correction_rate: float,
+    out_of_order_rate: float,
+    malformed_rate: float,
+    auth_fail: bool,
+    max_connections: int | None,
+    stall_after: float | None,
+) -> None:
+    """Serve the Polygon protocol (WebSocket + REST aggregates) on simulated or replayed data."""
+    settings = _settings(sim_symbols=symbols, sim_speed=speed, sim_replay=list(replay_files))
+    _setup_logging(settings.log_level)
+    from ingest.simulator import FaultConfig, PolygonSimulator, SimulatorConfig
+
+    config = SimulatorConfig(
+        host=host,
+        port=port,
+        symbols=settings.sim_symbols,
+        speed=settings.sim_speed,
+        replay=list(settings.sim_replay),
+        api_key=api_key,
+        market=market,
+        faults=FaultConfig(
+            disconnect_every_s=disconnect_every,
+            disconnect_code=disconnect_code,
+            duplicate_rate=duplicate_rate,
+            correction_rate=correction_rate,
+            out_of_order_rate=out_of_order_rate,
+            malformed_rate=malformed_rate,
+            auth_fail=auth_fail,
+            max_connections=max_connections,
+            stall_after_s=stall_after,
+        ),
+    )
+
+    async def go() -> None:
+        async with PolygonSimulator(config) as simulator:
+            click.echo(
+                f"Polygon simulator: WebSocket {simulator.ws_url}/{market}, "
+                f"REST {simulator.rest_url}/v2/aggs/..."
+            )
+            await asyncio.Event().wait()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        _run(go())
+
+
+@main.command()
+@db_option
+@click.option("--host", help="API bind address (default 127.0.0.1)")
+@click.option("--port", type=int, help="API port (default 8000)")
+@click.option(
+    "--source",
+    type=click.Choice(["auto", "simulator", "polygon"]),
+    help="feed (default auto: polygon when POLYGON_API_KEY is set, else the simulator)",
+)
+@sim_options
+def up(
+    db: Path | None,
+    host: str | None,
+    port: int | None,
+    source: str | None,
+    symbols: int | None,
+    speed: float | None,
+    replay_files: tuple[str, ...],
+) -> None:
+    """Run everything in one process: feed, resampler, store and the API."""
+    settings = _settings(
+        db=db,
+        host=host,
+        port=port,
+        source=source,
+        sim_symbols=symbols,
+        sim_speed=speed,
+        sim_replay=list(replay_files),
+    )
+    _setup_logging(settings.log_level)
+    from speedlayer.stack import run_stack
+
+    with contextlib.suppress(KeyboardInterrupt):
+        _run(run_stack(settings))
 
 
 @main.command()

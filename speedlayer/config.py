@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, PrivateAttr, field_validator, model_validator
+from pydantic import AliasChoices, Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from speedlayer.intervals import DEFAULT_INTERVALS, IntervalSet, parse_duration_s
@@ -18,7 +18,9 @@ def _split(value: Any) -> Any:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SPEEDLAYER_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="SPEEDLAYER_", extra="ignore", populate_by_name=True
+    )
 
     db: Path = Field(Path("data/speedlayer.db"), description="SQLite database file")
     intervals: Annotated[list[str], NoDecode] = Field(
@@ -42,11 +44,32 @@ class Settings(BaseSettings):
     )
     log_level: str = "info"
 
+    # Live feed: the simulator (default) or Polygon when a key is configured.
+    source: Literal["auto", "simulator", "polygon"] = Field(
+        "auto", description="auto = polygon when POLYGON_API_KEY is set, else the simulator"
+    )
+    polygon_api_key: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("POLYGON_API_KEY", "SPEEDLAYER_POLYGON_API_KEY")
+    )
+    polygon_ws_url: str = "wss://socket.massive.com"
+    polygon_rest_url: str = "https://api.massive.com"
+    polygon_market: Literal["stocks", "crypto", "forex", "options", "indices"] = "stocks"
+    polygon_symbols: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["*"], description="tickers to subscribe, or * for all"
+    )
+    backfill_lookback_min: int = Field(60, ge=0, description="history fetched at start-up")
+    sim_symbols: int = Field(100, ge=1, le=20_000, description="simulated symbols")
+    sim_speed: float = Field(0.0, ge=0, description="simulated minutes per second; 0 = real time")
+    sim_replay: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="files the simulator replays instead of synthetic data"
+    )
+    sim_port: int = Field(0, ge=0, le=65535, description="simulator port (0: any free port)")
+
     _interval_set: IntervalSet = PrivateAttr()
 
-    @field_validator("intervals", mode="before")
+    @field_validator("intervals", "polygon_symbols", "sim_replay", mode="before")
     @classmethod
-    def _parse_intervals(cls, value: Any) -> Any:
+    def _parse_lists(cls, value: Any) -> Any:
         return _split(value)
 
     @field_validator("retention", mode="before")
@@ -73,3 +96,9 @@ class Settings(BaseSettings):
     @property
     def interval_set(self) -> IntervalSet:
         return self._interval_set
+
+    @property
+    def live_source(self) -> Literal["simulator", "polygon"]:
+        if self.source == "auto":
+            return "polygon" if self.polygon_api_key else "simulator"
+        return self.source

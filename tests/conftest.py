@@ -33,7 +33,9 @@ def free_port() -> int:
         return port
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, check: bool = True, timeout: float = 300):
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, check: bool = True, timeout: float = 300
+):
     """Run the installed `speedlayer` command; return the CompletedProcess (text mode)."""
     merged = {**os.environ, **(env or {})}
     proc = subprocess.run(

@@ -19,7 +19,7 @@ CandleValues = tuple[float, float, float, float, float, float | None, int | None
 def oracle_candles(
     bars: Iterable[Bar], intervals: dict[str, int]
 ) -> dict[tuple[str, str, int], CandleValues]:
-    """(interval name, symbol, bucket start) -> (open, high, low, close, volume, vwap, trades, bars)."""
+    """(interval, symbol, bucket start) -> (open, high, low, close, volume, vwap, trades, bars)."""
     frame = pd.DataFrame(
         [(b.symbol, b.t, b.o, b.h, b.l, b.c, b.v, b.vw, b.n) for b in bars],
         columns=["symbol", "t", "o", "h", "l", "c", "v", "vw", "n"],
@@ -45,10 +45,13 @@ def oracle_candles(
             v_with_vw=("v_with_vw", lambda s: s.sum(min_count=1)),
             trades=("n", lambda s: s.sum(min_count=1)),
             bars=("t", "count"),
+            first_vw=("vw", "first"),
         )
         for (symbol, bucket), row in agg.iterrows():
             vwap = None
-            if pd.notna(row["pv"]) and pd.notna(row["v_with_vw"]) and row["v_with_vw"] > 0:
+            if row["bars"] == 1:  # a one-bar candle carries the bar's own vw
+                vwap = None if pd.isna(row["first_vw"]) else float(row["first_vw"])
+            elif pd.notna(row["pv"]) and pd.notna(row["v_with_vw"]) and row["v_with_vw"] > 0:
                 vwap = float(row["pv"]) / float(row["v_with_vw"])
             trades = None if pd.isna(row["trades"]) else int(row["trades"])
             out[(name, str(symbol), int(bucket))] = (

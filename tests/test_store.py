@@ -230,7 +230,12 @@ async def test_store_is_consistent_after_purge_and_rewrite(env: Env) -> None:
     assert await env.store.purge_expired() == 2
     await env.store.upsert([make("AAPL", "1m", base + 3 * MIN_MS, ttl=now_s + 60, revision=2)])
     got = await env.store.query("AAPL", iv("1m"))
-    assert [c.timestamp for c in got] == [base, base + 2 * MIN_MS, base + 3 * MIN_MS, base + 4 * MIN_MS]
+    assert [c.timestamp for c in got] == [
+        base,
+        base + 2 * MIN_MS,
+        base + 3 * MIN_MS,
+        base + 4 * MIN_MS,
+    ]
     got = await env.store.query("AAPL", iv("1m"), start_ms=base + MIN_MS, order="desc", limit=3)
     assert [c.timestamp for c in got] == [base + 4 * MIN_MS, base + 3 * MIN_MS, base + 2 * MIN_MS]
     bars = await env.store.bars_between("AAPL", base, base + 10 * MIN_MS)
@@ -250,7 +255,9 @@ async def test_upsert_is_idempotent(env: Env) -> None:
     ]
     await env.store.upsert(candles)
     first = {
-        (s, n): await env.store.query(s, iv(n)) for s in ("AAPL", "MSFT") for n in ("1m", "5m", "2h")
+        (s, n): await env.store.query(s, iv(n))
+        for s in ("AAPL", "MSFT")
+        for n in ("1m", "5m", "2h")
     }
     await env.store.upsert(candles)
     await env.store.upsert(list(reversed(candles)))
@@ -395,10 +402,12 @@ async def test_get_candles_by_key(env: Env) -> None:
 
 async def test_forming_returns_only_non_final_candles_of_the_interval(env: Env) -> None:
     base = ms("2024-01-02T14:00")
-    forming = [make("AAPL", "5m", base + 300_000, final=False), make("SPY", "5m", base, final=False)]
+    forming = [
+        make("AAPL", "5m", base + 300_000, final=False),
+        make("SPY", "5m", base, final=False),
+    ]
     await env.store.upsert(
-        forming
-        + [make("AAPL", "5m", base, final=True), make("AAPL", "15m", base, final=False)]
+        [*forming, make("AAPL", "5m", base, final=True), make("AAPL", "15m", base, final=False)]
     )
     got = await env.store.forming(iv("5m"))
     assert sorted(got, key=lambda c: (c.symbol, c.timestamp)) == sorted(
@@ -410,14 +419,21 @@ async def test_forming_returns_only_non_final_candles_of_the_interval(env: Env) 
     assert [c.symbol for c in await env.store.forming(iv("5m"))] == ["AAPL"]
 
 
-async def test_symbols_are_sorted_and_come_from_the_minute_table(env: Env) -> None:
+async def test_symbols_are_those_with_unexpired_candles_in_any_interval(env: Env) -> None:
     assert await env.store.symbols() == []
+    now_s = NOW_MS // 1000
     base = ms("2024-01-02T14:00")
     await env.store.upsert(
         [make(s, "1m", base) for s in ("SPY", "AAPL", "BTC-USD", "AAPL")]
         + [make("AAPL", "1m", base + MIN_MS), make("ONLY1H", "1h", base)]
+        # only expired candles: not a symbol any query would return anything for
+        + [make("GONE", "1m", base, ttl=now_s), make("GONE", "4h", base - 7_200_000, ttl=now_s)]
+        # one expired and one live candle: still a symbol
+        + [make("HALF", "5m", base, ttl=now_s - 1), make("HALF", "15m", base, ttl=now_s + 1)]
     )
-    assert await env.store.symbols() == ["AAPL", "BTC-USD", "SPY"]
+    assert await env.store.symbols() == ["AAPL", "BTC-USD", "HALF", "ONLY1H", "SPY"]
+    env.clock.set((now_s + 1) * 1000)
+    assert "HALF" not in await env.store.symbols()
 
 
 # -- SQLite specifics ---------------------------------------------------------------------------

@@ -87,7 +87,7 @@ class Store(ABC):
 
     @abstractmethod
     async def symbols(self) -> list[str]:
-        """Symbols with stored 1-minute bars, sorted."""
+        """Symbols with unexpired candles in any interval, sorted."""
 
     @abstractmethod
     async def purge_expired(self) -> int:

@@ -92,7 +92,15 @@ class MemoryStore(Store):
         return {symbol: (index[symbol][-1] if index.get(symbol) else None) for symbol in symbols}
 
     async def symbols(self) -> list[str]:
-        return sorted(s for s, times in self._index[self.intervals.items[0].name].items() if times)
+        now_s = self.now_s()
+        return sorted(
+            {
+                symbol
+                for table in self._tables.values()
+                for symbol, rows in table.items()
+                if any(candle.ttl > now_s for candle in rows.values())
+            }
+        )
 
     async def purge_expired(self) -> int:
         now_s = self.now_s()

@@ -248,8 +248,14 @@ class SQLiteStore(Store):
         return await self._read(read)
 
     async def symbols(self) -> list[str]:
-        sql = f"SELECT DISTINCT symbol FROM {self._minute_table} ORDER BY symbol"
-        return await self._read(lambda conn: [row[0] for row in conn.execute(sql)])
+        sql = " UNION ".join(
+            f"SELECT symbol FROM {table} GROUP BY symbol HAVING MAX(ttl) > :now"
+            for table in self._tables.values()
+        )
+        now_s = self.now_s()
+        return await self._read(
+            lambda conn: sorted(row[0] for row in conn.execute(sql, {"now": now_s}))
+        )
 
     async def ping(self) -> None:
         await self._read(lambda conn: conn.execute("SELECT 1").fetchone())
