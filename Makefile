@@ -15,11 +15,12 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	@touch $(STAMP)
 
-# The embedded stack on a synthetic data set: replay it into ./data/speedlayer.db, serve the API.
+# The embedded stack, live: Polygon simulator -> ingest -> resampler -> ./data/speedlayer.db -> API.
+# `make run SPEED=5` runs the simulated market at 5 minutes per second (0 = real time).
+SPEED   ?= 0
+SYMBOLS ?= 100
 run: setup
-	$(BIN)/speedlayer synth --out data/synthetic.csv --symbols 20 --days 2
-	$(BIN)/speedlayer replay data/synthetic.csv
-	$(BIN)/speedlayer api --host $(HOST) --port $(PORT)
+	$(BIN)/speedlayer up --host $(HOST) --port $(PORT) --symbols $(SYMBOLS) --speed $(SPEED)
 
 lint: setup
 	$(BIN)/ruff check .

@@ -218,9 +218,12 @@ class Resampler:
                 continue
             candle = stored.get((interval.name, start))
             end = start + interval.interval_ms
+            # A stored candle keeps its state: if it is due, ``_finalize`` makes it final with a
+            # new revision, exactly as if the process had not restarted. A bucket the store has
+            # no candle for starts like a fresh one.
             bucket = _Bucket(
                 revision=candle.revision if candle else 0,
-                final=(candle is not None and candle.final) or end + self.grace_ms <= now,
+                final=candle.final if candle else end + self.grace_ms <= now,
             )
             for bar in ordered:
                 if start <= bar.t < end:

@@ -42,10 +42,17 @@ def _settings(**overrides: Any) -> Settings:
         raise click.UsageError(f"invalid settings: {problems}") from None
 
 
+# Per-request and per-connection chatter, shown only at debug level.
+_CHATTY_LOGGERS = ("httpx", "speedlayer.simulator.ws", "ingest.polygon.ws", "uvicorn.access")
+
+
 def _setup_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if level.lower() != "debug":
+        for name in _CHATTY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def db_option(fn: F) -> F:

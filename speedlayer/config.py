@@ -43,6 +43,9 @@ class Settings(BaseSettings):
         3600.0, gt=0, description="how often expired candles are purged"
     )
     log_level: str = "info"
+    stats_interval_s: float = Field(
+        5.0, gt=0, description="how often throughput and lag are logged"
+    )
 
     # Live feed: the simulator (default) or Polygon when a key is configured.
     source: Literal["auto", "simulator", "polygon"] = Field(
@@ -100,5 +103,6 @@ class Settings(BaseSettings):
     @property
     def live_source(self) -> Literal["simulator", "polygon"]:
         if self.source == "auto":
-            return "polygon" if self.polygon_api_key else "simulator"
+            key = self.polygon_api_key.get_secret_value() if self.polygon_api_key else ""
+            return "polygon" if key.strip() else "simulator"
         return self.source

@@ -11,7 +11,7 @@ import re
 
 import msgspec
 
-SYMBOL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:/_^=+-]{0,39}$")
+SYMBOL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:/_^=+-]{0,39}\Z")
 MINUTE_MS = 60_000
 # Bars must lie between 1970 and 2200; anything else is a unit mistake (seconds, microseconds).
 _T_MAX_MS = 7_258_118_400_000

@@ -63,7 +63,9 @@ async def run_stack(settings: Settings) -> None:
             grace_ms=settings.grace_ms,
             lateness_ms=settings.lateness_ms,
         )
-        runner = PipelineRunner(CandlePipeline(resampler, store), bus, clock)
+        runner = PipelineRunner(
+            CandlePipeline(resampler, store), bus, clock, stats_every_s=settings.stats_interval_s
+        )
         await runner.start()
         stack.push_async_callback(runner.stop)
 
@@ -85,7 +87,11 @@ async def run_stack(settings: Settings) -> None:
         app = create_app(settings, store=store, clock=clock)
         server = uvicorn.Server(
             uvicorn.Config(
-                app, host=settings.host, port=settings.port, log_level=settings.log_level.lower()
+                app,
+                host=settings.host,
+                port=settings.port,
+                log_level=settings.log_level.lower(),
+                access_log=settings.log_level.lower() == "debug",
             )
         )
         log.info("API on http://%s:%d", settings.host, settings.port)

@@ -35,7 +35,7 @@ def free_port() -> int:
 
 def run_cli(
     *args: str, env: dict[str, str] | None = None, check: bool = True, timeout: float = 300
-):
+) -> subprocess.CompletedProcess[str]:
     """Run the installed `speedlayer` command; return the CompletedProcess (text mode)."""
     merged = {**os.environ, **(env or {})}
     proc = subprocess.run(

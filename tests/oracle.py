@@ -8,6 +8,7 @@ aggregates with pandas reductions.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import cast
 
 import pandas as pd
 
@@ -47,7 +48,8 @@ def oracle_candles(
             bars=("t", "count"),
             first_vw=("vw", "first"),
         )
-        for (symbol, bucket), row in agg.iterrows():
+        for key, row in agg.iterrows():
+            symbol, bucket = cast(tuple[str, int], key)
             vwap = None
             if row["bars"] == 1:  # a one-bar candle carries the bar's own vw
                 vwap = None if pd.isna(row["first_vw"]) else float(row["first_vw"])

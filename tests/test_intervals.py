@@ -167,7 +167,22 @@ def test_canonical_name(text: str, name: str, interval_ms: int) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", "m", "15", "0m", "0h", "-5m", "1.5h", "15x", "15s", "1w", "m15", "15m5", "10000m", "1 h x"],
+    [
+        "",
+        "m",
+        "15",
+        "0m",
+        "0h",
+        "-5m",
+        "1.5h",
+        "15x",
+        "15s",
+        "1w",
+        "m15",
+        "15m5",
+        "10000m",
+        "1 h x",
+    ],
 )
 def test_invalid_interval_raises_config_error(text: str) -> None:
     with pytest.raises(ConfigError):
@@ -370,6 +385,27 @@ def test_parse_time_ms(text: str | int, ms: int) -> None:
 def test_parse_time_ms_invalid(text: str) -> None:
     with pytest.raises(ConfigError):
         parse_time_ms(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "99999999999999999",
+        "-99999999999999999",
+        "１５４９８９５４００００００",  # full-width digits
+        "--1",
+        "1_000",
+        "0x10",
+    ],
+)
+def test_parse_time_ms_rejects_out_of_range_and_odd_numbers(text: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_time_ms(text)
+
+
+def test_parse_time_ms_error_names_the_parameter() -> None:
+    with pytest.raises(ConfigError, match="start"):
+        parse_time_ms("yesterday", "start")
 
 
 # -- settings -----------------------------------------------------------------------------------

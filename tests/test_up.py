@@ -1,0 +1,95 @@
+"""`speedlayer up` end to end: one process with the simulator feed, resampler, store and API."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import SPEEDLAYER, free_port
+
+pytestmark = pytest.mark.slow
+
+
+def _candles(url: str, interval: str = "5m") -> list[dict[str, object]]:
+    response = httpx.get(f"{url}/candles/AAPL?interval={interval}&order=desc&limit=20", timeout=5)
+    assert response.status_code == 200, response.text
+    candles: list[dict[str, object]] = response.json()["candles"]
+    return candles
+
+
+def test_up_serves_live_candles_forming_and_finalizing(tmp_path: Path) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "SPEEDLAYER_LOG_LEVEL": "info",
+        "SPEEDLAYER_BACKFILL_LOOKBACK_MIN": "30",
+        "SPEEDLAYER_STATS_INTERVAL_S": "1",
+    }
+    log_path = tmp_path / "up.log"
+    started_ms = time.time_ns() // 1_000_000
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [SPEEDLAYER, "up", "--db", str(tmp_path / "up.db"), "--port", str(port),
+             "--symbols", "20", "--speed", "4"],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, log_path.read_text()
+            try:
+                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "API never became ready\n" + log_path.read_text()
+            time.sleep(0.2)
+
+        seen: dict[int, list[tuple[int, bool]]] = {}  # timestamp -> [(revision, final)]
+        newest: list[int] = []
+        deadline = time.monotonic() + 45
+        while time.monotonic() < deadline:
+            candles = _candles(url)
+            if candles:
+                newest.append(int(candles[0]["timestamp"]))  # type: ignore[call-overload]
+            for candle in candles:
+                ts = int(candle["timestamp"])  # type: ignore[call-overload]
+                state = (int(candle["revision"]), bool(candle["final"]))  # type: ignore[call-overload]
+                if not seen.get(ts) or seen[ts][-1] != state:
+                    seen.setdefault(ts, []).append(state)
+            flipped = [ts for ts, states in seen.items() if (False in {f for _, f in states})
+                       and states[-1][1]]  # fmt: skip
+            if len(set(newest)) >= 3 and flipped:
+                break
+            time.sleep(0.25)
+        assert len(set(newest)) >= 3, f"no new 5m buckets appeared: {sorted(set(newest))}"
+        flipped = [ts for ts, states in seen.items() if states[0][1] is False and states[-1][1]]
+        assert flipped, f"no 5m candle was seen forming and then final: {seen}"
+        for ts in flipped:
+            revisions = [rev for rev, _ in seen[ts]]
+            assert revisions == sorted(revisions) and len(set(revisions)) == len(revisions)
+
+        # History came from the start-up backfill over REST: candles older than the live start.
+        # (At speed > 0 the simulated market starts at the wall clock's current minute.)
+        one_minute = httpx.get(f"{url}/candles/AAPL?interval=1m&limit=1", timeout=5).json()
+        assert one_minute["candles"][0]["timestamp"] < started_ms - 10 * 60_000
+        assert httpx.get(url + "/intervals", timeout=5).status_code == 200
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            code = proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise AssertionError("speedlayer up did not stop on SIGINT") from None
+    text = log_path.read_text()
+    assert code == 0, text
+    assert "bars in" in text and "feed lag" in text, "no throughput/lag log lines"
+    assert "Traceback" not in text, text
