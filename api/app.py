@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
@@ -13,17 +14,29 @@ from api import errors
 from api.deps import Resources
 from api.routes import router
 from speedlayer import __version__
+from speedlayer.bus.base import Bus
 from speedlayer.clock import Clock, SystemClock
 from speedlayer.config import Settings
 from speedlayer.store.base import Store
+
+if TYPE_CHECKING:
+    from processors.runner import PipelineRunner
 
 log = logging.getLogger(__name__)
 
 
 def create_app(
-    settings: Settings | None = None, store: Store | None = None, clock: Clock | None = None
+    settings: Settings | None = None,
+    store: Store | None = None,
+    clock: Clock | None = None,
+    bus: Bus | None = None,
+    runner: PipelineRunner | None = None,
 ) -> FastAPI:
-    """Build the app. Without ``store``, the lifespan opens (and closes) the SQLite store."""
+    """Build the app. Without ``store``, the lifespan opens (and closes) the SQLite store.
+
+    ``bus`` carries candle updates for the live feeds (``speedlayer up`` passes its in-process
+    bus); ``runner`` is the in-process pipeline whose throughput and lag /metrics report.
+    """
     settings = settings or Settings()
     clock = clock or SystemClock()
 
@@ -37,7 +50,9 @@ def create_app(
                 active = await stack.enter_async_context(
                     SQLiteStore(settings.db, settings.interval_set, clock)
                 )
-            app.state.resources = Resources(settings=settings, store=active)
+            app.state.resources = Resources(
+                settings=settings, store=active, clock=clock, bus=bus, runner=runner
+            )
             purger = asyncio.create_task(_purge_periodically(active, settings.purge_interval_s))
             try:
                 yield

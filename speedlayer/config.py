@@ -47,6 +47,24 @@ class Settings(BaseSettings):
         5.0, gt=0, description="how often throughput and lag are logged"
     )
 
+    # API security and live-feed limits.
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="if set, every route but /healthz and /readyz needs one of these keys "
+        "(header X-API-Key, or ?api_key= for browsers' WebSocket/EventSource)",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="origins allowed by CORS, e.g. https://dash.example"
+    )
+    live_max_connections: int = Field(1000, ge=1, description="WebSocket + SSE connections")
+    live_max_subscriptions: int = Field(200, ge=1, description="symbol x interval pairs per client")
+    live_max_message_bytes: int = Field(65_536, ge=256, description="largest client message")
+    live_queue_messages: int = Field(1000, ge=1, description="per-client queue; full = dropped")
+    live_max_wildcards: int = Field(10, ge=0, description="all-symbol subscriptions per process")
+    live_max_snapshot: int = Field(1000, ge=0, description="largest snapshot per pair")
+    sse_replay_events: int = Field(100_000, ge=0, description="events kept for Last-Event-ID")
+    sse_heartbeat_s: float = Field(15.0, gt=0, description="SSE comment line when idle")
+
     # Live feed: the simulator (default) or Polygon when a key is configured.
     source: Literal["auto", "simulator", "polygon"] = Field(
         "auto", description="auto = polygon when POLYGON_API_KEY is set, else the simulator"
@@ -70,7 +88,9 @@ class Settings(BaseSettings):
 
     _interval_set: IntervalSet = PrivateAttr()
 
-    @field_validator("intervals", "polygon_symbols", "sim_replay", mode="before")
+    @field_validator(
+        "intervals", "polygon_symbols", "sim_replay", "api_keys", "cors_origins", mode="before"
+    )
     @classmethod
     def _parse_lists(cls, value: Any) -> Any:
         return _split(value)

@@ -84,7 +84,7 @@ async def run_stack(settings: Settings) -> None:
         await feed.start()
         stack.push_async_callback(feed.stop)
 
-        app = create_app(settings, store=store, clock=clock)
+        app = create_app(settings, store=store, clock=clock, bus=bus, runner=runner)
         server = uvicorn.Server(
             uvicorn.Config(
                 app,
