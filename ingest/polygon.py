@@ -30,8 +30,9 @@ a connection that stayed up at least ``backoff_max_s`` - except when the server 
 clients on one key back off instead of evicting each other in a tight loop. ``auth_failed`` is
 fatal: ``failed`` is set, the connection task ends and ``wait_connected`` raises it.
 
-Backfill: at start-up each configured symbol is fetched from ``now - backfill_lookback_min``; with
-``["*"]`` each symbol is fetched that way the first time it is seen. After every reconnect every
+Backfill: at start-up each configured symbol (and each of ``backfill_symbols``) is fetched from
+``now - backfill_lookback_min``; with ``["*"]`` each other symbol is fetched that way the first
+time it is seen. After every reconnect every
 symbol seen so far (plus the configured ones) is fetched from its last bar start seen minus 15
 minutes (Polygon re-sends corrected minutes for up to 15 minutes) to now. Overlap with live data
 is harmless: bars are upserts downstream.
@@ -114,6 +115,9 @@ class PolygonConfig:
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
     backfill_lookback_min: int = 60  # at start-up: minutes of history per symbol (0 = none)
+    # Also fetched at start-up (with ["*"] no symbol is known before its first live bar):
+    # e.g. the symbols the store already has, or the simulator's.
+    backfill_symbols: list[str] = field(default_factory=list)
     backfill_concurrency: int = 8
     ping_interval_s: float = 20.0
     ping_timeout_s: float = 20.0
@@ -309,9 +313,10 @@ class PolygonFeed:
         await self._backfiller.start()
         self._tasks.append(asyncio.create_task(self._parse_loop(), name="polygon-parse"))
         self._tasks.append(asyncio.create_task(self._run(), name="polygon-ws"))
-        if config.backfill_lookback_min and not config.all_symbols:
+        if config.backfill_lookback_min:
             start_ms = self.clock.now_ms() - config.backfill_lookback_min * MINUTE_MS
-            for symbol in config.symbols:
+            configured = [] if config.all_symbols else config.symbols
+            for symbol in dict.fromkeys([*configured, *config.backfill_symbols]):
                 self._backfiller.request(symbol, start_ms)
         log.info(
             "polygon feed starting: %s, %s",

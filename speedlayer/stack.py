@@ -49,8 +49,10 @@ async def run_stack(settings: Settings) -> None:
             clock = simulator.clock
             api_key, ws_url, rest_url = "simulator", simulator.ws_url, simulator.rest_url
             market, symbols = "stocks", ["*"]
+            backfill_symbols = list(simulator.symbols)
             log.info("feed: Polygon simulator at %s (%d symbols)", ws_url, settings.sim_symbols)
         else:
+            backfill_symbols = []
             log.info("feed: Polygon at %s/%s", ws_url, market)
 
         bus = await stack.enter_async_context(MemoryBus())
@@ -63,6 +65,8 @@ async def run_stack(settings: Settings) -> None:
             grace_ms=settings.grace_ms,
             lateness_ms=settings.lateness_ms,
         )
+        if not backfill_symbols:  # after a restart: history of the symbols already stored
+            backfill_symbols = await store.symbols()
         runner = PipelineRunner(
             CandlePipeline(resampler, store), bus, clock, stats_every_s=settings.stats_interval_s
         )
@@ -77,6 +81,7 @@ async def run_stack(settings: Settings) -> None:
                 market=market,
                 symbols=symbols,
                 backfill_lookback_min=settings.backfill_lookback_min,
+                backfill_symbols=backfill_symbols,
             ),
             bus,
             clock,
