@@ -6,14 +6,30 @@ STAMP  := $(VENV)/.installed
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: setup run test lint pytest clean
+NODE_STAMP := node_modules/.package-lock.json
 
-setup: $(STAMP)
+.PHONY: setup run test lint pytest clean aws-local
+
+setup: $(STAMP) $(NODE_STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	@touch $(STAMP)
+
+# The AWS emulators the tests start (dynalite, kinesalite): pinned in package-lock.json.
+# `npm ci` rewrites node_modules/.package-lock.json, so this runs again only when the lock changes.
+$(NODE_STAMP): package-lock.json
+	npm ci --no-audit --no-fund
+	@touch $(NODE_STAMP)
+
+# Local AWS for development, data kept under .data/ across restarts (Ctrl-C stops both):
+#   DynamoDB (dynalite)  http://127.0.0.1:4567   data in .data/dynamodb
+#   Kinesis (kinesalite) http://127.0.0.1:4568   data in .data/kinesis
+# Point clients at them with SPEEDLAYER_AWS_ENDPOINT_URL (one service) or
+# AWS_ENDPOINT_URL_DYNAMODB / AWS_ENDPOINT_URL_KINESIS, with any dummy AWS credentials.
+aws-local: $(NODE_STAMP)
+	npm run aws-local
 
 # The embedded stack, live: Polygon simulator -> ingest -> resampler -> ./data/speedlayer.db -> API.
 # `make run SPEED=5` runs the simulated market at 5 minutes per second (0 = real time).

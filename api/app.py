@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
-from api import errors
+from api import docs, errors, metrics, security, sse, ws
 from api.deps import Resources
+from api.live import CandleHub
 from api.routes import router
 from speedlayer import __version__
 from speedlayer.bus.base import Bus
@@ -50,8 +51,11 @@ def create_app(
                 active = await stack.enter_async_context(
                     SQLiteStore(settings.db, settings.interval_set, clock)
                 )
+            hub = CandleHub(settings, active, bus)  # live only with a bus; snapshots always
+            await hub.start()
+            stack.push_async_callback(hub.stop)
             app.state.resources = Resources(
-                settings=settings, store=active, clock=clock, bus=bus, runner=runner
+                settings=settings, store=active, clock=clock, bus=bus, runner=runner, hub=hub
             )
             purger = asyncio.create_task(_purge_periodically(active, settings.purge_interval_s))
             try:
@@ -73,6 +77,12 @@ def create_app(
     )
     errors.install(app)
     app.include_router(router)
+    app.include_router(ws.router)
+    app.include_router(sse.router)
+    # Middleware order, outermost first: metrics (sees every response), CORS, API-key check.
+    security.install(app, settings)
+    metrics.install(app)
+    docs.install_openapi(app, settings)
     return app
 
 

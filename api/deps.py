@@ -13,6 +13,7 @@ from speedlayer.config import Settings
 from speedlayer.store.base import Store
 
 if TYPE_CHECKING:
+    from api.live import CandleHub
     from processors.runner import PipelineRunner
 
 
@@ -23,6 +24,7 @@ class Resources:
     clock: Clock
     bus: Bus | None = None  # the candle-update bus; None when the API runs without a pipeline
     runner: PipelineRunner | None = None  # the in-process pipeline (for metrics), if any
+    hub: CandleHub | None = None  # live fan-out (api/live.py); not live when bus is None
 
 
 def get_resources(request: Request) -> Resources:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 import msgspec
 from fastapi import FastAPI, Request
@@ -10,14 +11,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.metrics import record_store_error
 from speedlayer.errors import ConfigError, StoreError
 
 log = logging.getLogger(__name__)
 
 
-def error_response(status: int, code: str, message: str) -> Response:
+def error_response(
+    status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+) -> Response:
     body = msgspec.json.encode({"error": code, "message": message})
-    return Response(body, status_code=status, media_type="application/json")
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
 def _describe(exc: RequestValidationError) -> str:
@@ -39,8 +43,9 @@ def install(app: FastAPI) -> None:
         return error_response(422, "invalid_parameter", str(exc))
 
     @app.exception_handler(StoreError)
-    async def _store(_: Request, exc: StoreError) -> Response:
+    async def _store(request: Request, exc: StoreError) -> Response:
         log.error("store error: %s", exc)
+        record_store_error(request.app)
         return error_response(503, "store_unavailable", "the candle store is unavailable")
 
     @app.exception_handler(Exception)
@@ -51,4 +56,5 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, code, str(exc.detail))
+        # keep the exception's headers (405 must say Allow: ...)
+        return error_response(exc.status_code, code, str(exc.detail), exc.headers)

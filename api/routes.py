@@ -1,27 +1,49 @@
-"""REST routes: candle ranges, intervals, symbols, health."""
+"""REST routes: candle ranges, latest candles, intervals, symbols, health, metrics, AsyncAPI."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
-from typing import Annotated, Literal
+import inspect
+from typing import Annotated, Any, Literal
 
 import msgspec
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
 
-from api.deps import ResourcesDep
-from api.wire import CandlePage, ErrorBody, Health, IntervalList, SymbolList
-from speedlayer.errors import ConfigError, StoreError
-from speedlayer.models import SYMBOL_RE
+from api import docs
+from api.deps import Resources, ResourcesDep
+from api.metrics import Metrics, record_store_error
+from api.wire import (
+    CandleOut,
+    CandlePage,
+    ErrorBody,
+    Health,
+    IntervalList,
+    LatestCandles,
+    SymbolList,
+)
+from speedlayer.errors import ConfigError
+from speedlayer.intervals import Interval
+from speedlayer.models import SYMBOL_RE, Candle
 from speedlayer.timeparse import MAX_MS, MIN_MS, parse_time_ms
 
 router = APIRouter()
-ERRORS: dict[int | str, dict[str, object]] = {
+INVALID: dict[int | str, dict[str, object]] = {
     422: {"model": ErrorBody, "description": "a parameter is invalid; the message says which"},
+}
+UNAVAILABLE: dict[int | str, dict[str, object]] = {
     503: {"model": ErrorBody, "description": "the store is unavailable"},
 }
+ERRORS = {**INVALID, **UNAVAILABLE}
+NOT_FOUND: dict[int | str, dict[str, object]] = {
+    404: {"model": ErrorBody, "description": "no candle for this symbol and interval"},
+}
 DEFAULT_LIMIT = 1000
+MAX_LATEST_SYMBOLS = 100  # symbols per GET /candles request
+READY_TIMEOUT_S = 2.0
+INTERVAL_DOC = "1m 5m 15m 30m 1h 2h 4h (or an alias: 15min, 60m, 1hour, ...)"
 
 
 def _json(payload: object, status: int = 200) -> Response:
@@ -63,7 +85,7 @@ def decode_cursor(cursor: str, interval: str, order: str) -> int:
 async def get_candles(
     resources: ResourcesDep,
     symbol: Annotated[str, Path(description="ticker, e.g. AAPL", examples=["AAPL"])],
-    interval: Annotated[str, Query(description="1m 5m 15m 30m 1h 2h 4h (or an alias)")] = "1m",
+    interval: Annotated[str, Query(description=INTERVAL_DOC)] = "1m",
     start: Annotated[
         str | None, Query(description="inclusive; epoch ms or ISO 8601", examples=["2024-01-02"])
     ] = None,
@@ -122,15 +144,209 @@ async def get_symbols(resources: ResourcesDep) -> Response:
     return _json({"symbols": await resources.store.symbols()})
 
 
-@router.get("/healthz", response_model=Health, summary="The process is up")
+@router.get(
+    "/candles/{symbol}/latest",
+    response_model=CandleOut,
+    responses={200: {"description": "the newest candle"}, **NOT_FOUND, **ERRORS},
+    summary="The newest candle of one symbol (the forming one if any)",
+    description=(
+        "The newest unexpired candle of `symbol` at `interval`: the one still forming while its "
+        "bucket is open (`final: false`), else the last final one. Served from the live hub's "
+        "cache when the API runs with the pipeline, else from the store. 404 when the symbol "
+        "has no candle at this interval."
+    ),
+)
+async def get_latest(
+    resources: ResourcesDep,
+    symbol: Annotated[str, Path(description="ticker, e.g. AAPL", examples=["AAPL"])],
+    interval: Annotated[str, Query(description=INTERVAL_DOC)] = "1m",
+) -> Response:
+    if SYMBOL_RE.match(symbol) is None:
+        raise ConfigError(f"symbol {symbol!r} is not a valid ticker")
+    iv = resources.settings.interval_set.get(interval)
+    candle = await latest_candle(resources, symbol, iv)
+    if candle is None:
+        return _json(
+            {"error": "not_found", "message": f"no candle for {symbol} at interval {iv.name}"},
+            status=404,
+        )
+    return _json(candle)
+
+
+@router.get(
+    "/candles",
+    response_model=LatestCandles,
+    responses={200: {"description": "the newest candle of each symbol"}, **ERRORS},
+    summary="The newest candle of several symbols in one call",
+    description=(
+        "Like `/candles/{symbol}/latest` for each of `symbols` (comma-separated, at most "
+        f"{MAX_LATEST_SYMBOLS}; duplicates are served once). Symbols without a candle at this "
+        "interval are listed in `missing`."
+    ),
+)
+async def get_latest_many(
+    resources: ResourcesDep,
+    symbols: Annotated[
+        str,
+        Query(
+            description=f"comma-separated tickers, at most {MAX_LATEST_SYMBOLS}",
+            examples=["AAPL,MSFT"],
+            json_schema_extra={"pattern": docs.symbols_pattern(MAX_LATEST_SYMBOLS)},
+        ),
+    ],
+    interval: Annotated[str, Query(description=INTERVAL_DOC)] = "1m",
+) -> Response:
+    names = symbols.split(",")
+    if len(names) > MAX_LATEST_SYMBOLS:
+        raise ConfigError(
+            f"symbols: at most {MAX_LATEST_SYMBOLS} symbols per request (got {len(names)})"
+        )
+    for name in names:
+        if SYMBOL_RE.match(name) is None:
+            raise ConfigError(f"symbols: {name!r} is not a valid ticker")
+    iv = resources.settings.interval_set.get(interval)
+    unique = list(dict.fromkeys(names))
+    found = await asyncio.gather(*(latest_candle(resources, name, iv) for name in unique))
+    return _json(
+        {
+            "interval": iv.name,
+            "candles": [c for c in found if c is not None],
+            "missing": [name for name, c in zip(unique, found, strict=True) if c is None],
+        }
+    )
+
+
+async def latest_candle(resources: Resources, symbol: str, iv: Interval) -> Candle | None:
+    """The newer of the live hub's cached candle and the store's newest (by timestamp, then
+    revision); expired candles are never returned."""
+    stored = await resources.store.query(symbol, iv, limit=1, order="desc")
+    best = stored[0] if stored else None
+    hub = getattr(resources, "hub", None)
+    if hub is not None:
+        cached: Any = hub.latest(symbol, iv.name)
+        if inspect.isawaitable(cached):
+            cached = await cached
+        now_s = resources.clock.now_ms() // 1000
+        if (
+            isinstance(cached, Candle)
+            and cached.ttl > now_s
+            and (
+                best is None
+                or (cached.timestamp, cached.revision) > (best.timestamp, best.revision)
+            )
+        ):
+            best = cached
+    return best
+
+
+@router.get(
+    "/healthz",
+    response_model=Health,
+    summary="The process is up",
+    description="Liveness only: 200 while the process serves HTTP; never touches the store.",
+)
 async def healthz() -> Response:
     return _json({"status": "ok"})
 
 
-@router.get("/readyz", response_model=Health, responses=ERRORS, summary="The store answers queries")
-async def readyz(resources: ResourcesDep) -> Response:
-    try:
-        await resources.store.ping()
-    except StoreError as exc:
-        return _json({"error": "not_ready", "message": str(exc)}, status=503)
+@router.get(
+    "/readyz",
+    response_model=Health,
+    responses={
+        200: {"content": {"application/json": {"example": {"status": "ready"}}}},
+        503: {
+            "model": ErrorBody,
+            "description": "the store (or the bus, when one is configured) does not answer; "
+            "the message says which",
+            "content": {
+                "application/json": {
+                    "example": {
+                        "error": "not_ready",
+                        "message": "store: unreachable (SQLite read failed: disk I/O error)",
+                    }
+                }
+            },
+        },
+    },
+    summary="The store (and the bus, if any) answer",
+    description=(
+        f"Readiness: the store answers a query and, when the API has a bus, the bus answers, "
+        f"each within {READY_TIMEOUT_S:g} s."
+    ),
+)
+async def readyz(request: Request, resources: ResourcesDep) -> Response:
+    problems = []
+    store_problem = await _probe(resources.store.ping)
+    if store_problem:
+        record_store_error(request.app)
+        problems.append(f"store: {store_problem}")
+    bus = resources.bus
+    if bus is not None:
+        ping = getattr(bus, "ping", None)
+        if callable(ping):
+            bus_problem = await _probe(ping)
+            if bus_problem:
+                problems.append(f"bus: {bus_problem}")
+    if problems:
+        return _json({"error": "not_ready", "message": "; ".join(problems)}, status=503)
     return _json({"status": "ready"})
+
+
+async def _probe(ping: Any) -> str | None:
+    """None when ``await ping()`` succeeds in time, else what went wrong."""
+    try:
+        result = ping()
+        if inspect.isawaitable(result):
+            await asyncio.wait_for(result, READY_TIMEOUT_S)
+    except TimeoutError:
+        return f"no answer within {READY_TIMEOUT_S:g} s"
+    except Exception as exc:  # any failure of the probe means "not ready", never a 500
+        return f"unreachable ({exc})"
+    return None
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    description=(
+        "Prometheus text exposition format 0.0.4 (OpenMetrics when the Accept header asks for "
+        "it): HTTP requests by route template/method/status and latency by route, live "
+        "subscribers, slow consumers dropped, messages delivered, pipeline bars in / candles "
+        "out, feed lag, store errors."
+    ),
+    response_class=Response,
+    responses={
+        200: {
+            "description": "the metrics",
+            "content": {
+                "text/plain": {
+                    "schema": {"type": "string"},
+                    "example": 'speedlayer_http_requests_total{method="GET",'
+                    'route="/candles/{symbol}",status="200"} 42.0\n',
+                },
+                "application/openmetrics-text": {"schema": {"type": "string"}},
+            },
+        }
+    },
+)
+async def metrics(request: Request) -> Response:
+    registry: Metrics = request.app.state.metrics
+    body, content_type = registry.render(request.headers.get("accept"))
+    return Response(body, media_type=content_type)
+
+
+@router.get(
+    docs.ASYNCAPI_PATH,
+    summary="AsyncAPI document of the WebSocket and SSE feeds",
+    description="AsyncAPI 3.0: `/ws` client and server messages, `/stream/candles` events.",
+    responses={
+        200: {
+            "description": "the AsyncAPI document",
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        }
+    },
+)
+async def asyncapi(request: Request, resources: ResourcesDep) -> Response:
+    secure = request.url.scheme in ("https", "wss")
+    host = request.headers.get("host") or f"{request.url.hostname}:{request.url.port}"
+    return _json(docs.asyncapi_document(resources.settings, host, secure))

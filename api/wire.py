@@ -3,10 +3,29 @@ from the domain structs; these pydantic models describe that JSON, they are not 
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+CANDLE_EXAMPLE: dict[str, JsonValue] = {
+    "symbol": "AAPL",
+    "interval": "15m",
+    "timestamp": 1704205800000,
+    "open": 187.15,
+    "high": 187.9,
+    "low": 186.95,
+    "close": 187.62,
+    "volume": 1254873.0,
+    "vwap": 187.48,
+    "trades": 10432,
+    "bars": 15,
+    "final": True,
+    "revision": 16,
+    "ttl": 1706798700,
+}
 
 
 class CandleOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [CANDLE_EXAMPLE]})
+
     symbol: str = Field(examples=["AAPL"])
     interval: str = Field(examples=["15m"])
     timestamp: int = Field(description="bucket start, epoch ms UTC", examples=[1704205800000])
@@ -56,3 +75,20 @@ class ErrorBody(BaseModel):
 
 class Health(BaseModel):
     status: str = Field(examples=["ok"])
+
+
+class LatestCandles(BaseModel):
+    """The newest candle of each requested symbol."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"interval": "15m", "candles": [CANDLE_EXAMPLE], "missing": ["ZZZZ"]}]
+        }
+    )
+
+    interval: str = Field(examples=["15m"])
+    candles: list[CandleOut] = Field(
+        description="the newest candle (forming or final) of each requested symbol that has "
+        "one, in the order the symbols were requested"
+    )
+    missing: list[str] = Field(description="requested symbols without any candle at this interval")

@@ -86,6 +86,14 @@ class Settings(BaseSettings):
     )
     sim_port: int = Field(0, ge=0, le=65535, description="simulator port (0: any free port)")
 
+    # Distributed backends (AWS or the local emulators; see `make aws-local`).
+    store: Literal["sqlite", "dynamodb"] = Field("sqlite", description="candle store backend")
+    bus: Literal["memory", "kinesis"] = Field("memory", description="bus backend")
+    aws_endpoint_url: str | None = Field(
+        None, description="AWS endpoint override, e.g. http://127.0.0.1:4567 for dynalite"
+    )
+    aws_region: str = "us-east-1"
+
     _interval_set: IntervalSet = PrivateAttr()
 
     @field_validator(

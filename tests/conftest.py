@@ -96,3 +96,75 @@ def api_server_factory(tmp_path: Path) -> Iterator[type[ApiServer] | object]:
     yield make
     for server in servers:
         server.stop()
+
+
+# -- AWS emulators (npm: dynalite, kinesalite; installed by `make setup` with `npm ci`) ------------
+
+NODE_MODULES = ROOT / "node_modules"
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"emulator exited with {proc.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"emulator did not listen on port {port} in {timeout} s")
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def dynalite_command(port: int, *extra: str) -> list[str]:
+    cli = NODE_MODULES / "dynalite" / "cli.js"
+    if not cli.exists():
+        pytest.fail(f"{cli} not found: run `make setup` (npm ci) first")
+    return ["node", str(cli), "--host", "127.0.0.1", "--port", str(port), *extra]
+
+
+def kinesalite_command(port: int, options: str = "shardLimit: 1000") -> list[str]:
+    if not (NODE_MODULES / "kinesalite").exists():
+        pytest.fail("node_modules/kinesalite not found: run `make setup` (npm ci) first")
+    script = f"require('kinesalite')({{{options}}}).listen({port}, '127.0.0.1')"
+    return ["node", "-e", script]
+
+
+def start_emulator(command: list[str], port: int) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, proc)
+    except BaseException:
+        stop_process(proc)
+        raise
+    return proc
+
+
+@pytest.fixture(scope="session")
+def dynalite_url() -> Iterator[str]:
+    """An in-memory dynalite for the session (tables ACTIVE at once; tests prefix their names)."""
+    port = free_port()
+    proc = start_emulator(
+        dynalite_command(port, "--createTableMs", "0", "--deleteTableMs", "0"), port
+    )
+    yield f"http://127.0.0.1:{port}"
+    stop_process(proc)
+
+
+@pytest.fixture(scope="session")
+def kinesalite_url() -> Iterator[str]:
+    """An in-memory kinesalite for the session (shardLimit raised; default 500 ms CREATING)."""
+    port = free_port()
+    proc = start_emulator(kinesalite_command(port), port)
+    yield f"http://127.0.0.1:{port}"
+    stop_process(proc)

@@ -1,4 +1,6 @@
-"""The Store contract, run against every backend (MemoryStore and SQLiteStore).
+"""The Store contract, run against every backend (MemoryStore, SQLiteStore, DynamoDBStore).
+
+DynamoDBStore runs against dynalite (the ``dynalite_url`` session fixture in conftest.py).
 
 Expected values are written out by hand (bucket starts, retention in days) rather than derived
 from ``speedlayer.intervals``, so a wrong formula there fails here too.
@@ -6,7 +8,9 @@ from ``speedlayer.intervals``, so a wrong formula there fails here too.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,6 +25,7 @@ from speedlayer.errors import StoreError
 from speedlayer.intervals import DEFAULT_INTERVALS, Interval, IntervalSet
 from speedlayer.models import Bar, Candle
 from speedlayer.store.base import Store
+from speedlayer.store.dynamodb import DynamoDBStore
 from speedlayer.store.memory import MemoryStore
 from speedlayer.store.sqlite import SQLiteStore
 
@@ -89,19 +94,42 @@ class Env:
     path: Path
 
 
-def open_store(kind: str, path: Path, clock: ManualClock, intervals: IntervalSet) -> Store:
+BACKENDS = ["memory", "sqlite", "dynamodb"]
+
+
+def open_store(
+    kind: str,
+    path: Path,
+    clock: ManualClock,
+    intervals: IntervalSet,
+    dynamodb_url: str | None = None,
+) -> Store:
     if kind == "memory":
         return MemoryStore(intervals, clock)
+    if kind == "dynamodb":
+        assert dynamodb_url is not None
+        # a fresh set of the seven tables per store (the emulator is shared by the session)
+        prefix = f"t{uuid.uuid4().hex[:12]}_"
+        return DynamoDBStore(intervals, clock, endpoint_url=dynamodb_url, table_prefix=prefix)
     return SQLiteStore(path, intervals, clock)
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+def emulator_url(request: pytest.FixtureRequest, kind: str) -> str | None:
+    """Start (once per session) the emulator a backend needs; memory/sqlite need none."""
+    return str(request.getfixturevalue("dynalite_url")) if kind == "dynamodb" else None
+
+
+@pytest.fixture(params=BACKENDS)
 async def env(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Env]:
     clock = ManualClock(NOW_MS)
     path = tmp_path / "store.db"
-    store = open_store(request.param, path, clock, INTERVALS)
+    kind = request.param
+    store = open_store(kind, path, clock, INTERVALS, emulator_url(request, kind))
     async with store:
-        yield Env(store, clock, request.param, path)
+        yield Env(store, clock, kind, path)
+        if isinstance(store, DynamoDBStore):
+            with contextlib.suppress(StoreError):
+                await store.delete_tables()
 
 
 # -- ttl ----------------------------------------------------------------------------------------
@@ -134,18 +162,21 @@ async def test_ttl_of_written_candles_is_bucket_end_plus_retention(
         assert stored[0].interval == name
 
 
-async def test_ttl_follows_retention_overrides(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", BACKENDS)
+async def test_ttl_follows_retention_overrides(
+    tmp_path: Path, kind: str, request: pytest.FixtureRequest
+) -> None:
     intervals = IntervalSet(DEFAULT_INTERVALS, {"1m": "3d", "1h": "12h", "*": "1y"})
     overrides = {"1m": 3 * DAY_S, "1h": 12 * 3600}
-    for kind in ("memory", "sqlite"):
-        clock = ManualClock(T0_MS)
-        async with open_store(kind, tmp_path / "ovr.db", clock, intervals) as store:
-            pipeline = CandlePipeline(Resampler(intervals, clock), store)
-            await pipeline.handle([Bar("AAPL", T0_MS, 10.0, 11.0, 9.0, 10.5, 100.0)])
-            for name, _start, end, _days in TTL_CASES:
-                (candle,) = await store.query("AAPL", intervals.get(name))
-                retention = overrides.get(name, 365 * DAY_S)
-                assert candle.ttl == ms(end) // 1000 + retention, (kind, name)
+    url = emulator_url(request, kind)
+    clock = ManualClock(T0_MS)
+    async with open_store(kind, tmp_path / "ovr.db", clock, intervals, url) as store:
+        pipeline = CandlePipeline(Resampler(intervals, clock), store)
+        await pipeline.handle([Bar("AAPL", T0_MS, 10.0, 11.0, 9.0, 10.5, 100.0)])
+        for name, _start, end, _days in TTL_CASES:
+            (candle,) = await store.query("AAPL", intervals.get(name))
+            retention = overrides.get(name, 365 * DAY_S)
+            assert candle.ttl == ms(end) // 1000 + retention, (kind, name)
 
 
 # -- expiry -------------------------------------------------------------------------------------

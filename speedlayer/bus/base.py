@@ -109,9 +109,19 @@ class Bus(ABC):
 
     @abstractmethod
     def subscribe(
-        self, topics: Sequence[str], *, maxsize: int = 1024, overflow: Overflow = "block"
+        self,
+        topics: Sequence[str],
+        *,
+        maxsize: int = 1024,
+        overflow: Overflow = "block",
+        consumer: str = "speedlayer",
     ) -> Subscription:
-        """A new subscription receiving batches published from now on."""
+        """A new subscription receiving batches published from now on.
+
+        ``consumer`` names a durable consumer on backends that keep positions (Kinesis): a
+        subscription with the same name resumes where the last one stopped. The in-process bus
+        has no history, so it ignores the name.
+        """
 
     @abstractmethod
     def _unsubscribe(self, subscription: Subscription) -> None: ...

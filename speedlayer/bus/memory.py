@@ -24,7 +24,12 @@ class MemoryBus(Bus):
         self._subscriptions.clear()
 
     def subscribe(
-        self, topics: Sequence[str], *, maxsize: int = 1024, overflow: Overflow = "block"
+        self,
+        topics: Sequence[str],
+        *,
+        maxsize: int = 1024,
+        overflow: Overflow = "block",
+        consumer: str = "speedlayer",  # no history to resume from: ignored
     ) -> Subscription:
         sub = Subscription(self, topics, maxsize, overflow)
         for topic in sub.topics:

@@ -258,4 +258,6 @@ class SQLiteStore(Store):
         )
 
     async def ping(self) -> None:
-        await self._read(lambda conn: conn.execute("SELECT 1").fetchone())
+        # Touch a real table, so a missing or corrupted database file is noticed.
+        sql = f"SELECT 1 FROM {self._minute_table} LIMIT 1"
+        await self._read(lambda conn: conn.execute(sql).fetchone())

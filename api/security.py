@@ -1,0 +1,259 @@
+"""API-key authentication and CORS.
+
+When ``settings.api_keys`` is non-empty, every HTTP route and WebSocket except the health probes
+(``/healthz``, ``/readyz``) needs one of the keys, sent as header ``X-API-Key`` or as query
+parameter ``api_key`` (browsers cannot set headers on ``WebSocket`` / ``EventSource``). The check is
+one pure ASGI middleware, so it covers routes mounted anywhere (REST, ``/ws``, ``/stream/*``,
+``/docs``, ``/openapi.json``, ``/asyncapi.json``, ``/metrics``) before any of them runs:
+
+- HTTP: 401 JSON ``{"error": "unauthorized", ...}`` without a key, 403 JSON
+  ``{"error": "forbidden", ...}`` with a wrong one.
+- WebSocket: the handshake is refused before ``accept`` with close code 1008 (policy violation),
+  which the server turns into an HTTP 403 response.
+
+Keys are compared in constant time (SHA-256 digests compared with ``hmac.compare_digest``, over
+every configured key). The key is never logged: the middleware removes ``api_key`` from the
+request's query string (in place, before routing), so neither the routes nor uvicorn's access log
+(which prints path and query of the same scope) ever see it. The ``X-API-Key`` header is not
+logged by uvicorn.
+
+With auth on, ``/docs`` and ``/openapi.json`` need the key too: fetch the schema with the header
+(``curl -H 'X-API-Key: ...' /openapi.json``); Swagger UI at ``/docs`` can only be used through a
+client that adds the header (a proxy or a browser extension), since the page fetches
+``/openapi.json`` without query parameters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterable, Mapping, Sequence
+from enum import Enum
+from typing import Any
+from urllib.parse import unquote_plus
+
+import msgspec
+from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from speedlayer.config import Settings
+
+API_KEY_HEADER = "X-API-Key"
+API_KEY_QUERY = "api_key"
+EXEMPT_PATHS: frozenset[str] = frozenset({"/healthz", "/readyz"})
+WS_POLICY_VIOLATION = 1008
+
+_HEADER_BYTES = API_KEY_HEADER.lower().encode("latin-1")
+_QUERY_BYTES = API_KEY_QUERY.encode("ascii")
+
+
+class KeyCheck(Enum):
+    OK = "ok"
+    MISSING = "missing"
+    INVALID = "invalid"
+
+
+def _digest(value: bytes) -> bytes:
+    return hashlib.sha256(value).digest()
+
+
+class ApiKeys:
+    """The configured keys (as digests) and the constant-time check against them."""
+
+    def __init__(self, keys: Iterable[str]) -> None:
+        self._digests = tuple(_digest(k.encode("utf-8")) for k in keys if k)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ApiKeys:
+        return cls(k.get_secret_value() for k in settings.api_keys)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._digests)
+
+    def check(self, presented: bytes | str | None) -> KeyCheck:
+        """OK if ``presented`` equals one of the keys; MISSING if it is absent or empty."""
+        if presented is None or presented in (b"", ""):
+            return KeyCheck.MISSING
+        raw = presented.encode("utf-8") if isinstance(presented, str) else presented
+        digest = _digest(raw)
+        matched = False
+        for candidate in self._digests:  # no early exit: the time does not depend on which key
+            matched |= hmac.compare_digest(digest, candidate)
+        return KeyCheck.OK if matched else KeyCheck.INVALID
+
+    def check_request(
+        self, headers: Mapping[str, str], query_params: Mapping[str, str]
+    ) -> KeyCheck:
+        """The check for code holding a Starlette ``Request``/``WebSocket`` (header first).
+
+        Note the middleware below has already removed ``api_key`` from the query string of
+        every request it passed, so inside the app only the header is visible; use this where the
+        middleware does not run.
+        """
+        if not self.enabled:
+            return KeyCheck.OK
+        key = headers.get(API_KEY_HEADER) or query_params.get(API_KEY_QUERY)
+        return self.check(key)
+
+
+def split_api_key(query_string: bytes) -> tuple[bytes | None, bytes]:
+    """Return (the first ``api_key`` value, URL-decoded; the query string without any
+    ``api_key`` pair). Other pairs are kept byte for byte."""
+    if _QUERY_BYTES not in query_string and b"%" not in query_string:  # the common case
+        return None, query_string
+    key: bytes | None = None
+    kept: list[bytes] = []
+    for pair in query_string.split(b"&"):
+        name, _, value = pair.partition(b"=")
+        if unquote_plus(name.decode("latin-1")) == API_KEY_QUERY:
+            if key is None:
+                key = unquote_plus(value.decode("latin-1"), encoding="utf-8").encode("utf-8")
+            continue
+        kept.append(pair)
+    return key, b"&".join(kept)
+
+
+def scope_api_key(scope: Scope) -> bytes | None:
+    """The key a request presents: header ``X-API-Key``, else query ``api_key``.
+
+    Also removes ``api_key`` from ``scope["query_string"]`` in place (see the module docstring).
+    """
+    from_query, rest = split_api_key(scope.get("query_string", b""))
+    if from_query is not None:
+        scope["query_string"] = rest
+    for name, value in scope.get("headers", ()):
+        if name == _HEADER_BYTES:
+            return bytes(value)
+    return from_query
+
+
+def _error_body(code: str, message: str) -> bytes:
+    return msgspec.json.encode({"error": code, "message": message})
+
+
+MISSING_MESSAGE = (
+    f"an API key is required: send header {API_KEY_HEADER} (or query parameter {API_KEY_QUERY})"
+)
+INVALID_MESSAGE = "the API key is not valid"
+
+
+class ApiKeyMiddleware:
+    """Pure ASGI: enforce the API key on HTTP and WebSocket scopes (see the module docstring)."""
+
+    def __init__(self, app: ASGIApp, keys: ApiKeys, exempt: Iterable[str] = EXEMPT_PATHS) -> None:
+        self.app = app
+        self.keys = keys
+        self.exempt = frozenset(exempt)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        presented = scope_api_key(scope)  # always: strips api_key from the logged query string
+        if not self.keys.enabled or scope["path"] in self.exempt:
+            await self.app(scope, receive, send)
+            return
+        outcome = self.keys.check(presented)
+        if outcome is KeyCheck.OK:
+            await self.app(scope, receive, send)
+            return
+        if kind == "websocket":
+            # Refuse the handshake before accept: the server answers HTTP 403.
+            await send({"type": "websocket.close", "code": WS_POLICY_VIOLATION, "reason": ""})
+            return
+        if outcome is KeyCheck.MISSING:
+            status, body = 401, _error_body("unauthorized", MISSING_MESSAGE)
+        else:
+            status, body = 403, _error_body("forbidden", INVALID_MESSAGE)
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        if status == 401:
+            headers.append((b"www-authenticate", f'ApiKey header="{API_KEY_HEADER}"'.encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def install(app: FastAPI, settings: Settings) -> None:
+    """Add the API-key check, then CORS outside it (so 401/403 carry CORS headers and preflight
+    requests, which never carry the key, are answered by CORS)."""
+    app.add_middleware(ApiKeyMiddleware, keys=ApiKeys.from_settings(settings))
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "HEAD", "OPTIONS"],
+            allow_headers=[API_KEY_HEADER, "Last-Event-ID"],
+            allow_credentials=False,
+            max_age=600,
+        )
+
+
+# -- OpenAPI -------------------------------------------------------------------------------------
+
+SECURITY_SCHEMES: dict[str, dict[str, str]] = {
+    "ApiKeyHeader": {
+        "type": "apiKey",
+        "in": "header",
+        "name": API_KEY_HEADER,
+        "description": "one of the keys configured in SPEEDLAYER_API_KEYS",
+    },
+    "ApiKeyQuery": {
+        "type": "apiKey",
+        "in": "query",
+        "name": API_KEY_QUERY,
+        "description": "the same key as a query parameter, for browsers' WebSocket and "
+        "EventSource, which cannot set headers; never logged",
+    },
+}
+
+
+def document_security(
+    spec: dict[str, Any], settings: Settings, error_schema: Mapping[str, Any]
+) -> None:
+    """Add the security schemes and 401/403 responses to ``spec`` when auth is on."""
+    if not settings.api_keys:
+        return
+    components = spec.setdefault("components", {})
+    components.setdefault("securitySchemes", {}).update(SECURITY_SCHEMES)
+    spec["security"] = [{name: []} for name in SECURITY_SCHEMES]
+    unauthorized = {
+        "description": "no API key was sent",
+        "content": {"application/json": {"schema": dict(error_schema)}},
+        "headers": {
+            "WWW-Authenticate": {
+                "description": f'ApiKey header="{API_KEY_HEADER}"',
+                "schema": {"type": "string"},
+            }
+        },
+    }
+    forbidden = {
+        "description": "the API key is not valid",
+        "content": {"application/json": {"schema": dict(error_schema)}},
+    }
+    for path, item in spec.get("paths", {}).items():
+        for method, op in item.items():
+            if method not in ("get", "put", "post", "delete", "patch", "head", "options"):
+                continue
+            if path in EXEMPT_PATHS:
+                op["security"] = []
+                continue
+            responses = op.setdefault("responses", {})
+            responses.setdefault("401", unauthorized)
+            responses.setdefault("403", forbidden)
+
+
+def protected_paths_note(settings: Settings, paths: Sequence[str]) -> str:
+    """A line for the API description saying what auth covers."""
+    if not settings.api_keys:
+        return "Authentication is off (no SPEEDLAYER_API_KEYS configured)."
+    listed = ", ".join(paths)
+    return (
+        f"Every route except {listed} needs an API key: header `{API_KEY_HEADER}` or query "
+        f"parameter `{API_KEY_QUERY}`; missing → 401, wrong → 403 (WebSocket: handshake refused "
+        "with 403 / close code 1008). /docs, /openapi.json and /asyncapi.json too."
+    )

@@ -1,0 +1,213 @@
+"""WebSocket ``/ws``: subscribe to symbols x intervals, get a snapshot, then every update.
+
+Client messages (JSON objects; an optional ``"id"`` is echoed in the reply)::
+
+    {"action": "subscribe", "symbols": ["AAPL","MSFT"], "intervals": ["1m","15m"], "snapshot": 100}
+    {"action": "unsubscribe", "symbols": ["MSFT"], "intervals": ["15m"]}
+    {"action": "ping"}
+
+Server messages (JSON objects with a ``type``): ``subscribed`` / ``unsubscribed`` (acks echoing
+the request with canonical interval names), ``snapshot`` (``symbol``, ``interval``, ``candles``
+oldest first: the last N stored, the forming one included), ``candle`` (one update, the candle's
+fields at the top level plus ``seq``), ``error`` (``message``, and ``request`` when the message
+parsed), ``pong``. See api/live.py for the snapshot-then-live guarantee.
+
+Closes: 1013 when ``live_max_connections`` are connected, 1008 ``slow consumer`` when the client's
+queue overflowed, 1001 when the server shuts down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import msgspec
+from fastapi import APIRouter, WebSocket
+from starlette.websockets import WebSocketDisconnect
+
+from api.deps import Resources
+from api.live import (
+    NO_LIVE_MESSAGE,
+    SLOW_CONSUMER,
+    CandleHub,
+    LiveClient,
+    LiveRequestError,
+    Message,
+    parse_selection,
+    split_selection,
+)
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+
+CLOSE_TIMEOUT_S = 10.0  # how long a close frame may wait behind a client's unread data
+_decode = msgspec.json.Decoder().decode
+
+
+@router.websocket("/ws", name="live candles (WebSocket)")
+async def candle_socket(websocket: WebSocket) -> None:
+    resources: Resources = websocket.app.state.resources
+    hub = resources.hub
+    await websocket.accept()
+    if hub is None:
+        await websocket.close(1011, "live feeds are not available on this server")
+        return
+    client = hub.connect("ws")
+    if client is None:
+        limit = hub.settings.live_max_connections
+        await websocket.close(1013, f"too many connections (limit {limit}); try again later")
+        return
+    try:
+        await _Session(websocket, hub, client).run()
+    finally:
+        hub.disconnect(client)
+
+
+class _Session:
+    def __init__(self, websocket: WebSocket, hub: CandleHub, client: LiveClient) -> None:
+        self.websocket = websocket
+        self.hub = hub
+        self.client = client
+        self.settings = hub.settings
+        self.disconnected = False
+
+    async def run(self) -> None:
+        client = self.client
+        tasks = [
+            asyncio.create_task(self._read(), name=f"ws-{client.id}-read"),
+            asyncio.create_task(self._write(), name=f"ws-{client.id}-write"),
+            asyncio.create_task(client.closed.wait(), name=f"ws-{client.id}-closed"),
+        ]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            for result in await asyncio.gather(*tasks, return_exceptions=True):
+                if isinstance(result, Exception) and not _is_disconnect(result):
+                    log.error("WebSocket client %d failed", client.id, exc_info=result)
+        reason = client.closed_reason
+        if reason is not None and reason != "disconnected" and not self.disconnected:
+            code = 1008 if reason == SLOW_CONSUMER else 1001
+            # A slow client's unread data is ahead of the close frame: wait a little for it.
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                    await self.websocket.close(code, reason)
+
+    async def _write(self) -> None:
+        send = self.websocket.send_text
+        hub = self.hub
+        while True:
+            items = await self.client.take()
+            if not items:
+                return
+            for item in items:
+                await send(item.text)
+                hub.delivered += 1
+            self.client.sent += len(items)
+
+    async def _read(self) -> None:
+        websocket = self.websocket
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                self.disconnected = True
+                return
+            text = message.get("text")
+            if text is None:
+                data = message.get("bytes") or b""
+                try:
+                    text = data.decode()
+                except UnicodeDecodeError:
+                    self._error("binary messages must be UTF-8 JSON")
+                    continue
+            await self._handle(text)
+
+    # --- requests ------------------------------------------------------------------------------
+
+    def _send(self, kind: str, payload: dict[str, Any]) -> None:
+        self.hub.send(self.client, Message(kind, payload))
+
+    def _error(self, text: str, request: object = None) -> None:
+        payload: dict[str, Any] = {"message": text}
+        if request is not None:
+            payload["request"] = request
+        self._send("error", payload)
+
+    async def _handle(self, text: str) -> None:
+        limit = self.settings.live_max_message_bytes
+        size = len(text.encode()) if len(text) * 4 > limit else len(text)
+        if size > limit:
+            self._error(f"message too large: {size} bytes (the limit is {limit})")
+            return
+        try:
+            request = _decode(text)
+        except msgspec.DecodeError as exc:
+            self._error(f"invalid JSON: {exc}")
+            return
+        if not isinstance(request, dict):
+            self._error('a message must be a JSON object with an "action"', request)
+            return
+        action = request.get("action")
+        echo = {"id": request["id"]} if "id" in request else {}
+        if action == "ping":
+            self._send("pong", echo)
+        elif action in ("subscribe", "unsubscribe"):
+            try:
+                await self._subscription(request, action == "subscribe", echo)
+            except LiveRequestError as exc:
+                self._error(exc.message, request)
+        else:
+            self._error(
+                f"unknown action {action!r}: expected subscribe, unsubscribe or ping", request
+            )
+
+    async def _subscription(
+        self, request: dict[str, Any], subscribe: bool, echo: dict[str, Any]
+    ) -> None:
+        hub, client = self.hub, self.client
+        symbols, intervals = parse_selection(
+            self.settings, request.get("symbols"), request.get("intervals")
+        )
+        pairs, wild = split_selection(symbols, intervals)
+        if not subscribe:
+            hub.unsubscribe(client, pairs, wild)
+            self._send(
+                "unsubscribed",
+                {
+                    **echo,
+                    "symbols": symbols,
+                    "intervals": intervals,
+                    "subscriptions": client.subscriptions,
+                },
+            )
+            return
+        snapshot = request.get("snapshot", 0)
+        if isinstance(snapshot, bool) or not isinstance(snapshot, int) or snapshot < 0:
+            raise LiveRequestError('"snapshot" must be a whole number >= 0 (0 = no snapshot)')
+        snapshot = min(snapshot, self.settings.live_max_snapshot)
+        hub.subscribe(client, pairs, wild, mode="deferred" if snapshot > 0 else "live")
+        ack: dict[str, Any] = {
+            **echo,
+            "symbols": symbols,
+            "intervals": intervals,
+            "snapshot": snapshot,
+            "subscriptions": client.subscriptions,
+            "live": hub.live,
+        }
+        if not hub.live:
+            ack["message"] = NO_LIVE_MESSAGE
+        self._send("subscribed", ack)
+        if snapshot > 0 and pairs:
+            await hub.send_snapshots(client, pairs, snapshot)
+
+
+def _is_disconnect(exc: BaseException) -> bool:
+    if isinstance(exc, WebSocketDisconnect | ConnectionError | asyncio.CancelledError):
+        return True
+    # uvicorn's ClientDisconnected (a private type) and Starlette's "not connected" errors
+    return type(exc).__name__ == "ClientDisconnected" or (
+        isinstance(exc, RuntimeError) and "not connected" in str(exc).lower()
+    )

@@ -1,0 +1,88 @@
+"""Shared AWS client plumbing for the DynamoDB store and the Kinesis bus (aioboto3).
+
+Retries: botocore's own ``standard`` retry mode handles transient network errors; throttling and
+partial failures are retried again by the callers, with exponential backoff and full jitter,
+until a bounded deadline (:class:`Backoff`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from typing import Any
+
+import aioboto3
+from aiobotocore.config import AioConfig
+from botocore.exceptions import BotoCoreError, ClientError
+
+THROTTLE_CODES = frozenset(
+    {
+        "ProvisionedThroughputExceededException",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "LimitExceededException",
+        "TooManyRequestsException",
+        "KMSThrottlingException",
+    }
+)
+AWS_ERRORS = (ClientError, BotoCoreError)
+
+
+def error_code(exc: BaseException) -> str:
+    if isinstance(exc, ClientError):
+        return str(exc.response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+def is_throttle(exc: BaseException) -> bool:
+    return error_code(exc) in THROTTLE_CODES
+
+
+class Backoff:
+    """Exponential backoff with full jitter, until ``timeout_s`` has passed since creation."""
+
+    def __init__(self, timeout_s: float, initial_s: float = 0.05, cap_s: float = 2.0) -> None:
+        self.deadline = time.monotonic() + timeout_s
+        self.delay = initial_s
+        self.cap = cap_s
+        self.attempts = 0
+
+    def expired(self) -> bool:
+        return time.monotonic() >= self.deadline
+
+    async def sleep(self) -> bool:
+        """Sleep before the next attempt; False (without sleeping) once the deadline passed."""
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        self.attempts += 1
+        await asyncio.sleep(min(random.uniform(0, self.delay), remaining))
+        self.delay = min(self.delay * 2, self.cap)
+        return True
+
+
+def make_session(
+    region: str, endpoint_url: str | None, credentials: tuple[str, str] | None
+) -> aioboto3.Session:
+    """An aioboto3 session; emulators accept any credentials, so dummy ones are used for them
+    when none are configured (AWS itself uses the normal credential chain)."""
+    if credentials is None and endpoint_url and not os.environ.get("AWS_ACCESS_KEY_ID"):
+        credentials = ("local", "local")
+    if credentials is not None:
+        return aioboto3.Session(
+            aws_access_key_id=credentials[0],
+            aws_secret_access_key=credentials[1],
+            region_name=region,
+        )
+    return aioboto3.Session(region_name=region)
+
+
+def client_config(pool: int) -> Any:
+    return AioConfig(
+        retries={"mode": "standard", "max_attempts": 3},
+        max_pool_connections=pool,
+        connect_timeout=5,
+        read_timeout=30,
+    )

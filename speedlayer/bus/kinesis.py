@@ -1,0 +1,526 @@
+"""Kinesis bus (aioboto3): one stream per topic, a polling consumer with durable checkpoints.
+
+Streams: ``market-data-raw`` and ``market-data-{interval}`` (optionally prefixed), created by
+``ensure_streams()``. Records: partition key = symbol; data = the Bar/Candle as msgspec JSON with
+a ``"type"`` tag (``bar`` or ``candle``) as the first field, so any reader (a subscriber, a
+Lambda, Flink's JSON format) sees one flat JSON object per record.
+
+**Publishing** uses PutRecords (≤ 500 records, ≤ 5 MiB per request). Only the records a partial
+failure reports (``FailedRecordCount``) are sent again, with backoff and jitter, until
+``retry_timeout_s``. PutRecords does not promise order between the records of one request, and a
+retry would land a failed record after a later one of the same key; so a request holds at most
+one record per partition key ("rounds": the n-th item of every symbol), and the next round is
+sent only once the previous one is fully written. Per-symbol order is kept even when some
+records fail (a retried record may appear twice, next to itself: at-least-once).
+
+**Consuming** (``subscribe(..., consumer=NAME)``): one polling task per shard (ListShards,
+GetShardIterator, GetRecords). A batch is handed to the subscription queue first and its last
+sequence number checkpointed afterwards in the DynamoDB table ``speedlayer_checkpoints``
+(key: ``lease`` = consumer/stream, ``shard``), so delivery is at least once and a restart resumes
+``AFTER_SEQUENCE_NUMBER`` the checkpoint; only a batch handed over but not yet checkpointed is
+delivered again. A consumer with no checkpoint starts at LATEST ("from now on"); a ``publish``
+on the same bus waits until new subscriptions to its topic hold their iterators, so nothing
+published after ``subscribe()`` returned is missed. (AT_TIMESTAMP would avoid that wait, but
+kinesalite 3.3.3 never answers GetShardIterator AT_TIMESTAMP on an empty shard.) A child shard
+is read only after its parents reached their end (the closed parent's end is checkpointed as
+``SHARD_END``), so per-key order holds across resharding. ExpiredIteratorException re-gets the
+iterator from the last checkpoint; throttling backs off. There is no lease coordination between
+processes (unlike the KCL): run one process per consumer name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from speedlayer.aws import AWS_ERRORS, Backoff, client_config, error_code, is_throttle, make_session
+from speedlayer.bus.base import RAW_TOPIC, Bus, Overflow, Subscription, candle_topic
+from speedlayer.errors import SpeedlayerError
+from speedlayer.intervals import DEFAULT_INTERVALS
+from speedlayer.models import Bar, Candle
+
+log = logging.getLogger(__name__)
+
+MAX_RECORDS = 500
+MAX_REQUEST_BYTES = 5 * 1024 * 1024
+MAX_RECORD_BYTES = 1024 * 1024
+SHARD_END = "SHARD_END"
+
+_ENCODER = msgspec.json.Encoder()
+_BAR_TAG = b'{"type":"bar",'
+_CANDLE_TAG = b'{"type":"candle",'
+
+
+class BusError(SpeedlayerError):
+    """The bus backend failed (a stream is missing, a write could not be completed)."""
+
+
+class _Tag(msgspec.Struct):
+    type: str = ""
+
+
+_TAG_DECODER = msgspec.json.Decoder(_Tag)
+_BAR_DECODER = msgspec.json.Decoder(Bar)
+_CANDLE_DECODER = msgspec.json.Decoder(Candle)
+
+
+def encode_item(item: Bar | Candle) -> bytes:
+    """msgspec JSON of a Bar/Candle with ``"type"`` first (a struct always encodes as ``{...}``)."""
+    if isinstance(item, Candle):
+        return _CANDLE_TAG + _ENCODER.encode(item)[1:]
+    if isinstance(item, Bar):
+        return _BAR_TAG + _ENCODER.encode(item)[1:]
+    raise TypeError(f"the Kinesis bus carries Bar and Candle items, not {type(item).__name__}")
+
+
+def decode_item(data: bytes) -> Bar | Candle:
+    kind = _TAG_DECODER.decode(data).type
+    if kind == "bar":
+        return _BAR_DECODER.decode(data)
+    if kind == "candle":
+        return _CANDLE_DECODER.decode(data)
+    raise BusError(f"unknown record type {kind!r}")
+
+
+def plan_requests(items: Sequence[Bar | Candle]) -> list[list[tuple[str, bytes]]]:
+    """Split a batch into PutRecords requests: rounds with one record per symbol each (in the
+    batch's order per symbol), each round cut at 500 records / 5 MiB."""
+    per_key: dict[str, list[bytes]] = {}
+    for item in items:
+        data = encode_item(item)
+        if len(data) + len(item.symbol.encode()) > MAX_RECORD_BYTES:
+            raise BusError(f"record for {item.symbol} exceeds 1 MiB")
+        per_key.setdefault(item.symbol, []).append(data)
+    requests: list[list[tuple[str, bytes]]] = []
+    depth = max((len(v) for v in per_key.values()), default=0)
+    for n in range(depth):
+        current: list[tuple[str, bytes]] = []
+        size = 0
+        for key, datas in per_key.items():
+            if n >= len(datas):
+                continue
+            record_size = len(datas[n]) + len(key.encode())
+            if current and (len(current) >= MAX_RECORDS or size + record_size > MAX_REQUEST_BYTES):
+                requests.append(current)
+                current, size = [], 0
+            current.append((key, datas[n]))
+            size += record_size
+        if current:
+            requests.append(current)
+    return requests
+
+
+class KinesisBus(Bus):
+    def __init__(
+        self,
+        *,
+        endpoint_url: str | None = None,
+        dynamodb_endpoint_url: str | None = None,
+        region: str = "us-east-1",
+        credentials: tuple[str, str] | None = None,
+        stream_prefix: str = "",
+        shard_count: int = 1,
+        intervals: Sequence[str] = DEFAULT_INTERVALS,
+        checkpoint_table: str = "speedlayer_checkpoints",
+        poll_interval_s: float = 0.2,
+        get_records_limit: int = 1000,
+        shard_refresh_s: float = 10.0,
+        retry_timeout_s: float = 60.0,
+        active_timeout_s: float = 120.0,
+    ) -> None:
+        self.endpoint_url = endpoint_url
+        self.dynamodb_endpoint_url = dynamodb_endpoint_url
+        self.region = region
+        self.credentials = credentials
+        self.stream_prefix = stream_prefix
+        self.shard_count = shard_count
+        self.intervals = tuple(intervals)
+        self.checkpoint_table = checkpoint_table
+        self.poll_interval_s = poll_interval_s
+        self.get_records_limit = get_records_limit
+        self.shard_refresh_s = shard_refresh_s
+        self.retry_timeout_s = retry_timeout_s
+        self.active_timeout_s = active_timeout_s
+        self._kinesis: Any = None
+        self._dynamodb: Any = None
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._tasks: dict[Subscription, list[asyncio.Task[None]]] = {}
+        self._stopping: list[asyncio.Task[None]] = []
+        self._starting: dict[str, list[asyncio.Event]] = {}
+        # counters (tests, metrics)
+        self.put_requests = 0
+        self.records_put = 0
+        self.records_retried = 0
+        self.expired_iterators = 0
+        self.checkpoints_written = 0
+        self.dropped_subscriptions = 0
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._kinesis is not None:
+            return
+        stack = contextlib.AsyncExitStack()
+        try:
+            kinesis = make_session(self.region, self.endpoint_url, self.credentials)
+            self._kinesis = await stack.enter_async_context(
+                kinesis.client("kinesis", endpoint_url=self.endpoint_url, config=client_config(32))
+            )
+            ddb_url = self.dynamodb_endpoint_url
+            dynamodb = make_session(self.region, ddb_url, self.credentials)
+            self._dynamodb = await stack.enter_async_context(
+                dynamodb.client("dynamodb", endpoint_url=ddb_url, config=client_config(32))
+            )
+            self._stack = stack
+            await self._ensure_checkpoint_table()
+        except BaseException as exc:
+            self._kinesis = self._dynamodb = self._stack = None
+            await stack.aclose()
+            if isinstance(exc, AWS_ERRORS):
+                raise BusError(f"cannot start the Kinesis bus: {exc}") from exc
+            raise
+
+    async def stop(self) -> None:
+        for sub in list(self._tasks):
+            sub.close("bus stopped")
+        stopping, self._stopping = self._stopping, []
+        await asyncio.gather(*stopping, return_exceptions=True)
+        stack, self._stack = self._stack, None
+        self._kinesis = self._dynamodb = None
+        if stack is not None:
+            await stack.aclose()
+
+    @property
+    def kinesis(self) -> Any:
+        """The aiobotocore Kinesis client (tests register botocore event hooks on it)."""
+        if self._kinesis is None:
+            raise BusError("Kinesis bus is not started")
+        return self._kinesis
+
+    @property
+    def dynamodb(self) -> Any:
+        if self._dynamodb is None:
+            raise BusError("Kinesis bus is not started")
+        return self._dynamodb
+
+    def stream_name(self, topic: str) -> str:
+        return self.stream_prefix + topic
+
+    async def _call(
+        self, client: Any, op: str, ok_codes: frozenset[str] = frozenset(), **kwargs: Any
+    ) -> Any:
+        backoff = Backoff(self.retry_timeout_s)
+        while True:
+            try:
+                return await getattr(client, op)(**kwargs)
+            except AWS_ERRORS as exc:
+                if error_code(exc) in ok_codes:
+                    return None
+                if is_throttle(exc) and await backoff.sleep():
+                    continue
+                raise BusError(f"{op} failed: {exc}") from exc
+
+    # -- streams and the checkpoint table -------------------------------------------------------
+
+    async def ensure_streams(self, topics: Sequence[str] | None = None) -> None:
+        """Create the streams (raw + one per interval by default) if missing; wait for ACTIVE."""
+        if topics is None:
+            topics = [RAW_TOPIC, *(candle_topic(name) for name in self.intervals)]
+        names = [self.stream_name(t) for t in topics]
+        for name in names:  # CreateStream is rate-limited on AWS: one after the other
+            await self._call(
+                self.kinesis,
+                "create_stream",
+                frozenset({"ResourceInUseException"}),
+                StreamName=name,
+                ShardCount=self.shard_count,
+            )
+        await asyncio.gather(*(self._wait_stream_active(name) for name in names))
+
+    async def _wait_stream_active(self, name: str) -> None:
+        backoff = Backoff(self.active_timeout_s, initial_s=0.1, cap_s=1.0)
+        while True:
+            desc = await self._call(self.kinesis, "describe_stream", StreamName=name, Limit=1)
+            if desc["StreamDescription"]["StreamStatus"] == "ACTIVE":
+                return
+            if not await backoff.sleep():
+                raise BusError(f"Kinesis stream {name} did not become ACTIVE")
+
+    async def _ensure_checkpoint_table(self) -> None:
+        table = self.checkpoint_table
+        await self._call(
+            self.dynamodb,
+            "create_table",
+            frozenset({"ResourceInUseException"}),
+            TableName=table,
+            AttributeDefinitions=[
+                {"AttributeName": "lease", "AttributeType": "S"},
+                {"AttributeName": "shard", "AttributeType": "S"},
+            ],
+            KeySchema=[
+                {"AttributeName": "lease", "KeyType": "HASH"},
+                {"AttributeName": "shard", "KeyType": "RANGE"},
+            ],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        backoff = Backoff(self.active_timeout_s, initial_s=0.1, cap_s=1.0)
+        while True:
+            desc = await self._call(self.dynamodb, "describe_table", TableName=table)
+            if desc["Table"]["TableStatus"] == "ACTIVE":
+                return
+            if not await backoff.sleep():
+                raise BusError(f"checkpoint table {table} did not become ACTIVE")
+
+    async def checkpoints(self, consumer: str, topic: str) -> dict[str, str]:
+        """The stored checkpoints of ``consumer`` on ``topic``: shard id -> sequence number
+        (or ``SHARD_END`` for a shard read to its end)."""
+        lease = f"{consumer}/{self.stream_name(topic)}"
+        found: dict[str, str] = {}
+        kwargs: dict[str, Any] = {
+            "TableName": self.checkpoint_table,
+            "KeyConditionExpression": "#l = :l",
+            "ExpressionAttributeNames": {"#l": "lease"},
+            "ExpressionAttributeValues": {":l": {"S": lease}},
+            "ConsistentRead": True,
+        }
+        while True:
+            page = await self._call(self.dynamodb, "query", **kwargs)
+            for item in page.get("Items", []):
+                found[item["shard"]["S"]] = item["sequence"]["S"]
+            if not page.get("LastEvaluatedKey"):
+                return found
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    async def _checkpoint(self, lease: str, shard_id: str, sequence: str) -> None:
+        await self._call(
+            self.dynamodb,
+            "put_item",
+            TableName=self.checkpoint_table,
+            Item={
+                "lease": {"S": lease},
+                "shard": {"S": shard_id},
+                "sequence": {"S": sequence},
+                "updated_ms": {"N": str(time.time_ns() // 1_000_000)},
+            },
+        )
+        self.checkpoints_written += 1
+
+    # -- publish --------------------------------------------------------------------------------
+
+    async def publish(self, topic: str, batch: Sequence[Any]) -> None:
+        if not batch:
+            return
+        stream = self.stream_name(topic)
+        starting = self._starting.get(topic)
+        if starting:  # subscriptions still getting their LATEST iterators
+            await asyncio.gather(*(event.wait() for event in starting))
+            self._starting[topic] = [e for e in starting if not e.is_set()]
+        for request in plan_requests(batch):
+            await self._put_records(stream, request)
+
+    async def _put_records(self, stream: str, records: list[tuple[str, bytes]]) -> None:
+        pending = records
+        backoff = Backoff(self.retry_timeout_s)
+        while True:
+            try:
+                self.put_requests += 1
+                resp = await self.kinesis.put_records(
+                    StreamName=stream,
+                    Records=[{"Data": data, "PartitionKey": key} for key, data in pending],
+                )
+            except AWS_ERRORS as exc:
+                if is_throttle(exc) and await backoff.sleep():
+                    continue
+                raise BusError(f"PutRecords to {stream} failed: {exc}") from exc
+            failed = resp.get("FailedRecordCount") or 0
+            self.records_put += len(pending) - failed
+            if not failed:
+                return
+            pending = [
+                rec for rec, result in zip(pending, resp["Records"], strict=True)
+                if result.get("ErrorCode")
+            ]  # fmt: skip
+            self.records_retried += len(pending)
+            if not await backoff.sleep():
+                raise BusError(
+                    f"PutRecords to {stream}: {len(pending)} records still failing after "
+                    f"{self.retry_timeout_s:g} s"
+                )
+
+    # -- subscribe ------------------------------------------------------------------------------
+
+    def subscribe(
+        self,
+        topics: Sequence[str],
+        *,
+        maxsize: int = 1024,
+        overflow: Overflow = "block",
+        consumer: str = "speedlayer",
+    ) -> Subscription:
+        self.kinesis  # noqa: B018 - raises BusError when the bus is not started
+        sub = Subscription(self, topics, maxsize, overflow)
+        loop = asyncio.get_running_loop()
+        tasks = []
+        for topic in sub.topics:
+            ready = asyncio.Event()
+            self._starting.setdefault(topic, []).append(ready)
+            tasks.append(loop.create_task(self._consume_stream(sub, topic, consumer, ready)))
+        self._tasks[sub] = tasks
+        return sub
+
+    def _unsubscribe(self, subscription: Subscription) -> None:
+        for task in self._tasks.pop(subscription, []):
+            task.cancel()
+            self._stopping.append(task)
+
+    async def _consume_stream(
+        self, sub: Subscription, topic: str, consumer: str, ready: asyncio.Event
+    ) -> None:
+        stream = self.stream_name(topic)
+        lease = f"{consumer}/{stream}"
+        running: dict[str, asyncio.Task[None]] = {}
+        try:
+            checkpoints = await self.checkpoints(consumer, topic)
+            finished = {sid for sid, seq in checkpoints.items() if seq == SHARD_END}
+            while True:
+                shards = await self._list_shards(stream)
+                ids = {shard["ShardId"] for shard in shards}
+                for shard in shards:
+                    sid = shard["ShardId"]
+                    if sid in running or sid in finished:
+                        continue
+                    parents = [
+                        p
+                        for p in (shard.get("ParentShardId"), shard.get("AdjacentParentShardId"))
+                        if p and p in ids
+                    ]
+                    if all(p in finished for p in parents):
+                        has_parent = bool(shard.get("ParentShardId"))
+                        sequence = checkpoints.get(sid)
+                        iterator = await self._shard_iterator(stream, sid, sequence, has_parent)
+                        running[sid] = asyncio.create_task(
+                            self._consume_shard(
+                                sub, topic, lease, stream, sid, sequence, has_parent, iterator
+                            )
+                        )
+                ready.set()
+                if running:
+                    await asyncio.wait(
+                        running.values(),
+                        timeout=self.shard_refresh_s,
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                else:
+                    await asyncio.sleep(self.shard_refresh_s)
+                for sid, task in list(running.items()):
+                    if task.done():
+                        del running[sid]
+                        task.result()  # a failed shard fails the subscription
+                        finished.add(sid)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("Kinesis consumer %s on %s failed", consumer, stream)
+            sub.close(f"kinesis consumer failed: {exc}")
+        finally:
+            ready.set()
+            for task in running.values():
+                task.cancel()
+            await asyncio.gather(*running.values(), return_exceptions=True)
+
+    async def _list_shards(self, stream: str) -> list[dict[str, Any]]:
+        shards: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {"StreamName": stream}
+        while True:
+            resp = await self._call(self.kinesis, "list_shards", **kwargs)
+            shards.extend(resp.get("Shards", []))
+            token = resp.get("NextToken")
+            if not token:
+                return shards
+            kwargs = {"NextToken": token}  # AWS: NextToken alone on the following pages
+
+    async def _shard_iterator(
+        self, stream: str, shard_id: str, sequence: str | None, has_parent: bool
+    ) -> str:
+        kwargs: dict[str, Any] = {"StreamName": stream, "ShardId": shard_id}
+        if sequence is not None:
+            kwargs.update(
+                ShardIteratorType="AFTER_SEQUENCE_NUMBER", StartingSequenceNumber=sequence
+            )
+        elif has_parent:
+            kwargs.update(ShardIteratorType="TRIM_HORIZON")  # the parent was read to its end
+        else:
+            kwargs.update(ShardIteratorType="LATEST")
+        resp = await self._call(self.kinesis, "get_shard_iterator", **kwargs)
+        return str(resp["ShardIterator"])
+
+    async def _consume_shard(
+        self,
+        sub: Subscription,
+        topic: str,
+        lease: str,
+        stream: str,
+        shard_id: str,
+        sequence: str | None,
+        has_parent: bool,
+        first_iterator: str,
+    ) -> None:
+        iterator: str | None = first_iterator
+        delay = self.poll_interval_s
+        while iterator is not None:
+            try:
+                resp = await self.kinesis.get_records(
+                    ShardIterator=iterator, Limit=self.get_records_limit
+                )
+            except AWS_ERRORS as exc:
+                code = error_code(exc)
+                if code == "ExpiredIteratorException":
+                    self.expired_iterators += 1
+                    log.info("%s/%s: iterator expired; resuming from the checkpoint",
+                             stream, shard_id)  # fmt: skip
+                    iterator = await self._shard_iterator(stream, shard_id, sequence, has_parent)
+                    continue
+                if is_throttle(exc):
+                    await asyncio.sleep(random.uniform(0, delay))
+                    delay = min(delay * 2, 5.0)
+                    continue
+                raise BusError(f"GetRecords on {stream}/{shard_id} failed: {exc}") from exc
+            delay = self.poll_interval_s
+            records = resp.get("Records", [])
+            if records:
+                items = []
+                for record in records:
+                    try:
+                        items.append(decode_item(record["Data"]))
+                    except (msgspec.DecodeError, BusError) as exc:
+                        log.warning("%s/%s: skipping undecodable record %s: %s",
+                                    stream, shard_id, record["SequenceNumber"], exc)  # fmt: skip
+                if items and not await self._hand_over(sub, topic, items):
+                    return  # the subscription was dropped
+                sequence = str(records[-1]["SequenceNumber"])
+                await self._checkpoint(lease, shard_id, sequence)  # after the hand-over
+            iterator = resp.get("NextShardIterator")
+            if iterator is None:  # a closed shard read to its end: its children come next
+                await self._checkpoint(lease, shard_id, SHARD_END)
+            elif not records:
+                await asyncio.sleep(self.poll_interval_s)
+
+    async def _hand_over(self, sub: Subscription, topic: str, items: list[Any]) -> bool:
+        """Put one batch on the subscription's queue; False when it was dropped instead."""
+        item = (topic, items)
+        if sub.overflow == "block":
+            await sub.queue.put(item)
+        elif sub.queue.full():
+            self.dropped_subscriptions += 1
+            sub.close("slow consumer: queue full")
+            return False
+        else:
+            sub.queue.put_nowait(item)
+        return True
