@@ -17,16 +17,22 @@ A client whose queue is full is dropped at once (reason ``slow consumer``, count
 ``dropped_slow``): the hub never waits for a client, so a slow one cannot slow the pipeline or the
 others. Each connection's own writer task does the socket I/O.
 
-**Snapshot then live, with no gap and no duplicate.** Subscribing with a snapshot registers the
-pair *first*, in a pending state in which the hub buffers its updates (bounded by the same queue
-limit), and only then reads the last N candles from the store. The pipeline writes the store
-before it publishes, so every update published before the registration is in the snapshot, and
-every update published after it is in the buffer. When the snapshot arrives, the hub queues it and
-then the buffered updates, skipping those whose (timestamp, revision) the snapshot already covers
-(a revision at or below the snapshot's for the same candle); the same filter stays on for
-``COVER_S`` seconds for updates that were written before the read but published after it. Per
-candle, updates reach the hub in revision order (the pipeline publishes serially), so a client
-sees revisions of a candle strictly increasing.
+**Snapshot then live, with no gap and no duplicate.** A pair subscribed with a snapshot is
+registered *first*, in a pending state in which the hub buffers its updates (counted against the
+same queue limit), and only then are its last N candles read from the store. The pipeline writes
+the store before it publishes, so every update published before the registration is in the
+snapshot, and every update published after it is in the buffer. When the snapshot arrives, the hub
+queues it and then the buffered updates, skipping those whose (timestamp, revision) the snapshot
+already covers (a revision at or below the snapshot's for the same candle); the same filter stays
+on for ``COVER_S`` seconds for updates that were written before the read but published after it.
+Per candle, updates reach the hub in revision order (the pipeline publishes serially; a redelivered
+or older revision of a pair's newest candle, which an at-least-once bus can produce, is dropped
+and counted in ``stale_skipped``), so a client sees revisions of a candle strictly increasing.
+
+A WebSocket registers its pairs one at a time, each just before its own snapshot is read, so
+nothing waits in a buffer longer than one read. An SSE stream registers all its pairs at once and
+emits every snapshot, then the buffered updates in event order, so event ids only grow along the
+stream and a ``Last-Event-ID`` resume cannot skip anything.
 
 Wildcard subscriptions (``*`` for an interval, for monitors) get no snapshot and are limited per
 process (``settings.live_max_wildcards``). Without a bus (``speedlayer api`` on its own) the hub
@@ -34,8 +40,9 @@ still serves snapshots, counts connections and enforces limits, but nothing is l
 
 Counters for /metrics are plain attributes: ``clients`` (connected, WebSocket + SSE; also
 ``ws_clients`` and ``sse_clients``), ``dropped_slow``, ``delivered`` (messages written to client
-sockets), ``events`` (candle updates received), ``rejected_connections``, ``wildcards`` (active
-wildcard subscriptions), ``last_event_at`` (wall time of the last update, 0 before any).
+sockets), ``events`` (candle updates numbered and fanned out), ``stale_skipped``,
+``connections_total``, ``rejected_connections`` (over ``live_max_connections``), ``wildcards``
+(active wildcard subscriptions), ``last_event_at`` (wall time of the last update, 0 before any).
 """
 
 from __future__ import annotations
@@ -69,8 +76,9 @@ NO_LIVE_MESSAGE = (
     "no live updates: this server runs without a candle bus (snapshots only); "
     "run `speedlayer up` for live candles"
 )
+HUB_CONSUMER = "api-live-hub"  # the consumer name on buses with durable positions (Kinesis)
 HUB_QUEUE_BATCHES = 8192  # bus batches the hub may lag behind before the pipeline waits
-DISPATCH_CHUNK = 2000  # events dispatched between yields to the event loop
+DISPATCH_CHUNK = 500  # events dispatched between yields: below the per-client queue limit
 COVER_S = 60.0  # how long a snapshot's (timestamp, revision) filter stays on
 SNAPSHOT_READERS = 4  # concurrent store reads for one SSE stream's snapshots
 
@@ -284,6 +292,7 @@ class CandleHub:
         self.delivered = 0
         self.wildcards = 0
         self.last_event_at = 0.0
+        self.stale_skipped = 0  # updates at or below the revision already seen for the candle
         self._ring: deque[CandleEvent] = deque(maxlen=settings.sse_replay_events)
         self._latest: dict[Pair, Candle] = {}
         self._subs: dict[Pair, set[LiveClient]] = {}
@@ -300,10 +309,11 @@ class CandleHub:
             log.warning("no candle bus: /ws and /stream/candles serve snapshots, no live updates")
             return
         topics = [candle_topic(iv.name) for iv in self.settings.interval_set]
-        self._subscription = self.bus.subscribe(topics, maxsize=HUB_QUEUE_BATCHES, overflow="block")
+        self._subscription = self.bus.subscribe(
+            topics, maxsize=HUB_QUEUE_BATCHES, overflow="block", consumer=HUB_CONSUMER
+        )
         self._tasks = [
             asyncio.create_task(self._run(self._subscription), name="candle-hub"),
-            asyncio.create_task(self._prime(), name="candle-hub-prime"),
         ]
 
     async def stop(self) -> None:
@@ -323,7 +333,7 @@ class CandleHub:
 
     def latest(self, symbol: str, interval: str) -> Candle | None:
         """The newest candle (by bucket, then revision) the hub has seen for the pair since it
-        started (primed with the store's forming candles); None if none (ask the store)."""
+        started; None if none (ask the store)."""
         return self._latest.get((symbol, interval))
 
     def ring_window(self) -> tuple[int, int]:
@@ -595,41 +605,24 @@ class CandleHub:
                     log.exception("dispatching candle updates failed")
                 await asyncio.sleep(0)  # let the client writers run between chunks
 
-    async def _prime(self) -> None:
-        """Seed ``latest`` with the store's forming candles (updates from the bus win ties)."""
-        for interval in self.settings.interval_set:
-            try:
-                candles = await self.store.forming(interval)
-            except StoreError as exc:
-                log.warning("could not read forming candles for the latest cache: %s", exc)
-                return
-            for candle in candles:
-                self._remember(candle)
-
-    def _remember(self, candle: Candle) -> None:
-        key = (candle.symbol, candle.interval)
-        current = self._latest.get(key)
-        if current is None or (candle.timestamp, candle.revision) > (
-            current.timestamp,
-            current.revision,
-        ):
-            self._latest[key] = candle
-
     def _dispatch(self, candles: Sequence[Candle], at: float) -> None:
         subs, wild, ring, latest = self._subs, self._wild, self._ring, self._latest
         slow: list[LiveClient] = []
         seq = self.seq
+        stale = 0
         for candle in candles:
+            key = (candle.symbol, candle.interval)
+            current = latest.get(key)
+            if current is None or candle.timestamp > current.timestamp:
+                latest[key] = candle
+            elif candle.timestamp == current.timestamp:
+                if candle.revision <= current.revision:
+                    stale += 1  # redelivered (at-least-once buses): never send it twice
+                    continue
+                latest[key] = candle
             seq += 1
             event = CandleEvent(seq, candle, at)
             ring.append(event)
-            key = (candle.symbol, candle.interval)
-            current = latest.get(key)
-            if current is None or (candle.timestamp, candle.revision) > (
-                current.timestamp,
-                current.revision,
-            ):
-                latest[key] = candle
             clients = subs.get(key)
             if clients:
                 for client in clients:
@@ -646,7 +639,8 @@ class CandleHub:
                     self.close_client(client, SLOW_CONSUMER)
                 slow.clear()
         self.seq = seq
-        self.events += len(candles)
+        self.events += len(candles) - stale
+        self.stale_skipped += stale
         self.last_event_at = at
 
     def _unregister(self, client: LiveClient) -> None:

@@ -12,8 +12,9 @@ oldest first: the last N stored, the forming one included), ``candle`` (one upda
 fields at the top level plus ``seq``), ``error`` (``message``, and ``request`` when the message
 parsed), ``pong``. See api/live.py for the snapshot-then-live guarantee.
 
-Closes: 1013 when ``live_max_connections`` are connected, 1008 ``slow consumer`` when the client's
-queue overflowed, 1001 when the server shuts down.
+Closes: 1013 when ``live_max_connections`` are connected; 1008 ``slow consumer`` when the client's
+queue overflowed and 1001 when the server shuts down, each after an ``error`` message with the
+same reason (queued behind what the client has not read yet).
 """
 
 from __future__ import annotations
@@ -91,9 +92,10 @@ class _Session:
         reason = client.closed_reason
         if reason is not None and reason != "disconnected" and not self.disconnected:
             code = 1008 if reason == SLOW_CONSUMER else 1001
-            # A slow client's unread data is ahead of the close frame: wait a little for it.
+            # A slow client's unread data is ahead of these: wait a little for it to read.
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                    await self.websocket.send_text(Message("error", {"message": reason}).text)
                     await self.websocket.close(code, reason)
 
     async def _write(self) -> None:

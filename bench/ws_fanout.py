@@ -50,8 +50,9 @@ def _client_process(
     start_at: float,
     end_at: float,
     results: Any,
+    compression: str | None,
 ) -> None:
-    asyncio.run(_clients(url, subscriptions, intervals, start_at, end_at, results))
+    asyncio.run(_clients(url, subscriptions, intervals, start_at, end_at, results, compression))
 
 
 async def _clients(
@@ -61,6 +62,7 @@ async def _clients(
     start_at: float,
     end_at: float,
     results: Any,
+    compression: str | None,
 ) -> None:
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed
@@ -74,7 +76,7 @@ async def _clients(
     async def one(symbols: list[str]) -> None:
         nonlocal failed
         try:
-            ws = await connect(url, open_timeout=30, max_queue=None, compression=None)
+            ws = await connect(url, open_timeout=30, max_queue=None, compression=compression)
         except Exception:
             failed += 1
             return
@@ -218,6 +220,7 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                         start_at,
                         end_at,
                         results,
+                        "deflate" if args.deflate else None,  # browsers offer deflate
                     ),
                 )
                 for i in range(procs_n)

@@ -191,7 +191,6 @@ class LiveStack:
                 host="127.0.0.1",
                 port=self.port,
                 log_level="warning",
-                ws_per_message_deflate=False,
                 timeout_graceful_shutdown=3,
             )
         )
@@ -237,7 +236,7 @@ class LiveStack:
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def shared(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LiveStack]:
     tmp = tmp_path_factory.mktemp("live")
-    async with LiveStack(tmp, sse_heartbeat_s=0.3, sse_replay_events=3000) as stack:
+    async with LiveStack(tmp, sse_heartbeat_s=0.3, sse_replay_events=6000) as stack:
         yield stack
 
 
@@ -592,12 +591,17 @@ async def test_slow_consumer_is_dropped_while_others_keep_receiving(tmp_path: Pa
         bars_before = stack.runner.bars_in
         await until(lambda: stack.hub.dropped_slow > 0, 30, "the slow client to be dropped")
         dropped_at = len(small.messages), len(reader.messages)
-        # Now read: everything the server had written, then the close frame with the reason.
+        # Now read: everything the server had written, an error, the close frame with the reason.
+        last = None
         with pytest.raises(ConnectionClosed):
             async with asyncio.timeout(10):
                 while True:
-                    await slow.recv()
+                    last = await slow.recv()
         assert slow.close_code == 1008 and slow.close_reason == "slow consumer"
+        assert last is not None and orjson.loads(last) == {
+            "type": "error",
+            "message": "slow consumer",
+        }
         # The pipeline and the other clients carried on.
         for client, since in zip((small, reader), dropped_at, strict=True):
 
@@ -660,6 +664,7 @@ async def test_sse_resume_gets_exactly_the_missed_events(shared: LiveStack) -> N
         for ev in hub._ring
         if last_id < ev.seq <= got[-1] and (ev.candle.symbol, ev.candle.interval) in wanted
     ]
+    assert hub.ring_window()[0] <= last_id + 1, "the ring moved on before the check"
     assert got == expected
     by_seq = {ev.seq: ev for ev in hub._ring}
     assert all(e.json == orjson.loads(by_seq[int(e.id or 0)].text) for e in candles_of(resumed))
@@ -781,3 +786,77 @@ async def test_without_a_bus_snapshots_work_and_nothing_is_live(tmp_path: Path) 
             )
         assert "no live updates" in events[0].comments[0]
         assert len(events[-1].json["candles"]) == 2
+
+
+# -- the hub on its own ---------------------------------------------------------------------------
+
+
+async def test_hub_drops_redelivered_revisions_and_keeps_the_latest(tmp_path: Path) -> None:
+    """An at-least-once bus may deliver an update twice: a client never sees a revision twice
+    or an older one after a newer one; a correction of an older candle still goes through."""
+    settings = Settings(db=tmp_path / "hub.db")
+    bus = MemoryBus()
+    hub = CandleHub(settings, SQLiteStore(settings.db, settings.interval_set, _Clock()), bus)
+    await hub.start()
+    try:
+        client = hub.connect("ws")
+        assert client is not None
+        hub.subscribe(client, [("AAPL", "1m")], [], mode="live")
+
+        def candle(ts: int, revision: int) -> Candle:
+            return Candle("AAPL", "1m", ts, 1.0, 1.0, 1.0, 1.0, 1.0, None, None, 1, False,
+                          revision, 4_000_000_000)  # fmt: skip
+
+        t0, t1 = 1_704_205_800_000, 1_704_205_860_000
+        for ts, revision in [(t0, 1), (t0, 2), (t0, 2), (t0, 1), (t1, 1), (t0, 3), (t1, 1)]:
+            await bus.publish(candle_topic("1m"), [candle(ts, revision)])
+        await until(lambda: hub.events + hub.stale_skipped == 7, 5, "the hub")
+        items = await client.take()
+        got = [(i.candle.timestamp, i.candle.revision) for i in items if hasattr(i, "candle")]
+        assert got == [(t0, 1), (t0, 2), (t1, 1), (t0, 3)]
+        assert hub.stale_skipped == 3
+        latest = hub.latest("AAPL", "1m")
+        assert latest is not None and (latest.timestamp, latest.revision) == (t1, 1)
+        assert hub.latest("MSFT", "1m") is None
+        hub.disconnect(client)
+        assert hub.clients == 0
+    finally:
+        await hub.stop()
+
+
+class _Clock:
+    def now_ms(self) -> int:
+        return 1_704_205_900_000
+
+
+async def test_hub_lets_a_reading_wildcard_client_keep_up_with_a_full_market_batch(
+    tmp_path: Path,
+) -> None:
+    """12,000 updates in one bus batch, a wildcard client with the default queue of 1,000 that
+    drains as it is woken: the hub yields between chunks, so the client is not dropped."""
+    settings = Settings(db=tmp_path / "hub.db")
+    bus = MemoryBus()
+    hub = CandleHub(settings, SQLiteStore(settings.db, settings.interval_set, _Clock()), bus)
+    await hub.start()
+    try:
+        client = hub.connect("ws")
+        assert client is not None
+        hub.subscribe(client, [], ["1m"], mode="live")
+        received: list[object] = []
+
+        async def drain() -> None:
+            while items := await client.take():
+                received.extend(items)
+
+        reader = asyncio.create_task(drain())
+        batch = [
+            Candle(f"S{i}", "1m", 1_704_205_800_000, 1.0, 1.0, 1.0, 1.0, 1.0, None, None, 1,
+                   False, 1, 4_000_000_000)
+            for i in range(12_000)
+        ]  # fmt: skip
+        await bus.publish(candle_topic("1m"), batch)
+        await until(lambda: len(received) == 12_000, 10, "every update")
+        assert hub.dropped_slow == 0 and client.closed_reason is None
+        reader.cancel()
+    finally:
+        await hub.stop()
