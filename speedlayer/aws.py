@@ -63,6 +63,21 @@ class Backoff:
         return True
 
 
+def table_spec(hash_key: tuple[str, str], range_key: tuple[str, str]) -> dict[str, Any]:
+    """CreateTable arguments of an on-demand table keyed by (name, type) hash and range keys."""
+    return {
+        "AttributeDefinitions": [
+            {"AttributeName": hash_key[0], "AttributeType": hash_key[1]},
+            {"AttributeName": range_key[0], "AttributeType": range_key[1]},
+        ],
+        "KeySchema": [
+            {"AttributeName": hash_key[0], "KeyType": "HASH"},
+            {"AttributeName": range_key[0], "KeyType": "RANGE"},
+        ],
+        "BillingMode": "PAY_PER_REQUEST",
+    }
+
+
 def make_session(
     region: str, endpoint_url: str | None, credentials: tuple[str, str] | None
 ) -> aioboto3.Session:

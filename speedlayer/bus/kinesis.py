@@ -40,7 +40,15 @@ from typing import Any
 
 import msgspec
 
-from speedlayer.aws import AWS_ERRORS, Backoff, client_config, error_code, is_throttle, make_session
+from speedlayer.aws import (
+    AWS_ERRORS,
+    Backoff,
+    client_config,
+    error_code,
+    is_throttle,
+    make_session,
+    table_spec,
+)
 from speedlayer.bus.base import RAW_TOPIC, Bus, Overflow, Subscription, candle_topic
 from speedlayer.errors import SpeedlayerError
 from speedlayer.intervals import DEFAULT_INTERVALS
@@ -260,15 +268,7 @@ class KinesisBus(Bus):
             "create_table",
             frozenset({"ResourceInUseException"}),
             TableName=table,
-            AttributeDefinitions=[
-                {"AttributeName": "lease", "AttributeType": "S"},
-                {"AttributeName": "shard", "AttributeType": "S"},
-            ],
-            KeySchema=[
-                {"AttributeName": "lease", "KeyType": "HASH"},
-                {"AttributeName": "shard", "KeyType": "RANGE"},
-            ],
-            BillingMode="PAY_PER_REQUEST",
+            **table_spec(("lease", "S"), ("shard", "S")),
         )
         backoff = Backoff(self.active_timeout_s, initial_s=0.1, cap_s=1.0)
         while True:

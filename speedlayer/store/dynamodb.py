@@ -50,7 +50,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from decimal import Decimal
 from typing import Any
 
-from speedlayer.aws import AWS_ERRORS, Backoff, client_config, error_code, is_throttle, make_session
+from speedlayer.aws import (
+    AWS_ERRORS,
+    Backoff,
+    client_config,
+    error_code,
+    is_throttle,
+    make_session,
+    table_spec,
+)
 from speedlayer.clock import Clock
 from speedlayer.errors import StoreError
 from speedlayer.intervals import Interval, IntervalSet
@@ -236,15 +244,7 @@ class DynamoDBStore(Store):
             "create_table",
             frozenset({"ResourceInUseException"}),
             TableName=name,
-            AttributeDefinitions=[
-                {"AttributeName": "symbol", "AttributeType": "S"},
-                {"AttributeName": "timestamp", "AttributeType": "N"},
-            ],
-            KeySchema=[
-                {"AttributeName": "symbol", "KeyType": "HASH"},
-                {"AttributeName": "timestamp", "KeyType": "RANGE"},
-            ],
-            BillingMode="PAY_PER_REQUEST",
+            **table_spec(("symbol", "S"), ("timestamp", "N")),
         )
 
     async def _wait_active(self, name: str) -> None:
