@@ -50,9 +50,11 @@ from speedlayer.aws import (
     table_spec,
 )
 from speedlayer.bus.base import RAW_TOPIC, Bus, Overflow, Subscription, candle_topic
-from speedlayer.errors import SpeedlayerError
+from speedlayer.bus.wire import BusError, decode_item, encode_item
 from speedlayer.intervals import DEFAULT_INTERVALS
 from speedlayer.models import Bar, Candle
+
+__all__ = ["BusError", "KinesisBus", "decode_item", "encode_item", "plan_requests"]
 
 log = logging.getLogger(__name__)
 
@@ -60,41 +62,6 @@ MAX_RECORDS = 500
 MAX_REQUEST_BYTES = 5 * 1024 * 1024
 MAX_RECORD_BYTES = 1024 * 1024
 SHARD_END = "SHARD_END"
-
-_ENCODER = msgspec.json.Encoder()
-_BAR_TAG = b'{"type":"bar",'
-_CANDLE_TAG = b'{"type":"candle",'
-
-
-class BusError(SpeedlayerError):
-    """The bus backend failed (a stream is missing, a write could not be completed)."""
-
-
-class _Tag(msgspec.Struct):
-    type: str = ""
-
-
-_TAG_DECODER = msgspec.json.Decoder(_Tag)
-_BAR_DECODER = msgspec.json.Decoder(Bar)
-_CANDLE_DECODER = msgspec.json.Decoder(Candle)
-
-
-def encode_item(item: Bar | Candle) -> bytes:
-    """msgspec JSON of a Bar/Candle with ``"type"`` first (a struct always encodes as ``{...}``)."""
-    if isinstance(item, Candle):
-        return _CANDLE_TAG + _ENCODER.encode(item)[1:]
-    if isinstance(item, Bar):
-        return _BAR_TAG + _ENCODER.encode(item)[1:]
-    raise TypeError(f"the Kinesis bus carries Bar and Candle items, not {type(item).__name__}")
-
-
-def decode_item(data: bytes) -> Bar | Candle:
-    kind = _TAG_DECODER.decode(data).type
-    if kind == "bar":
-        return _BAR_DECODER.decode(data)
-    if kind == "candle":
-        return _CANDLE_DECODER.decode(data)
-    raise BusError(f"unknown record type {kind!r}")
 
 
 def plan_requests(items: Sequence[Bar | Candle]) -> list[list[tuple[str, bytes]]]:

@@ -1,0 +1,48 @@
+"""The bus wire format, shared by every backend that leaves the process (Kinesis, Kafka) and by
+the Lambda handlers: one flat JSON object per record, the Bar/Candle's msgspec JSON with a
+``"type"`` tag (``bar`` or ``candle``) as its first field. The record key is the symbol."""
+
+from __future__ import annotations
+
+import msgspec
+
+from speedlayer.errors import SpeedlayerError
+from speedlayer.models import Bar, Candle
+
+
+class BusError(SpeedlayerError):
+    """The bus backend failed (a stream/topic is missing, a write could not be completed), or a
+    record is not in the wire format."""
+
+
+_ENCODER = msgspec.json.Encoder()
+_BAR_TAG = b'{"type":"bar",'
+_CANDLE_TAG = b'{"type":"candle",'
+
+
+class _Tag(msgspec.Struct):
+    type: str = ""
+
+
+_TAG_DECODER = msgspec.json.Decoder(_Tag)
+_BAR_DECODER = msgspec.json.Decoder(Bar)
+_CANDLE_DECODER = msgspec.json.Decoder(Candle)
+
+
+def encode_item(item: Bar | Candle) -> bytes:
+    """msgspec JSON of a Bar/Candle with ``"type"`` first (a struct always encodes as ``{...}``)."""
+    if isinstance(item, Candle):
+        return _CANDLE_TAG + _ENCODER.encode(item)[1:]
+    if isinstance(item, Bar):
+        return _BAR_TAG + _ENCODER.encode(item)[1:]
+    raise TypeError(f"the bus carries Bar and Candle items, not {type(item).__name__}")
+
+
+def decode_item(data: bytes) -> Bar | Candle:
+    """The Bar/Candle of one record; msgspec.DecodeError or BusError when it is not one."""
+    kind = _TAG_DECODER.decode(data).type
+    if kind == "bar":
+        return _BAR_DECODER.decode(data)
+    if kind == "candle":
+        return _CANDLE_DECODER.decode(data)
+    raise BusError(f"unknown record type {kind!r}")
