@@ -33,7 +33,11 @@ BucketKey = tuple[str, int]  # (symbol, bucket start ms)
 
 
 class _Bucket:
-    """Open bucket: its bars by minute, and the aggregates of those bars in time order."""
+    """Open bucket: its bars by minute, and the aggregates of those bars in time order.
+
+    A bucket knows its own key and expiry, so a batch can collect changed buckets by identity
+    and build their candles without looking anything up.
+    """
 
     __slots__ = (
         "bars",
@@ -43,17 +47,27 @@ class _Bucket:
         "has_n",
         "has_vw",
         "high",
+        "interval",
         "last_t",
         "low",
         "open",
         "pv",
         "pv_volume",
         "revision",
+        "start",
+        "symbol",
         "trades",
+        "ttl",
         "volume",
     )  # fmt: skip
 
-    def __init__(self, revision: int = 0, final: bool = False) -> None:
+    def __init__(
+        self, symbol: str, interval: Interval, start: int, revision: int = 0, final: bool = False
+    ) -> None:
+        self.symbol = symbol
+        self.interval = interval.name
+        self.start = start
+        self.ttl = interval.ttl(start)
         self.bars: dict[int, Bar] = {}
         self.first_t = 0
         self.last_t = -1
@@ -67,23 +81,24 @@ class _Bucket:
 
     def append(self, bar: Bar) -> None:
         """Add a bar later than every bar held: the time-ordered sums extend exactly."""
-        if not self.bars:
-            self.first_t = bar.t
-            self.open = bar.o
-            self.high = bar.h
-            self.low = bar.l
-        else:
+        if self.bars:
             if bar.h > self.high:
                 self.high = bar.h
             if bar.l < self.low:
                 self.low = bar.l
+        else:
+            self.first_t = bar.t
+            self.open = bar.o
+            self.high = bar.h
+            self.low = bar.l
         self.bars[bar.t] = bar
         self.last_t = bar.t
         self.close = bar.c
         self.volume += bar.v
-        if bar.vw is not None:
+        vw = bar.vw
+        if vw is not None:
             self.has_vw = True
-            self.pv += bar.vw * bar.v
+            self.pv += vw * bar.v
             self.pv_volume += bar.v
         if bar.n is not None:
             self.has_n = True
@@ -105,19 +120,20 @@ class _Bucket:
             self.has_vw, self.trades, self.has_n, len(self.bars),
         )  # fmt: skip
 
-    def candle(self, symbol: str, interval: Interval, start: int) -> Candle:
-        if len(self.bars) == 1:
+    def candle(self) -> Candle:
+        bars = self.bars
+        if len(bars) == 1:
             # A one-bar candle carries the bar's own VWAP (equal to the formula when v > 0, and
             # exact), so the 1-minute table records every bar exactly as it arrived.
-            vwap = next(iter(self.bars.values())).vw
+            vwap = bars[self.last_t].vw
         elif self.has_vw and self.pv_volume > 0:
             vwap = self.pv / self.pv_volume
         else:
             vwap = None
         return Candle(
-            symbol, interval.name, start, self.open, self.high, self.low, self.close,
-            self.volume, vwap, self.trades if self.has_n else None, len(self.bars),
-            self.final, self.revision, interval.ttl(start),
+            self.symbol, self.interval, self.start, self.open, self.high, self.low, self.close,
+            self.volume, vwap, self.trades if self.has_n else None, len(bars),
+            self.final, self.revision, self.ttl,
         )  # fmt: skip
 
 
@@ -222,6 +238,9 @@ class Resampler:
             # new revision, exactly as if the process had not restarted. A bucket the store has
             # no candle for starts like a fresh one.
             bucket = _Bucket(
+                request.symbol,
+                interval,
+                start,
                 revision=candle.revision if candle else 0,
                 final=candle.final if candle else end + self.grace_ms <= now,
             )
@@ -242,14 +261,15 @@ class Resampler:
         """
         now = self.clock.now_ms()
         grace = self.grace_ms
-        intervals = self.intervals
-        opened = self._open
-        forming = self._forming
+        plan = [
+            (interval, interval.interval_ms, groups, forming)
+            for interval, groups, forming in zip(self.intervals, self._open, self._forming)
+        ]
         known = self._known_until
-        changed: dict[tuple[int, int, str], _Bucket] = {}
+        changed: dict[_Bucket, None] = {}  # insertion-ordered set, by identity
         result = BatchResult()
         watermark = self._watermark_ms
-        minute_buckets = opened[0]
+        minute_buckets = self._open[0]
         for bar in bars:
             symbol = bar.symbol
             t = bar.t
@@ -267,18 +287,17 @@ class Resampler:
                 known[symbol] = -1
             if t + MINUTE_MS > watermark:
                 watermark = t + MINUTE_MS
-            for index, interval in enumerate(intervals):
-                interval_ms = interval.interval_ms
+            for interval, interval_ms, groups, forming in plan:
                 start = t - t % interval_ms
-                group = opened[index].get(start)
+                group = groups.get(start)
                 if group is None:
-                    group = opened[index][start] = {}
+                    group = groups[start] = {}
                 bucket = group.get(symbol)
                 if bucket is None:
                     final = start + interval_ms + grace <= now
-                    bucket = group[symbol] = _Bucket(final=final)
+                    bucket = group[symbol] = _Bucket(symbol, interval, start, final=final)
                     if not final:
-                        forming[index].add(start)
+                        forming.add(start)
                 if previous is None and t > bucket.last_t:
                     bucket.append(bar)
                 else:
@@ -288,25 +307,19 @@ class Resampler:
                     if bucket.state() == before:
                         continue
                 bucket.revision += 1
-                changed[(index, start, symbol)] = bucket
+                changed[bucket] = None
         self._watermark_ms = watermark
         self._finalize(now, changed)
-        result.candles = [
-            bucket.candle(symbol, intervals[index], start)
-            for (index, start, symbol), bucket in changed.items()
-        ]
+        result.candles = [bucket.candle() for bucket in changed]
         return result
 
     def advance(self) -> list[Candle]:
         """Finalize the candles whose end plus grace the clock has passed; return them."""
-        changed: dict[tuple[int, int, str], _Bucket] = {}
+        changed: dict[_Bucket, None] = {}
         self._finalize(self.clock.now_ms(), changed)
-        return [
-            bucket.candle(symbol, self.intervals[index], start)
-            for (index, start, symbol), bucket in changed.items()
-        ]
+        return [bucket.candle() for bucket in changed]
 
-    def _finalize(self, now: int, changed: dict[tuple[int, int, str], _Bucket]) -> None:
+    def _finalize(self, now: int, changed: dict[_Bucket, None]) -> None:
         for index, interval in enumerate(self.intervals):
             starts = self._forming[index]
             if not starts:
@@ -314,11 +327,11 @@ class Resampler:
             due = [start for start in starts if start + interval.interval_ms + self.grace_ms <= now]
             for start in sorted(due):
                 starts.discard(start)
-                for symbol, bucket in self._open[index].get(start, {}).items():
+                for bucket in self._open[index].get(start, {}).values():
                     if not bucket.final and bucket.bars:
                         bucket.final = True
                         bucket.revision += 1
-                        changed[(index, start, symbol)] = bucket
+                        changed[bucket] = None
 
     def evict(self) -> int:
         """Drop final buckets the watermark has left ``lateness_ms`` behind; return how many.
