@@ -263,7 +263,9 @@ class Resampler:
         grace = self.grace_ms
         plan = [
             (interval, interval.interval_ms, groups, forming)
-            for interval, groups, forming in zip(self.intervals, self._open, self._forming)
+            for interval, groups, forming in zip(
+                self.intervals, self._open, self._forming, strict=True
+            )
         ]
         known = self._known_until
         changed: dict[_Bucket, None] = {}  # insertion-ordered set, by identity
