@@ -1,8 +1,10 @@
 """DynamoDBStore against dynalite: what the shared Store contract (test_store.py) does not cover.
 
-Exact numbers, the reserved word ``timestamp``, retries of UnprocessedItems/UnprocessedKeys and
-throttling (injected with botocore event hooks, since no emulator ever throttles), the TTL set-up
-function, data kept by a dynalite restarted on its --path directory, and measured rates (printed).
+Exact numbers, the reserved word ``timestamp``, both write modes (BatchWriteItem with the store's
+own revision guard, conditional PutItem) and their write order, retries of UnprocessedItems,
+UnprocessedKeys and throttling (injected with botocore event hooks, since no emulator ever
+throttles), the TTL set-up function, data kept by a dynalite restarted on its --path directory,
+and measured rates (printed).
 """
 
 from __future__ import annotations
@@ -24,7 +26,13 @@ from speedlayer.clock import ManualClock
 from speedlayer.errors import StoreError
 from speedlayer.intervals import DEFAULT_INTERVALS, IntervalSet
 from speedlayer.models import Bar, Candle
-from speedlayer.store.dynamodb import DynamoDBStore, candle_to_item, encode_number
+from speedlayer.store.dynamodb import (
+    WRITE_MODES,
+    DynamoDBStore,
+    WriteMode,
+    candle_to_item,
+    encode_number,
+)
 from tests.aws_hooks import Counter, FirstCalls, error_response, ok_response, request_body
 from tests.conftest import dynalite_command, free_port, start_emulator, stop_process
 
@@ -65,6 +73,15 @@ async def store(dynalite_url: str) -> AsyncIterator[DynamoDBStore]:
         await s.delete_tables()
 
 
+@pytest.fixture(params=WRITE_MODES)
+async def any_store(
+    dynalite_url: str, request: pytest.FixtureRequest
+) -> AsyncIterator[DynamoDBStore]:
+    async with new_store(dynalite_url, retry_timeout_s=10, write_mode=request.param) as s:
+        yield s
+        await s.delete_tables()
+
+
 AWKWARD = [0.1 + 0.2, 1e-7, 123456.789012345, 1 / 3, 2.0**-40, 9007199254740993.0, 5e-324 * 1e200]
 
 
@@ -96,25 +113,154 @@ async def test_reserved_word_timestamp_must_be_aliased(store: DynamoDBStore) -> 
     assert len(got) == 3 and got == sorted(got, key=lambda c: c.timestamp)
 
 
-async def test_errors_are_mapped_to_store_error(store: DynamoDBStore) -> None:
+async def test_errors_are_mapped_to_store_error(any_store: DynamoDBStore) -> None:
     bad = candle("X", "1m", T0, open=1e-200)  # outside DynamoDB's number range
-    with pytest.raises(StoreError, match=r"put_item") as info:
-        await store.upsert([bad])
+    op = "put_item" if any_store.write_mode == "conditional" else "BatchWriteItem"
+    with pytest.raises(StoreError, match=op) as info:
+        await any_store.upsert([bad])
     assert isinstance(info.value.__cause__, ClientError)
 
 
+def test_write_mode_is_validated() -> None:
+    with pytest.raises(ValueError, match="write_mode"):
+        DynamoDBStore(INTERVALS, ManualClock(NOW), write_mode="blind")  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("code", THROTTLES)
-async def test_throttled_puts_are_retried_and_nothing_is_lost(
-    store: DynamoDBStore, code: str
+async def test_throttled_puts_are_retried_and_nothing_is_lost(dynalite_url: str, code: str) -> None:
+    async with new_store(dynalite_url, retry_timeout_s=10, write_mode="conditional") as store:
+        hook = FirstCalls(30, lambda params: error_response(code))
+        store.client.meta.events.register("before-call.dynamodb.PutItem", hook)
+        written = [candle(f"S{i}", "1m", T0) for i in range(40)]
+        assert await store.upsert(written) == 40
+        assert hook.calls == 70
+        got = await store.get_candles(INTERVALS.get("1m"), [(c.symbol, T0) for c in written])
+        assert got == {(c.symbol, T0): c for c in written}
+        await store.delete_tables()
+
+
+def _mixed_candles(n_symbols: int, revision: int = 1) -> list[Candle]:
+    """Candles of every interval, bucket-aligned, for ``n_symbols`` symbols."""
+    out = []
+    for iv in INTERVALS:
+        start = T0 - T0 % iv.interval_ms
+        out += [
+            candle(f"M{i:03}", iv.name, start, revision=revision, close=100.0 + revision)
+            for i in range(n_symbols)
+        ]
+    return out
+
+
+@pytest.mark.parametrize("fault", ["unprocessed", "partly", *THROTTLES])
+async def test_batch_upsert_retries_unprocessed_items_and_throttling(
+    store: DynamoDBStore, fault: str
 ) -> None:
-    hook = FirstCalls(30, lambda params: error_response(code))
-    store.client.meta.events.register("before-call.dynamodb.PutItem", hook)
-    written = [candle(f"S{i}", "1m", T0) for i in range(40)]
-    assert await store.upsert(written) == 40
-    assert hook.calls == 70
-    assert await store.get_candles(INTERVALS.get("1m"), [(c.symbol, T0) for c in written]) == {
-        (c.symbol, T0): c for c in written
-    }
+    """The default write path: injected UnprocessedItems (all of a request, or the second half of
+    one the emulator did write) and throttling of BatchWriteItem and of the revision read
+    (BatchGetItem) lose nothing."""
+    events = store.client.meta.events
+    calls = Counter()  # registered first: it sees every call, the injected ones too
+    events.register("before-call.dynamodb.BatchWriteItem", calls)
+    if fault == "partly":
+        partly = PartlyUnprocessed(5)
+        events.register("before-call.dynamodb.BatchWriteItem", partly.before)
+        events.register("after-call.dynamodb.BatchWriteItem", partly.after)
+    else:
+        respond = _unprocessed_all if fault == "unprocessed" else lambda p: error_response(fault)
+        writes = FirstCalls(5, respond)
+        events.register("before-call.dynamodb.BatchWriteItem", writes)
+        reads = FirstCalls(2, lambda p: error_response(fault) if fault in THROTTLES else None)
+        events.register("before-call.dynamodb.BatchGetItem", reads)
+    written = _mixed_candles(30)  # 6 x 30 other candles (8 requests), then 30 1m (2 requests)
+    assert await store.upsert(written) == len(written)
+    assert calls.calls == 10 + 5  # each injected fault cost exactly one more request
+    for iv in INTERVALS:
+        start = T0 - T0 % iv.interval_ms
+        want = {(c.symbol, c.timestamp): c for c in written if c.interval == iv.name}
+        assert await store.get_candles(iv, [(s, start) for s, _ in want]) == want, iv.name
+
+
+class PartlyUnprocessed:
+    """For the first ``n`` BatchWriteItem calls: the request reaches the emulator (which writes
+    all of it), then the response claims the second half of it as UnprocessedItems."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.calls = 0
+
+    def before(self, params: dict[str, object], context: dict[str, object], **_: object) -> None:
+        self.calls += 1
+        if self.calls <= self.n:
+            context["claim_unprocessed"] = request_body(params)["RequestItems"]
+
+    def after(self, parsed: dict[str, object], context: dict[str, object], **_: object) -> None:
+        items = context.get("claim_unprocessed")
+        if not isinstance(items, dict):
+            return
+        flat = [(table, request) for table, requests in items.items() for request in requests]
+        unprocessed: dict[str, list[object]] = {}
+        for table, request in flat[len(flat) // 2 :]:
+            unprocessed.setdefault(table, []).append(request)
+        parsed["UnprocessedItems"] = unprocessed
+
+
+async def test_batch_mode_never_replaces_a_higher_revision_from_another_instance(
+    dynalite_url: str,
+) -> None:
+    """The revision guard reads the stored revisions of keys it has not seen (a restarted writer),
+    once per key: later revisions of the same candles are cache hits."""
+    prefix = f"g{uuid.uuid4().hex[:12]}_"
+    first = DynamoDBStore(INTERVALS, ManualClock(NOW), endpoint_url=dynalite_url,
+                          table_prefix=prefix)  # fmt: skip
+    async with first:
+        assert await first.upsert(_mixed_candles(20, revision=5)) == 140
+    second = DynamoDBStore(INTERVALS, ManualClock(NOW), endpoint_url=dynalite_url,
+                           table_prefix=prefix)  # fmt: skip
+    async with second:
+        reads = Counter()
+        second.client.meta.events.register("before-call.dynamodb.BatchGetItem", reads)
+        assert await second.upsert(_mixed_candles(20, revision=3)) == 0  # all stale
+        assert second.stale_skipped == 140 and second.revision_reads == 140
+        assert reads.calls == 7  # one BatchGetItem per table (20 keys each)
+        assert await second.upsert(_mixed_candles(20, revision=5)) == 140  # equal replaces
+        assert await second.upsert(_mixed_candles(20, revision=6)) == 140
+        assert reads.calls == 7 and second.revision_reads == 140  # no more reads
+        got = await second.query("M000", INTERVALS.get("4h"))
+        assert [(c.revision, c.close) for c in got] == [(6, 106.0)]
+        await second.delete_tables()
+
+
+@pytest.mark.parametrize("mode", WRITE_MODES)
+async def test_the_minute_table_is_written_last(dynalite_url: str, mode: WriteMode) -> None:
+    """A write that fails in the middle never leaves a 1-minute bar stored without the candles
+    derived from it: every other table's items are written before the first 1-minute item."""
+    async with new_store(dynalite_url, retry_timeout_s=0.5, write_mode=mode) as store:
+        tables: list[str] = []
+        op = "BatchWriteItem" if mode == "batch" else "PutItem"
+
+        def record(params: dict[str, object], **_: object) -> object:
+            body = request_body(params)
+            names = list(body["RequestItems"]) if mode == "batch" else [body["TableName"]]
+            tables.extend(names)
+            if store.tables["1m"] in names:
+                return error_response("ValidationException", "the 1-minute write fails")
+            return None
+
+        store.client.meta.events.register(f"before-call.dynamodb.{op}", record)
+        written = _mixed_candles(30)
+        with pytest.raises(StoreError):
+            await store.upsert(written)
+        first_minute = tables.index(store.tables["1m"])
+        assert store.tables["1m"] not in tables[:first_minute]
+        assert set(tables[:first_minute]) == {store.tables[iv.name] for iv in INTERVALS} - {
+            store.tables["1m"]
+        }
+        store.client.meta.events.unregister(f"before-call.dynamodb.{op}", record)
+        for iv in INTERVALS:  # everything but the 1-minute table is complete
+            start = T0 - T0 % iv.interval_ms
+            got = await store.get_candles(iv, [(f"M{i:03}", start) for i in range(30)])
+            assert len(got) == (0 if iv.name == "1m" else 30), iv.name
+        await store.delete_tables()
 
 
 def _unprocessed_all(params: dict[str, object]) -> object:
@@ -259,54 +405,60 @@ async def test_dynalite_with_path_keeps_data_across_kill_9(tmp_path: Path) -> No
 # -- measured (printed, not asserted) -------------------------------------------------------------
 
 
+@pytest.mark.parametrize("mode", WRITE_MODES)
 async def test_measure_rates_on_dynalite(
-    dynalite_url: str, capsys: pytest.CaptureFixture[str]
+    dynalite_url: str, capsys: pytest.CaptureFixture[str], mode: WriteMode
 ) -> None:
-    async with new_store(dynalite_url) as store:
-        n = 5000
+    async with new_store(dynalite_url, write_mode=mode) as store:
+        n = 2500
         candles = [candle(f"S{i % 50:02}", "1m", T0 + (i // 50) * 60_000) for i in range(n)]
         started = time.perf_counter()
-        await store.upsert(candles)
+        assert await store.upsert(candles) == n
         write_s = time.perf_counter() - started
         minute = INTERVALS.get("1m")
-        queries = 200
+        queries = 100
         started = time.perf_counter()
         for q in range(queries):
-            got = await store.query(f"S{q % 50:02}", minute, start_ms=T0, limit=100)
-            assert len(got) == 100
+            got = await store.query(f"S{q % 50:02}", minute, start_ms=T0, limit=40)
+            assert len(got) == 40
         query_s = time.perf_counter() - started
-
-        # write requests per 1,000 input bars through the pipeline (100 symbols x 10 minutes)
-        puts = Counter()
-        store.client.meta.events.register("before-call.dynamodb.PutItem", puts)
-        bars = [
-            Bar(f"P{s:03}", T0 + m * 60_000, 10.0, 11.0, 9.0, 10.5, 100.0)
-            for m in range(10)
-            for s in range(100)
-        ]
-        clock = ManualClock(T0)
-        live = CandlePipeline(Resampler(INTERVALS, clock), store)
-        for m in range(10):  # live: one batch per minute
-            clock.set(T0 + m * 60_000 + 1000)
-            await live.handle(bars[m * 100 : (m + 1) * 100])
-        live_puts = puts.calls
-        puts.calls = 0
-        store2 = new_store(dynalite_url, ManualClock(T0))
-        async with store2:
-            store2.client.meta.events.register("before-call.dynamodb.PutItem", puts)
-            replay = CandlePipeline(Resampler(INTERVALS, ManualClock(T0)), store2)
-            await replay.handle(bars)  # replay/backfill: one batch of 1,000 bars
-            await store2.delete_tables()
         await store.delete_tables()
+
+    # requests per 1,000 input bars through the pipeline (100 symbols x 10 minutes)
+    bars = [
+        Bar(f"P{s:03}", T0 + m * 60_000, 10.0, 11.0, 9.0, 10.5, 100.0)
+        for m in range(10)
+        for s in range(100)
+    ]
+    counts: dict[str, dict[str, int]] = {}
+    for run in ("live", "replay"):
+        clock = ManualClock(T0)
+        async with new_store(dynalite_url, clock, write_mode=mode) as s2:
+            hooks = {op: Counter() for op in ("PutItem", "BatchWriteItem", "BatchGetItem")}
+            for op, hook in hooks.items():
+                s2.client.meta.events.register(f"before-call.dynamodb.{op}", hook)
+            pipeline = CandlePipeline(Resampler(INTERVALS, clock), s2)
+            if run == "live":  # one batch per minute, finalized as the clock passes
+                for m in range(10):
+                    clock.set(T0 + m * 60_000 + 61_000)
+                    await pipeline.tick()
+                    await pipeline.handle(bars[m * 100 : (m + 1) * 100])
+            else:  # replay/backfill: one batch of 1,000 bars
+                await pipeline.handle(bars)
+            counts[run] = {op: hook.calls for op, hook in hooks.items()}
+            counts[run]["candles"] = pipeline.stats.rows_written
+            await s2.delete_tables()
     with capsys.disabled():
         print(
-            f"\n[dynalite] conditional PutItem upsert: {n / write_s:,.0f} candles/s "
-            f"({store.write_concurrency} in flight); 100-candle range query: "
-            f"{queries / query_s:,.0f} queries/s\n"
-            f"[dynalite] write requests per 1,000 bars, 7 intervals: live (1 batch/minute) "
-            f"{live_puts} PutItem (BatchWriteItem would be ~{-(-live_puts // 25)}); replay "
-            f"(1 batch) {puts.calls} PutItem (BatchWriteItem ~{-(-puts.calls // 25)})"
+            f"\n[dynalite] {mode} upsert: {n / write_s:,.0f} candles/s; 40-candle range query: "
+            f"{queries / query_s:,.0f} queries/s\n[dynalite] {mode}: requests per 1,000 bars "
+            f"(7 intervals): live, 1 batch/minute {counts['live']}; replay, 1 batch "
+            f"{counts['replay']}"
         )
+    if mode == "batch":
+        assert counts["replay"]["PutItem"] == 0 and counts["replay"]["BatchWriteItem"] > 0
+    else:
+        assert counts["replay"]["BatchWriteItem"] == 0 and counts["replay"]["PutItem"] > 0
 
 
 def test_node_is_available() -> None:

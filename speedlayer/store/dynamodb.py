@@ -5,18 +5,31 @@ Tables ``speed_layer_ohlcv_{1min,...,4h}`` (``Interval.table``, optionally prefi
 Attributes: ``open high low close volume vwap trades bars final revision interval ttl``; ``vwap``
 and ``trades`` are left out when null.
 
-**Idempotency (the choice).** Candle writes are *conditional PutItems*:
-``attribute_not_exists(revision) OR revision <= :r``, run ``write_concurrency`` at a time.
-BatchWriteItem cannot carry a condition, so a batch write could only be correct with an outside
-guarantee that no older revision is ever written after a newer one (one writer per symbol and
-in-order delivery). Kinesis delivers at least once, retries of a partial PutRecords failure and
-replays after a restart re-send older revisions, and the store contract says a write never
-replaces a higher revision whatever the order; the conditional write makes that true in the
-store itself, with no read-modify-write race. The cost is the same in capacity (one WCU per item
-up to 1 KB, batched or not); only the number of HTTP requests grows (1 per candle instead of 1 per
-25), which the concurrency hides. Keys are de-duplicated per call, keeping the highest revision,
-so a batch never races with itself. BatchWriteItem (25 items, UnprocessedItems retried with
-backoff) is used where no condition is needed: deleting expired candles.
+**Writes and idempotency.** The store contract: a write never replaces a higher revision, so
+replays and duplicated deliveries converge. Keys are de-duplicated per call (the highest revision
+wins), and two write modes keep the rule (``write_mode``):
+
+* ``batch`` (default): BatchWriteItem, 25 items per request, ``8`` requests in flight,
+  UnprocessedItems and throttling retried with backoff and jitter until ``retry_timeout_s``.
+  BatchWriteItem cannot carry a condition, so the store keeps the revision rule itself: it
+  remembers the revision it last wrote or read per key (an LRU of ``revision_cache_size`` keys)
+  and, for keys it does not know, reads the stored revisions first (BatchGetItem, 100 keys per
+  request, ConsistentRead, projection ``symbol, timestamp, revision``); stale candles are skipped.
+  Writes of one store are serialized by a lock, so this is exact for **one writer per table** (the
+  processing service: one process per consumer name). In the live pipeline a key is read once,
+  when its bucket opens; every later revision of the candle is a cache hit. Capacity is the same
+  as PutItem (one write unit per item up to 1 KB) plus one read unit per new key; requests are
+  about 25 times fewer.
+* ``conditional``: one PutItem per candle with ``attribute_not_exists(revision) OR revision <=
+  :r``, ``write_concurrency`` at a time. The rule holds in DynamoDB itself, with no
+  read-modify-write race: the mode for writers that may race on the same keys (several processes
+  or Lambda invocations writing the same symbols, replays running beside the live service).
+
+In both modes the 1-minute table is written **last**, after every other interval's candles of the
+call: it is the pipeline's record of which bars are stored (``bars_between``, ``last_bar_times``),
+so a crash in the middle of a write never leaves a bar recorded whose derived candles are missing;
+the re-delivered bar is processed again and completes them. BatchWriteItem (no guard) is also used
+for deleting expired candles.
 
 **Numbers** are written exactly: a float is sent as ``Decimal(repr(x))`` (the shortest decimal
 that reads back as the same float, at most 17 significant digits, well inside DynamoDB's 38) and
@@ -46,9 +59,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 from speedlayer.aws import (
     AWS_ERRORS,
@@ -68,6 +82,8 @@ from speedlayer.store.base import Order, Store
 log = logging.getLogger(__name__)
 
 Item = dict[str, Any]
+WriteMode = Literal["batch", "conditional"]
+WRITE_MODES: tuple[WriteMode, ...] = ("batch", "conditional")
 _NAMES = {"#s": "symbol", "#t": "timestamp", "#ttl": "ttl"}
 _BATCH_WRITE = 25
 _BATCH_GET = 100
@@ -162,8 +178,19 @@ class DynamoDBStore(Store):
         retry_timeout_s: float = 60.0,
         scan_purge: bool | None = None,
         active_timeout_s: float = 120.0,
+        write_mode: WriteMode = "batch",
+        revision_cache_size: int = 500_000,
     ) -> None:
         super().__init__(intervals, clock)
+        if write_mode not in WRITE_MODES:
+            raise ValueError(f"write_mode must be one of {WRITE_MODES}, not {write_mode!r}")
+        self.write_mode = write_mode
+        self.revision_cache_size = revision_cache_size
+        # batch mode: (table, symbol, timestamp) -> the revision stored there, as last written/read
+        self._revisions: OrderedDict[tuple[str, str, int], int] = OrderedDict()
+        self._write_lock = asyncio.Lock()
+        self.revision_reads = 0  # keys whose stored revision had to be read (batch mode)
+        self.stale_skipped = 0  # candles not written: the store held a higher revision
         self.endpoint_url = endpoint_url
         self.region = region
         self.credentials = credentials
@@ -301,6 +328,17 @@ class DynamoDBStore(Store):
             held = best.get(key)
             if held is None or c.revision >= held.revision:
                 best[key] = c
+        minute = self.intervals.items[0].name
+        derived = [c for c in best.values() if c.interval != minute]
+        minutes = [c for c in best.values() if c.interval == minute]
+        write = self._put_batch if self.write_mode == "batch" else self._put_conditional
+        changed = 0
+        for phase in (derived, minutes):  # the 1-minute table last (see the module docstring)
+            if phase:
+                changed += await write(phase)
+        return changed
+
+    async def _put_conditional(self, candles: Sequence[Candle]) -> int:
         changed = 0
 
         def job(c: Candle) -> Callable[[], Awaitable[None]]:
@@ -317,11 +355,59 @@ class DynamoDBStore(Store):
                 )
                 if resp is not None:
                     changed += 1
+                else:
+                    self.stale_skipped += 1
 
             return put
 
-        await run_bounded((job(c) for c in best.values()), self.write_concurrency)
+        await run_bounded((job(c) for c in candles), self.write_concurrency)
         return changed
+
+    async def _put_batch(self, candles: Sequence[Candle]) -> int:
+        """BatchWriteItem of the candles the store holds no higher revision of (one writer)."""
+        async with self._write_lock:
+            cache = self._revisions
+            keys = [(self.tables[c.interval], c.symbol, int(c.timestamp)) for c in candles]
+            unknown = [key for key in keys if key not in cache]
+            if unknown:
+                await self._read_revisions(unknown)
+            fresh: list[tuple[tuple[str, str, int], Candle]] = []
+            for key, c in zip(keys, candles, strict=True):
+                stored = cache.get(key)
+                if stored is not None and stored > c.revision:
+                    self.stale_skipped += 1
+                    continue
+                fresh.append((key, c))
+            await self.batch_write(
+                [(key[0], {"PutRequest": {"Item": candle_to_item(c)}}) for key, c in fresh]
+            )
+            for key, c in fresh:
+                self._remember(key, int(c.revision))
+            return len(fresh)
+
+    def _remember(self, key: tuple[str, str, int], revision: int) -> None:
+        cache = self._revisions
+        cache[key] = revision
+        cache.move_to_end(key)
+        while len(cache) > self.revision_cache_size:
+            cache.popitem(last=False)
+
+    async def _read_revisions(self, keys: Sequence[tuple[str, str, int]]) -> None:
+        """Load the stored revisions of ``keys`` into the cache (absent keys stay unknown)."""
+        by_table: dict[str, list[tuple[str, int]]] = {}
+        for table, symbol, ts in keys:
+            by_table.setdefault(table, []).append((symbol, ts))
+        self.revision_reads += len(keys)
+        for table, table_keys in by_table.items():
+            items = await self._batch_get(
+                table,
+                table_keys,
+                ProjectionExpression="#s, #t, #rev",
+                ExpressionAttributeNames={"#s": "symbol", "#t": "timestamp", "#rev": "revision"},
+            )
+            for item in items:
+                key = (table, item["symbol"]["S"], int(item["timestamp"]["N"]))
+                self._remember(key, int(item["revision"]["N"]))
 
     async def batch_write(self, requests: Sequence[tuple[str, Item]]) -> int:
         """BatchWriteItem of (table, PutRequest/DeleteRequest) pairs, 25 per call, keys
@@ -380,6 +466,7 @@ class DynamoDBStore(Store):
                 ExpressionAttributeValues=now,
             ):
                 requests.append((table, {"DeleteRequest": {"Key": item}}))
+                self._revisions.pop((table, item["symbol"]["S"], int(item["timestamp"]["N"])), None)
         return await self.batch_write(requests)
 
     # -- reads ----------------------------------------------------------------------------------
@@ -451,21 +538,33 @@ class DynamoDBStore(Store):
     async def get_candles(
         self, interval: Interval, keys: Sequence[tuple[str, int]]
     ) -> dict[tuple[str, int], Candle]:
-        table = self.tables[interval.name]
-        unique = list(dict.fromkeys((s, int(t)) for s, t in keys))
         found: dict[tuple[str, int], Candle] = {}
+        for item in await self._batch_get(self.tables[interval.name], keys):
+            candle = item_to_candle(item)
+            found[(candle.symbol, candle.timestamp)] = candle
+        return found
+
+    async def _batch_get(
+        self, table: str, keys: Sequence[tuple[str, int]], **kwargs: Any
+    ) -> list[Item]:
+        """Consistent BatchGetItem of (symbol, timestamp) keys, 100 per request, 8 in flight,
+        UnprocessedKeys retried with backoff; the items found, in no particular order."""
+        unique = list(dict.fromkeys((s, int(t)) for s, t in keys))
+        found: list[Item] = []
 
         def job(chunk: list[tuple[str, int]]) -> Callable[[], Awaitable[None]]:
             async def read() -> None:
                 pending: Item = {
-                    table: {"Keys": [_key(s, t) for s, t in chunk], "ConsistentRead": True}
+                    table: {
+                        "Keys": [_key(s, t) for s, t in chunk],
+                        "ConsistentRead": True,
+                        **kwargs,
+                    }
                 }
                 backoff = Backoff(self.retry_timeout_s)
                 while pending:
                     resp = await self._call("batch_get_item", RequestItems=pending)
-                    for item in resp.get("Responses", {}).get(table, []):
-                        candle = item_to_candle(item)
-                        found[(candle.symbol, candle.timestamp)] = candle
+                    found.extend(resp.get("Responses", {}).get(table, []))
                     pending = resp.get("UnprocessedKeys") or {}
                     if pending and not await backoff.sleep():
                         raise StoreError("DynamoDB BatchGetItem: keys still unprocessed")
