@@ -14,6 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+from msgspec.structs import astuple
+
 from speedlayer.clock import Clock
 from speedlayer.errors import StoreError
 from speedlayer.intervals import Interval, IntervalSet
@@ -140,12 +142,13 @@ class SQLiteStore(Store):
     async def upsert(self, candles: Sequence[Candle]) -> int:
         if not candles:
             return 0
-        by_table: dict[str, list[tuple[object, ...]]] = {}
+        # Rows are the candles' fields in declaration order, the order of the table's columns.
+        by_table: dict[str, list[tuple[object, ...]]] = {
+            table: [] for table in self._tables.values()
+        }
+        tables = self._tables
         for c in candles:
-            by_table.setdefault(self._tables[c.interval], []).append(
-                (c.symbol, c.interval, c.timestamp, c.open, c.high, c.low, c.close, c.volume,
-                 c.vwap, c.trades, c.bars, c.final, c.revision, c.ttl)
-            )  # fmt: skip
+            by_table[tables[c.interval]].append(astuple(c))
 
         def write() -> int:
             conn = self._writer
@@ -154,6 +157,8 @@ class SQLiteStore(Store):
             try:
                 with conn:
                     for table, rows in by_table.items():
+                        if not rows:
+                            continue
                         cur = conn.executemany(
                             f"INSERT INTO {table} ({_COLUMNS}) VALUES ({_PLACEHOLDERS}) "
                             f"ON CONFLICT (symbol, timestamp) DO UPDATE SET {_UPDATES} "
