@@ -197,7 +197,7 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             dispatch(candles, at)
             marks.append((first, hub.seq, at))
 
-        hub._dispatch = recording  # type: ignore[method-assign]
+        hub._dispatch = recording
 
         log.info("waiting for the first full-market minute ...")
         await _until(lambda: runner.bars_in >= args.symbols // 2, 0.5)
