@@ -3,6 +3,14 @@
 One task consumes the raw topic (draining whatever is queued into one pipeline batch, so a burst
 is stored and published in few round trips), one ticks the clock to finalize candles, and one logs
 throughput and feed lag. Pipeline calls are serialized by a lock: the resampler is not re-entrant.
+
+The raw subscription is named ``consumer`` and commits its position itself, after each batch is
+stored and published (``Subscription.commit``): on a bus with durable positions (Kinesis) a
+restarted runner resumes after the last batch it finished, so a crash loses nothing. With
+``exit_on_error`` (the standalone ``speedlayer process`` service) a batch that still fails after
+the pipeline's retries stops consumption without committing it and sets ``failed``; the service
+exits and its restart retries the batch. Without it (the embedded stack) the batch is logged and
+skipped, as the feed's backfill or a replay re-delivers it.
 """
 
 from __future__ import annotations
@@ -47,6 +55,8 @@ class PipelineRunner:
         tick_s: float = 1.0,
         stats_every_s: float = 5.0,
         queue_batches: int = 1024,
+        consumer: str = "speedlayer",
+        exit_on_error: bool = False,
     ) -> None:
         self.pipeline = pipeline
         self.bus = bus
@@ -55,6 +65,10 @@ class PipelineRunner:
         self.tick_s = tick_s
         self.stats_every_s = stats_every_s
         self.queue_batches = queue_batches
+        self.consumer = consumer
+        self.exit_on_error = exit_on_error
+        self.failed = asyncio.Event()  # set when consumption stopped on a failed batch
+        self.failure: BaseException | None = None
         self.last_bar_end_ms = 0
         self.bars_in = 0
         self.candles_out = 0
@@ -67,8 +81,9 @@ class PipelineRunner:
             self.pipeline.publish = CandlePublisher(self.bus)
         await self.pipeline.recover()
         self._subscription = self.bus.subscribe(
-            [RAW_TOPIC], maxsize=self.queue_batches, overflow="block"
+            [RAW_TOPIC], maxsize=self.queue_batches, overflow="block", consumer=self.consumer
         )
+        self._subscription.auto_commit = False  # commit after processing (no await before this)
         self._tasks = [
             asyncio.create_task(self._consume(self._subscription), name="pipeline-consume"),
             asyncio.create_task(self._tick(), name="pipeline-tick"),
@@ -101,22 +116,36 @@ class PipelineRunner:
                 except Exception:
                     break
                 bars.extend(more)
-            await self.process(bars)
+            error = await self._process(bars)
+            if error is not None and self.exit_on_error:
+                self.failure = error
+                self.failed.set()
+                return  # not committed: a restart resumes before this batch
+            try:
+                await subscription.commit()
+            except Exception:  # the next commit covers this batch too
+                log.exception("storing the consumer position failed; retrying at the next batch")
 
     async def process(self, bars: Sequence[Bar]) -> None:
+        await self._process(bars)
+
+    async def _process(self, bars: Sequence[Bar]) -> Exception | None:
+        if not bars:  # e.g. only a position marker (the end of a closed shard)
+            return None
         async with self._lock:
             try:
                 result = await self.pipeline.handle(bars)
-            except Exception:
+            except Exception as exc:
                 # Nothing is lost by skipping: the store keeps what was written, and the feed's
                 # backfill or a replay re-delivers; but make the failure loud.
                 log.exception("pipeline failed on a batch of %d bars", len(bars))
-                return
+                return exc
         self.bars_in += len(bars)
         self.candles_out += len(result.candles)
         newest = max((bar.t for bar in bars), default=0) + 60_000
         if newest > self.last_bar_end_ms:
             self.last_bar_end_ms = newest
+        return None
 
     async def _tick(self) -> None:
         while True:

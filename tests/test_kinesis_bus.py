@@ -204,6 +204,78 @@ async def test_consumer_resumes_from_its_checkpoint_after_restart(
         await assert_quiet(fresh)
 
 
+async def test_manual_commit_checkpoints_only_what_was_committed(
+    kinesalite_url: str, dynalite_url: str, prefix: str
+) -> None:
+    """A subscription with auto_commit off (the pipeline) is checkpointed by commit() only: what
+    it was handed but did not commit before it died is delivered again to its successor."""
+    symbols = [f"C{i:02}" for i in range(5)]
+    first, second = bars(symbols, range(0, 3)), bars(symbols, range(3, 6))
+    async with new_bus(kinesalite_url, dynalite_url, prefix) as bus1:
+        await bus1.ensure_streams([RAW_TOPIC])
+        sub = bus1.subscribe([RAW_TOPIC], consumer="pipeline")
+        sub.auto_commit = False
+        await bus1.publish(RAW_TOPIC, first)
+        assert per_symbol(await collect(sub, len(first))) == per_symbol(first)
+        await asyncio.sleep(0.3)  # the shard task went on polling: still no checkpoint
+        assert await bus1.checkpoints("pipeline", RAW_TOPIC) == {}
+        await sub.commit()
+        committed = await bus1.checkpoints("pipeline", RAW_TOPIC)
+        assert len(committed) == 1
+        await bus1.publish(RAW_TOPIC, second)
+        assert per_symbol(await collect(sub, len(second))) == per_symbol(second)
+        # handed over, never committed: "the process dies" here
+        assert await bus1.checkpoints("pipeline", RAW_TOPIC) == committed
+    async with new_bus(kinesalite_url, dynalite_url, prefix) as bus2:
+        again = bus2.subscribe([RAW_TOPIC], consumer="pipeline")
+        again.auto_commit = False
+        got = await collect(again, len(second))
+        await assert_quiet(again)
+        assert per_symbol(got) == per_symbol(second)
+        await again.commit()
+        assert await bus2.checkpoints("pipeline", RAW_TOPIC) != committed
+
+
+async def test_trim_horizon_consumer_reads_what_was_published_before_it(
+    kinesalite_url: str, dynalite_url: str, prefix: str
+) -> None:
+    early = bars(["H1", "H2"], range(4))
+    async with new_bus(kinesalite_url, dynalite_url, prefix) as publisher:
+        await publisher.ensure_streams([RAW_TOPIC])
+        await publisher.publish(RAW_TOPIC, early)
+    bus = new_bus(kinesalite_url, dynalite_url, prefix, initial_position="TRIM_HORIZON")
+    async with bus:
+        sub = bus.subscribe([RAW_TOPIC], consumer="from-the-start")
+        assert per_symbol(await collect(sub, len(early))) == per_symbol(early)
+    with pytest.raises(ValueError, match="initial_position"):
+        new_bus(kinesalite_url, dynalite_url, prefix, initial_position="EARLIEST")
+
+
+async def test_closed_shard_end_is_committed_after_its_last_batch(
+    kinesalite_url: str, dynalite_url: str, prefix: str
+) -> None:
+    async with new_bus(kinesalite_url, dynalite_url, prefix, shard_count=1) as bus:
+        await bus.ensure_streams([RAW_TOPIC])
+        stream = bus.stream_name(RAW_TOPIC)
+        sub = bus.subscribe([RAW_TOPIC], consumer="split-manual")
+        sub.auto_commit = False
+        before = bars(["Q1", "Q2"], range(3))
+        await bus.publish(RAW_TOPIC, before)
+        (parent,) = (await bus.kinesis.list_shards(StreamName=stream))["Shards"]
+        await bus.kinesis.split_shard(
+            StreamName=stream, ShardToSplit=parent["ShardId"], NewStartingHashKey=str(2**127)
+        )
+        await bus.ensure_streams([RAW_TOPIC])
+        after = bars(["Q1", "Q2"], range(3, 6))
+        await bus.publish(RAW_TOPIC, after)
+        got = await collect(sub, len(before) + len(after))
+        assert per_symbol(got) == per_symbol(before + after)
+        assert await bus.checkpoints("split-manual", RAW_TOPIC) == {}
+        await sub.commit()
+        saved = await bus.checkpoints("split-manual", RAW_TOPIC)
+        assert saved[parent["ShardId"]] == "SHARD_END"
+
+
 async def test_expired_iterator_is_renewed_from_the_checkpoint(bus: KinesisBus) -> None:
     sub = bus.subscribe([RAW_TOPIC], consumer="reader")
     await bus.publish(RAW_TOPIC, bars(["E"], range(3)))

@@ -5,6 +5,15 @@ Topics, from the seed: ``market-data-raw`` carries validated 1-minute bars;
 queue of batches with one of two overflow policies: ``block`` (the publisher waits: for the
 pipeline, which must lose nothing) or ``drop`` (the subscription is closed with a reason: for
 clients that must never stall the rest).
+
+Positions. On buses that keep consumer positions (Kinesis) a subscription's position normally
+advances as soon as a batch is on its queue ("auto commit": enough for live fan-out, where a
+restart only needs to skip what was already shown). A consumer that must not lose a batch it was
+handed but had not finished when the process died (the candle pipeline) sets
+``subscription.auto_commit = False`` right after ``subscribe()`` returns (before awaiting anything)
+and calls ``await subscription.commit()`` once every batch ``get()`` returned so far is done: a
+restart then resumes after the last committed batch, and delivery is at least once even across
+``kill -9``. Buses without positions accept both and do nothing.
 """
 
 from __future__ import annotations
@@ -46,6 +55,8 @@ class Subscription:
         self.queue: asyncio.Queue[Any] = asyncio.Queue(maxsize)
         self.closed_reason: str | None = None
         self.delivered = 0
+        self.auto_commit = True
+        self._marks: dict[Any, Any] = {}  # position key -> position of the last batch returned
 
     async def get(self) -> tuple[str, list[Any]]:
         """The next (topic, batch); raises SubscriptionClosed once closed and drained."""
@@ -55,8 +66,25 @@ class Subscription:
         if item is _CLOSED:
             raise SubscriptionClosed(self.closed_reason or "closed")
         self.delivered += 1
+        if len(item) == 3:  # (topic, batch, (position key, position)) from a positioned bus
+            topic, batch, (key, position) = item
+            self._marks[key] = position
+            return topic, batch
         topic, batch = item
         return topic, batch
+
+    async def commit(self) -> None:
+        """Advance the durable position past every batch ``get()`` has returned so far (only
+        for ``auto_commit = False`` on buses with positions; a no-op otherwise)."""
+        if not self._marks:
+            return
+        marks, self._marks = self._marks, {}
+        try:
+            await self.bus._commit(self, marks)
+        except BaseException:
+            for key, position in marks.items():  # keep them for the next commit
+                self._marks.setdefault(key, position)
+            raise
 
     def close(self, reason: str = "closed") -> None:
         """Stop receiving; a pending ``get`` ends with SubscriptionClosed(reason)."""
@@ -125,3 +153,7 @@ class Bus(ABC):
 
     @abstractmethod
     def _unsubscribe(self, subscription: Subscription) -> None: ...
+
+    async def _commit(self, subscription: Subscription, marks: dict[Any, Any]) -> None:
+        """Store the positions of ``subscription`` (buses with durable positions override)."""
+        return None

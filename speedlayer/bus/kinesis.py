@@ -18,11 +18,16 @@ GetShardIterator, GetRecords). A batch is handed to the subscription queue first
 sequence number checkpointed afterwards in the DynamoDB table ``speedlayer_checkpoints``
 (key: ``lease`` = consumer/stream, ``shard``), so delivery is at least once and a restart resumes
 ``AFTER_SEQUENCE_NUMBER`` the checkpoint; only a batch handed over but not yet checkpointed is
-delivered again. A consumer with no checkpoint starts at LATEST ("from now on"); a ``publish``
-on the same bus waits until new subscriptions to its topic hold their iterators, so nothing
-published after ``subscribe()`` returned is missed. (AT_TIMESTAMP would avoid that wait, but
-kinesalite 3.3.3 never answers GetShardIterator AT_TIMESTAMP on an empty shard.) A child shard
-is read only after its parents reached their end (the closed parent's end is checkpointed as
+delivered again. A subscription with ``auto_commit = False`` (the candle pipeline, see
+``bus/base.py``) is checkpointed only by its ``commit()``, after it has processed what it was
+handed: each batch carries its shard position through the queue, and a closed shard's
+``SHARD_END`` follows its last batch the same way (as an empty batch), so a ``kill -9`` between
+hand-over and processing loses nothing. A consumer with no checkpoint starts at LATEST ("from now
+on"), or at TRIM_HORIZON (the oldest record kept) with ``initial_position="TRIM_HORIZON"``;
+a ``publish`` on the same bus waits until new subscriptions to its topic hold their iterators, so
+nothing published after ``subscribe()`` returned is missed. (AT_TIMESTAMP would avoid that
+wait, but kinesalite 3.3.3 never answers GetShardIterator AT_TIMESTAMP on an empty shard.) A child
+shard is read only after its parents reached their end (the closed parent's end is checkpointed as
 ``SHARD_END``), so per-key order holds across resharding. ExpiredIteratorException re-gets the
 iterator from the last checkpoint; throttling backs off. There is no lease coordination between
 processes (unlike the KCL): run one process per consumer name.
@@ -36,7 +41,7 @@ import logging
 import random
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -109,7 +114,13 @@ class KinesisBus(Bus):
         shard_refresh_s: float = 10.0,
         retry_timeout_s: float = 60.0,
         active_timeout_s: float = 120.0,
+        initial_position: Literal["LATEST", "TRIM_HORIZON"] = "LATEST",
     ) -> None:
+        if initial_position not in ("LATEST", "TRIM_HORIZON"):
+            raise ValueError(
+                f"initial_position must be LATEST or TRIM_HORIZON: {initial_position!r}"
+            )
+        self.initial_position = initial_position
         self.endpoint_url = endpoint_url
         self.dynamodb_endpoint_url = dynamodb_endpoint_url
         self.region = region
@@ -244,6 +255,15 @@ class KinesisBus(Bus):
                 return
             if not await backoff.sleep():
                 raise BusError(f"checkpoint table {table} did not become ACTIVE")
+
+    async def _commit(self, subscription: Subscription, marks: dict[Any, Any]) -> None:
+        for (lease, shard_id), sequence in marks.items():
+            await self._checkpoint(lease, shard_id, sequence)
+
+    async def ping(self) -> None:
+        """Raise BusError unless Kinesis answers about a candle stream (API readiness)."""
+        stream = self.stream_name(candle_topic(self.intervals[0]))
+        await self._call(self.kinesis, "describe_stream_summary", StreamName=stream)
 
     async def checkpoints(self, consumer: str, topic: str) -> dict[str, str]:
         """The stored checkpoints of ``consumer`` on ``topic``: shard id -> sequence number
@@ -424,7 +444,7 @@ class KinesisBus(Bus):
         elif has_parent:
             kwargs.update(ShardIteratorType="TRIM_HORIZON")  # the parent was read to its end
         else:
-            kwargs.update(ShardIteratorType="LATEST")
+            kwargs.update(ShardIteratorType=self.initial_position)
         resp = await self._call(self.kinesis, "get_shard_iterator", **kwargs)
         return str(resp["ShardIterator"])
 
@@ -469,19 +489,33 @@ class KinesisBus(Bus):
                     except (msgspec.DecodeError, BusError) as exc:
                         log.warning("%s/%s: skipping undecodable record %s: %s",
                                     stream, shard_id, record["SequenceNumber"], exc)  # fmt: skip
-                if items and not await self._hand_over(sub, topic, items):
-                    return  # the subscription was dropped
                 sequence = str(records[-1]["SequenceNumber"])
-                await self._checkpoint(lease, shard_id, sequence)  # after the hand-over
+                if sub.auto_commit:
+                    if items and not await self._hand_over(sub, topic, items):
+                        return  # the subscription was dropped
+                    await self._checkpoint(lease, shard_id, sequence)  # after the hand-over
+                elif not await self._hand_over(sub, topic, items, (lease, shard_id), sequence):
+                    return
             iterator = resp.get("NextShardIterator")
             if iterator is None:  # a closed shard read to its end: its children come next
-                await self._checkpoint(lease, shard_id, SHARD_END)
+                if sub.auto_commit:
+                    await self._checkpoint(lease, shard_id, SHARD_END)
+                elif not await self._hand_over(sub, topic, [], (lease, shard_id), SHARD_END):
+                    return
             elif not records:
                 await asyncio.sleep(self.poll_interval_s)
 
-    async def _hand_over(self, sub: Subscription, topic: str, items: list[Any]) -> bool:
-        """Put one batch on the subscription's queue; False when it was dropped instead."""
-        item = (topic, items)
+    async def _hand_over(
+        self,
+        sub: Subscription,
+        topic: str,
+        items: list[Any],
+        key: tuple[str, str] | None = None,
+        position: str | None = None,
+    ) -> bool:
+        """Put one batch on the subscription's queue (with its shard position for a subscription
+        that commits itself); False when the subscription was dropped instead."""
+        item: tuple[Any, ...] = (topic, items) if key is None else (topic, items, (key, position))
         if sub.overflow == "block":
             await sub.queue.put(item)
         elif sub.queue.full():
