@@ -7,10 +7,11 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
 NODE_STAMP := node_modules/.package-lock.json
+KAFKA_STAMP := .kafka/.installed
 
 .PHONY: setup run test lint pytest clean aws-local
 
-setup: $(STAMP) $(NODE_STAMP)
+setup: $(STAMP) $(NODE_STAMP) $(KAFKA_STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +23,17 @@ $(STAMP): pyproject.toml constraints.txt
 $(NODE_STAMP): package-lock.json
 	npm ci --no-audit --no-fund
 	@touch $(NODE_STAMP)
+
+# The Kafka broker the tests start (KRaft, no Docker): kafka_2.13 and its runtime jars from Maven
+# Central into .kafka/lib (see infra/kafka/pom.xml). Needs Java 17+ and Maven: installed from
+# Debian when missing. Runs again only when the pom changes.
+$(KAFKA_STAMP): infra/kafka/pom.xml
+	@command -v java >/dev/null && command -v mvn >/dev/null || { \
+	  echo "installing Java and Maven (apt-get)"; \
+	  apt-get update -qq && apt-get install -y -qq default-jre-headless maven >/dev/null; }
+	rm -rf .kafka/lib
+	mvn -q -B -Dstyle.color=never -f infra/kafka/pom.xml dependency:copy-dependencies
+	@touch $@
 
 # Local AWS for development, data kept under .data/ across restarts (Ctrl-C stops both):
 #   DynamoDB (dynalite)  http://127.0.0.1:4567   data in .data/dynamodb

@@ -88,7 +88,11 @@ class Settings(BaseSettings):
 
     # Distributed backends (AWS or the local emulators; see `make aws-local`).
     store: Literal["sqlite", "dynamodb"] = Field("sqlite", description="candle store backend")
-    bus: Literal["memory", "kinesis"] = Field("memory", description="bus backend")
+    bus: Literal["memory", "kinesis", "kafka"] = Field("memory", description="bus backend")
+    kafka_bootstrap_servers: str = Field(
+        "127.0.0.1:9092", description="Kafka brokers for the Kafka bus, host:port[,host:port...]"
+    )
+    kafka_topic_prefix: str = Field("", description="prefix of the Kafka topic names")
     aws_endpoint_url: str | None = Field(
         None, description="AWS endpoint override, e.g. http://127.0.0.1:4567 for dynalite"
     )

@@ -13,6 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.kafka_broker import KafkaBroker, KafkaBrokerError
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("SPEEDLAYER_SHARED_DIR", ROOT.parent / "shared"))
 REALBARS = SHARED / "data" / "realbars"
@@ -168,3 +170,23 @@ def kinesalite_url() -> Iterator[str]:
     proc = start_emulator(kinesalite_command(port), port)
     yield f"http://127.0.0.1:{port}"
     stop_process(proc)
+
+
+# -- Kafka (a real broker from Maven Central jars; `make setup` fetches them into .kafka/lib) ------
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    """One KRaft Kafka broker for the session (tests prefix their topic and group names)."""
+    broker = KafkaBroker(tmp_path_factory.mktemp("kafka"))
+    try:
+        broker.start()
+    except KafkaBrokerError as exc:
+        pytest.fail(str(exc))
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(kafka_broker: KafkaBroker) -> str:
+    return kafka_broker.bootstrap

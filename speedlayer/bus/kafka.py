@@ -1,0 +1,431 @@
+"""Kafka bus (aiokafka): one topic per bus topic, consumer groups with committed offsets.
+
+Topics: ``market-data-raw`` and ``market-data-{interval}`` (optionally prefixed), created by
+``ensure_topics()`` with the admin client (idempotent: an existing topic is fine); with
+``create_topics=True`` (the default) ``publish`` and ``subscribe`` create the topics they use on
+first touch. Records: key = symbol (so one symbol's records share a partition and keep their
+order), value = the wire format of :mod:`speedlayer.bus.wire` (the same as on Kinesis).
+
+**Publishing** goes through one idempotent producer (``enable_idempotence``, ``acks=all``): the
+broker drops the duplicates that the producer's own retries of a batch would create, and keeps
+each partition in send order. The producer retries retriable broker errors by itself until
+``request_timeout_ms``; a record that still fails (the broker was down longer, the topic's
+metadata was not there yet) is sent again by ``publish``, with backoff and jitter until
+``retry_timeout_s``. A retry resends every record of that symbol from its first failed one on,
+so a symbol's last record is always its newest (at least once: a record can appear twice).
+
+**Consuming** (``subscribe(..., consumer=NAME)``): one AIOKafkaConsumer per subscription in the
+consumer group ``NAME``, auto-commit off. A partition's records are handed to the subscription
+queue first and their offset committed afterwards, so delivery is at least once and a restarted
+consumer of the same group resumes after the last committed batch. A subscriber that sets
+``subscription.auto_commit = False`` (see :mod:`speedlayer.bus.base`) commits by itself, once it
+has finished the batches it got. A group with no committed
+offset starts at the end of the log ("from now on") and commits that position as soon as it is
+assigned, so a restart does not skip what was published in between; a ``publish`` on the same
+bus waits until new subscriptions to its topic hold their positions, so nothing published after
+``subscribe()`` returned is missed. Partitions are balanced by Kafka's group coordinator between
+the members of a group (several processes may share a consumer name, unlike the Kinesis bus).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError, for_code
+
+from speedlayer.aws import Backoff
+from speedlayer.bus.base import RAW_TOPIC, Bus, Overflow, Subscription, candle_topic
+from speedlayer.bus.wire import BusError, decode_item, encode_item
+from speedlayer.intervals import DEFAULT_INTERVALS
+
+__all__ = ["BusError", "KafkaBus"]
+
+log = logging.getLogger(__name__)
+
+
+def is_retriable(exc: BaseException) -> bool:
+    """Errors worth another try: the broker is (re)starting, moving leaders, not reachable."""
+    return isinstance(exc, KafkaTimeoutError) or (
+        isinstance(exc, KafkaError) and bool(getattr(exc, "retriable", False))
+    )
+
+
+class KafkaBus(Bus):
+    def __init__(
+        self,
+        bootstrap_servers: str | Sequence[str] = "127.0.0.1:9092",
+        *,
+        topic_prefix: str = "",
+        partitions: int = 4,
+        replication_factor: int = 1,
+        intervals: Sequence[str] = DEFAULT_INTERVALS,
+        create_topics: bool = True,
+        client_id: str = "speedlayer",
+        linger_ms: int = 5,
+        request_timeout_ms: int = 30_000,
+        retry_timeout_s: float = 60.0,
+        poll_timeout_ms: int = 200,
+        max_poll_records: int = 2000,
+        session_timeout_ms: int = 10_000,
+        heartbeat_interval_ms: int = 1_000,
+        metadata_max_age_ms: int = 30_000,
+    ) -> None:
+        if isinstance(bootstrap_servers, str):
+            bootstrap_servers = [s.strip() for s in bootstrap_servers.split(",") if s.strip()]
+        self.bootstrap_servers = list(bootstrap_servers)
+        self.topic_prefix = topic_prefix
+        self.partitions = partitions
+        self.replication_factor = replication_factor
+        self.intervals = tuple(intervals)
+        self.create_topics = create_topics
+        self.client_id = client_id
+        self.linger_ms = linger_ms
+        self.request_timeout_ms = request_timeout_ms
+        self.retry_timeout_s = retry_timeout_s
+        self.poll_timeout_ms = poll_timeout_ms
+        self.max_poll_records = max_poll_records
+        self.session_timeout_ms = session_timeout_ms
+        self.heartbeat_interval_ms = heartbeat_interval_ms
+        self.metadata_max_age_ms = metadata_max_age_ms
+        self._producer: AIOKafkaProducer | None = None
+        self._admin: AIOKafkaAdminClient | None = None
+        self._known_topics: set[str] = set()
+        self._topic_lock = asyncio.Lock()
+        self._tasks: dict[Subscription, asyncio.Task[None]] = {}
+        self._consumers: dict[Subscription, AIOKafkaConsumer] = {}
+        self._stopping: list[asyncio.Task[None]] = []
+        self._starting: dict[str, list[asyncio.Event]] = {}
+        # counters (tests, metrics)
+        self.records_sent = 0
+        self.records_retried = 0
+        self.send_errors = 0
+        self.records_received = 0
+        self.undecodable_records = 0
+        self.commits = 0
+        self.dropped_subscriptions = 0
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._producer is not None:
+            return
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap_servers,
+            client_id=self.client_id,
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=self.linger_ms,
+            max_batch_size=256 * 1024,
+            request_timeout_ms=self.request_timeout_ms,
+            metadata_max_age_ms=self.metadata_max_age_ms,
+        )
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=self.bootstrap_servers,
+            client_id=f"{self.client_id}-admin",
+            request_timeout_ms=self.request_timeout_ms,
+        )
+        try:
+            await self._retry("connect to Kafka", producer.start)
+            await self._retry("connect the Kafka admin client", admin.start)
+        except BaseException:
+            await asyncio.gather(producer.stop(), admin.close(), return_exceptions=True)
+            raise
+        self._producer, self._admin = producer, admin
+
+    async def stop(self) -> None:
+        for sub in list(self._tasks):
+            sub.close("bus stopped")
+        stopping, self._stopping = self._stopping, []
+        await asyncio.gather(*stopping, return_exceptions=True)
+        producer, self._producer = self._producer, None
+        admin, self._admin = self._admin, None
+        if producer is not None:
+            await producer.stop()  # flushes what is still buffered
+        if admin is not None:
+            await admin.close()
+
+    @property
+    def producer(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            raise BusError("Kafka bus is not started")
+        return self._producer
+
+    @property
+    def admin(self) -> AIOKafkaAdminClient:
+        if self._admin is None:
+            raise BusError("Kafka bus is not started")
+        return self._admin
+
+    def topic_name(self, topic: str) -> str:
+        return self.topic_prefix + topic
+
+    async def _retry(self, what: str, call: Any, *args: Any) -> Any:
+        backoff = Backoff(self.retry_timeout_s, initial_s=0.1)
+        while True:
+            try:
+                return await call(*args)
+            except KafkaError as exc:
+                if is_retriable(exc) and await backoff.sleep():
+                    log.info("%s: %r; retrying", what, exc)
+                    continue
+                raise BusError(f"{what} failed: {exc!r}") from exc
+
+    # -- topics ---------------------------------------------------------------------------------
+
+    async def ensure_topics(self, topics: Sequence[str] | None = None) -> None:
+        """Create the topics (raw + one per interval by default) if missing, and wait until
+        every partition has a leader. Idempotent."""
+        if topics is None:
+            topics = [RAW_TOPIC, *(candle_topic(name) for name in self.intervals)]
+        names = [self.topic_name(t) for t in topics]
+        async with self._topic_lock:
+            missing = [n for n in dict.fromkeys(names) if n not in self._known_topics]
+            if not missing:
+                return
+            new = [NewTopic(n, self.partitions, self.replication_factor) for n in missing]
+            resp = await self._retry("CreateTopics", self.admin.create_topics, new)
+            for entry in resp.topic_errors:
+                name, code = entry[0], entry[1]
+                if code and for_code(code) is not TopicAlreadyExistsError:
+                    error = for_code(code)
+                    if not error.retriable:
+                        raise BusError(f"cannot create Kafka topic {name}: {error.__name__}")
+            await self._wait_leaders(missing)
+            self._known_topics.update(missing)
+
+    async def _wait_leaders(self, names: list[str]) -> None:
+        backoff = Backoff(self.retry_timeout_s, initial_s=0.05, cap_s=0.5)
+        while True:
+            described = await self._retry("Metadata", self.admin.describe_topics, names)
+            ready = {
+                t["topic"]
+                for t in described
+                if not t["error_code"]
+                and t["partitions"]
+                and all(p["leader"] >= 0 and not p["error_code"] for p in t["partitions"])
+            }
+            if ready >= set(names):
+                return
+            if not await backoff.sleep():
+                raise BusError(f"Kafka topics {sorted(set(names) - ready)} have no leader")
+
+    async def delete_topics(self, topics: Sequence[str]) -> None:
+        """Delete topics (tests, teardown of a prefixed set); missing topics are fine."""
+        names = [self.topic_name(t) for t in topics]
+        await self._retry("DeleteTopics", self.admin.delete_topics, names)
+        self._known_topics.difference_update(names)
+
+    # -- publish --------------------------------------------------------------------------------
+
+    async def publish(self, topic: str, batch: Sequence[Any]) -> None:
+        if not batch:
+            return
+        self.producer  # noqa: B018 - raises BusError when the bus is not started
+        starting = self._starting.get(topic)
+        if starting:  # subscriptions still being assigned their partitions
+            await asyncio.gather(*(event.wait() for event in starting))
+            self._starting[topic] = [e for e in starting if not e.is_set()]
+        if self.create_topics:
+            await self.ensure_topics([topic])
+        records = [(item.symbol.encode(), encode_item(item)) for item in batch]
+        await self.send(self.topic_name(topic), records)
+
+    async def send(self, topic_name: str, records: Sequence[tuple[bytes, bytes]]) -> None:
+        """Send (key, value) records to a Kafka topic; returns once all are acknowledged by all
+        in-sync replicas, retrying failures (per key from the first failed record) until
+        ``retry_timeout_s``; raises BusError when some still fail."""
+        pending = list(records)
+        backoff = Backoff(self.retry_timeout_s, initial_s=0.1)
+        while True:
+            errors = await self.send_once(topic_name, pending)
+            first_failed: dict[bytes, int] = {}
+            error: BaseException | None = None
+            for index, ((key, _value), exc) in enumerate(zip(pending, errors, strict=True)):
+                if exc is not None:
+                    first_failed.setdefault(key, index)
+                    error = error or exc
+            if error is None:
+                return
+            if not is_retriable(error):
+                raise BusError(f"sending to Kafka topic {topic_name} failed: {error!r}") from error
+            pending = [
+                record
+                for index, record in enumerate(pending)
+                if index >= first_failed.get(record[0], len(pending))
+            ]
+            self.records_retried += len(pending)
+            if not await backoff.sleep():
+                raise BusError(
+                    f"sending to Kafka topic {topic_name}: {len(first_failed)} keys still "
+                    f"failing after {self.retry_timeout_s:g} s: {error!r}"
+                ) from error
+            log.info("Kafka %s: %d records to resend after %r", topic_name, len(pending), error)
+
+    async def send_once(
+        self, topic_name: str, records: Sequence[tuple[bytes, bytes]]
+    ) -> list[BaseException | None]:
+        """One attempt (with the producer's own retries): the error of each record, or None."""
+        producer = self.producer
+        results: list[BaseException | None] = [None] * len(records)
+        futures: list[tuple[int, asyncio.Future[Any]]] = []
+        for index, (key, value) in enumerate(records):
+            try:
+                futures.append((index, await producer.send(topic_name, value, key=key)))
+            except KafkaError as exc:  # no metadata for the topic in time, buffer closed, ...
+                for later in range(index, len(records)):
+                    results[later] = exc
+                break
+        outcomes = await asyncio.gather(*(f for _, f in futures), return_exceptions=True)
+        for (index, _), outcome in zip(futures, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                if isinstance(outcome, asyncio.CancelledError):
+                    raise outcome
+                results[index] = outcome
+        failed = sum(1 for r in results if r is not None)
+        self.records_sent += len(records) - failed
+        self.send_errors += failed
+        return results
+
+    # -- subscribe ------------------------------------------------------------------------------
+
+    def subscribe(
+        self,
+        topics: Sequence[str],
+        *,
+        maxsize: int = 1024,
+        overflow: Overflow = "block",
+        consumer: str = "speedlayer",
+    ) -> Subscription:
+        self.producer  # noqa: B018 - raises BusError when the bus is not started
+        sub = Subscription(self, topics, maxsize, overflow)
+        ready = asyncio.Event()
+        for topic in sub.topics:
+            self._starting.setdefault(topic, []).append(ready)
+        self._tasks[sub] = asyncio.get_running_loop().create_task(
+            self._consume(sub, consumer, ready)
+        )
+        return sub
+
+    def _unsubscribe(self, subscription: Subscription) -> None:
+        task = self._tasks.pop(subscription, None)
+        if task is not None:
+            task.cancel()
+            self._stopping.append(task)
+
+    async def _consume(self, sub: Subscription, group: str, ready: asyncio.Event) -> None:
+        names = {self.topic_name(t): t for t in sub.topics}
+        consumer: AIOKafkaConsumer | None = None
+        try:
+            if self.create_topics:
+                await self.ensure_topics(sub.topics)
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=self.bootstrap_servers,
+                client_id=f"{self.client_id}-{group}",
+                group_id=group,
+                enable_auto_commit=False,
+                auto_offset_reset="latest",
+                max_poll_records=self.max_poll_records,
+                fetch_max_wait_ms=self.poll_timeout_ms,
+                session_timeout_ms=self.session_timeout_ms,
+                heartbeat_interval_ms=self.heartbeat_interval_ms,
+                metadata_max_age_ms=self.metadata_max_age_ms,
+                request_timeout_ms=self.request_timeout_ms,
+            )
+            await self._retry(f"start Kafka consumer {group}", consumer.start)
+            self._consumers[sub] = consumer
+            consumer.subscribe(list(names), listener=_Positions(self, consumer, ready))
+            while True:
+                batches = await consumer.getmany(timeout_ms=self.poll_timeout_ms)
+                for tp, records in batches.items():
+                    items = []
+                    for record in records:
+                        try:
+                            items.append(decode_item(record.value or b""))
+                        except (msgspec.DecodeError, BusError) as exc:
+                            self.undecodable_records += 1
+                            log.warning("%s[%d]: skipping undecodable record at offset %d: %s",
+                                        tp.topic, tp.partition, record.offset, exc)  # fmt: skip
+                    self.records_received += len(items)
+                    position = records[-1].offset + 1
+                    manual = not getattr(sub, "auto_commit", True)
+                    if items and not await self._hand_over(
+                        sub, names[tp.topic], items, (tp, position) if manual else None
+                    ):
+                        return  # the subscription was dropped
+                    if not manual:
+                        await self._commit_offsets(consumer, {tp: position})  # after hand-over
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("Kafka consumer %s on %s failed", group, sorted(names))
+            sub.close(f"kafka consumer failed: {exc}")
+        finally:
+            ready.set()
+            self._consumers.pop(sub, None)
+            if consumer is not None:
+                await consumer.stop()  # leaves the group: a successor is assigned at once
+
+    async def _commit(self, subscription: Subscription, marks: dict[Any, Any]) -> None:
+        """Commit the positions of the batches a manual-commit subscription has finished."""
+        consumer = self._consumers.get(subscription)
+        if consumer is not None and marks:
+            await self._commit_offsets(consumer, dict(marks))
+
+    async def _commit_offsets(
+        self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]
+    ) -> None:
+        try:
+            await self._retry("Kafka offset commit", consumer.commit, offsets)
+            self.commits += 1
+        except BusError as exc:
+            # The group rebalanced (or the broker stayed away): the partition's new owner
+            # resumes from the last committed offset; the batch is delivered again.
+            log.warning("%s", exc)
+
+    async def _hand_over(
+        self,
+        sub: Subscription,
+        topic: str,
+        items: list[Any],
+        mark: tuple[TopicPartition, int] | None = None,
+    ) -> bool:
+        """Put one batch on the subscription's queue (with its position when the subscriber
+        commits by itself); False when the subscription was dropped instead."""
+        item: tuple[Any, ...] = (topic, items) if mark is None else (topic, items, mark)
+        if sub.overflow == "block":
+            await sub.queue.put(item)
+        elif sub.queue.full():
+            self.dropped_subscriptions += 1
+            sub.close("slow consumer: queue full")
+            return False
+        else:
+            sub.queue.put_nowait(item)
+        return True
+
+
+class _Positions(ConsumerRebalanceListener):  # type: ignore[misc]
+    """On assignment: a partition the group never committed starts at the log end; commit that
+    position at once (so a restart resumes there), then release the publishers waiting on it."""
+
+    def __init__(self, bus: KafkaBus, consumer: AIOKafkaConsumer, ready: asyncio.Event) -> None:
+        self.bus = bus
+        self.consumer = consumer
+        self.ready = ready
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        pass
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        fresh: dict[TopicPartition, int] = {}
+        for tp in assigned:
+            if await self.consumer.committed(tp) is None:
+                fresh[tp] = await self.consumer.position(tp)
+        if fresh:
+            await self.bus._commit_offsets(self.consumer, fresh)
+        self.ready.set()
