@@ -87,7 +87,9 @@ class Settings(BaseSettings):
     sim_port: int = Field(0, ge=0, le=65535, description="simulator port (0: any free port)")
 
     # Distributed backends (AWS or the local emulators; see `make aws-local`).
-    store: Literal["sqlite", "dynamodb"] = Field("sqlite", description="candle store backend")
+    store: Literal["sqlite", "dynamodb", "memory"] = Field(
+        "sqlite", description="candle store backend (memory: nothing kept after exit)"
+    )
     bus: Literal["memory", "kinesis", "kafka"] = Field("memory", description="bus backend")
     kafka_bootstrap_servers: str = Field(
         "127.0.0.1:9092", description="Kafka brokers for the Kafka bus, host:port[,host:port...]"
@@ -97,6 +99,32 @@ class Settings(BaseSettings):
         None, description="AWS endpoint override, e.g. http://127.0.0.1:4567 for dynalite"
     )
     aws_region: str = "us-east-1"
+    dynamodb_endpoint_url: str | None = Field(
+        None, description="DynamoDB endpoint (default: aws_endpoint_url, else AWS itself)"
+    )
+    kinesis_endpoint_url: str | None = Field(
+        None, description="Kinesis endpoint (default: aws_endpoint_url, else AWS itself)"
+    )
+    aws_create_resources: bool = Field(
+        True, description="create missing tables and streams at start (off: infra code owns them)"
+    )
+    dynamodb_table_prefix: str = Field("", description="prefix of the candle table names")
+    dynamodb_write_mode: Literal["batch", "conditional"] = Field(
+        "batch",
+        description="batch: BatchWriteItem, one writer per table; conditional: one conditional "
+        "PutItem per candle, for writers that may race",
+    )
+    kinesis_stream_prefix: str = Field("", description="prefix of the Kinesis stream names")
+    kinesis_shards: int = Field(1, ge=1, description="shards of the streams created")
+    kinesis_checkpoint_table: str = Field(
+        "speedlayer_checkpoints", description="DynamoDB table of Kinesis consumer checkpoints"
+    )
+    kinesis_poll_interval_s: float = Field(
+        0.2, gt=0, description="GetRecords pause on an idle shard (AWS: 5 reads/s per shard)"
+    )
+    process_consumer: str = Field(
+        "speedlayer-processor", description="durable consumer name of `speedlayer process`"
+    )
 
     _interval_set: IntervalSet = PrivateAttr()
 
