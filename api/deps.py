@@ -27,7 +27,7 @@ class Resources:
     hub: CandleHub | None = None  # live fan-out (api/live.py); not live when bus is None
 
 
-def get_resources(request: Request) -> Resources:
+async def get_resources(request: Request) -> Resources:
     resources: Resources = request.app.state.resources
     return resources
 
