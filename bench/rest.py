@@ -134,7 +134,7 @@ def _ms(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
-def wrk(url: str, script: Path, seconds: float, connections: int) -> dict[str, float]:
+def wrk(url: str, script: Path, seconds: float, connections: int) -> dict[str, Any]:
     """Run wrk; requests/s, p50 and p99 (ms) and non-2xx responses, as wrk reports them."""
     out = subprocess.run(
         [
