@@ -63,6 +63,22 @@ def db_option(fn: F) -> F:
     )(fn)
 
 
+def store_option(fn: F) -> F:
+    return click.option(
+        "--store",
+        type=click.Choice(["sqlite", "dynamodb", "memory"]),
+        help="candle store (default: $SPEEDLAYER_STORE or sqlite)",
+    )(fn)
+
+
+def bus_option(fn: F) -> F:
+    return click.option(
+        "--bus",
+        type=click.Choice(["memory", "kinesis", "kafka"]),
+        help="bus between the services (default: $SPEEDLAYER_BUS or memory)",
+    )(fn)
+
+
 def _run(coro: Any) -> Any:
     try:
         return asyncio.run(coro)
@@ -79,28 +95,30 @@ def main() -> None:
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @db_option
+@store_option
 @click.option("--batch-size", type=int, help="bars per batch (default 5000)")
 @click.option("--retention", multiple=True, help="INTERVAL=DURATION override, e.g. '*=10y'")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
 def replay(
     files: tuple[str, ...],
     db: Path | None,
+    store: str | None,
     batch_size: int | None,
     retention: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Replay bars from FILES (CSV, Polygon AM JSON lines, REST aggregate responses) in order."""
-    settings = _settings(db=db, batch_size=batch_size, retention=list(retention))
+    settings = _settings(db=db, store=store, batch_size=batch_size, retention=list(retention))
     _setup_logging(settings.log_level)
 
     async def go() -> Any:
         from ingest.replay import replay_files
         from processors.pipeline import CandlePipeline
         from processors.resampler import Resampler
-        from speedlayer.store.sqlite import SQLiteStore
+        from speedlayer.backends import open_store
 
         clock = SystemClock()
-        async with SQLiteStore(settings.db, settings.interval_set, clock) as store:
+        async with open_store(settings, clock) as store:
             resampler = Resampler(
                 settings.interval_set,
                 clock,
@@ -129,6 +147,7 @@ def replay(
     "--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True
 )
 @db_option
+@store_option
 def candles(
     symbol: str,
     interval: str,
@@ -137,22 +156,23 @@ def candles(
     limit: int | None,
     fmt: str,
     db: Path | None,
+    store: str | None,
 ) -> None:
     """Print the stored candles of SYMBOL, oldest first."""
-    settings = _settings(db=db)
+    settings = _settings(db=db, store=store)
     try:
         iv = settings.interval_set.get(interval)
         start_ms = parse_time_ms(start, "--start") if start else None
         end_ms = parse_time_ms(end, "--end") if end else None
     except SpeedlayerError as exc:
         raise click.BadParameter(str(exc)) from None
-    if not settings.db.exists():
+    if settings.store == "sqlite" and not settings.db.exists():
         raise click.ClickException(f"no database at {settings.db}; run `speedlayer replay` first")
 
     async def go() -> Any:
-        from speedlayer.store.sqlite import SQLiteStore
+        from speedlayer.backends import open_store
 
-        async with SQLiteStore(settings.db, settings.interval_set, SystemClock()) as store:
+        async with open_store(settings, SystemClock()) as store:
             return await store.query(symbol, iv, start_ms, end_ms, limit, "asc")
 
     rows = _run(go())
@@ -172,11 +192,15 @@ def candles(
 
 @main.command()
 @db_option
+@store_option
+@bus_option
 @click.option("--host", help="bind address (default 127.0.0.1)")
 @click.option("--port", type=int, help="port (default 8000)")
-def api(db: Path | None, host: str | None, port: int | None) -> None:
-    """Serve the REST API."""
-    settings = _settings(db=db, host=host, port=port)
+def api(
+    db: Path | None, store: str | None, bus: str | None, host: str | None, port: int | None
+) -> None:
+    """Serve the REST API (and, with --bus kinesis|kafka, live candles from the bus)."""
+    settings = _settings(db=db, store=store, bus=bus, host=host, port=port)
     _setup_logging(settings.log_level)
     import uvicorn
 
@@ -299,18 +323,26 @@ def simulate(
         _run(go())
 
 
+def source_option(fn: F) -> F:
+    return click.option(
+        "--source",
+        type=click.Choice(["auto", "simulator", "polygon"]),
+        help="feed (default auto: polygon when POLYGON_API_KEY is set, else the simulator)",
+    )(fn)
+
+
 @main.command()
 @db_option
+@store_option
+@bus_option
 @click.option("--host", help="API bind address (default 127.0.0.1)")
 @click.option("--port", type=int, help="API port (default 8000)")
-@click.option(
-    "--source",
-    type=click.Choice(["auto", "simulator", "polygon"]),
-    help="feed (default auto: polygon when POLYGON_API_KEY is set, else the simulator)",
-)
+@source_option
 @sim_options
 def up(
     db: Path | None,
+    store: str | None,
+    bus: str | None,
     host: str | None,
     port: int | None,
     source: str | None,
@@ -321,6 +353,8 @@ def up(
     """Run everything in one process: feed, resampler, store and the API."""
     settings = _settings(
         db=db,
+        store=store,
+        bus=bus,
         host=host,
         port=port,
         source=source,
@@ -335,19 +369,152 @@ def up(
         _run(run_stack(settings))
 
 
+@main.command("lambda-run")
+@click.argument("function")
+@click.option("--stream", "streams", multiple=True, required=True, help="Kinesis stream (repeat)")
+@click.option("--batch-size", type=click.IntRange(1, 10_000), default=100, show_default=True)
+@click.option(
+    "--starting-position", type=click.Choice(["TRIM_HORIZON", "LATEST"]), default="TRIM_HORIZON"
+)
+@click.option("--max-retries", type=click.IntRange(min=0), help="default: retry until done")
+@click.option("--bisect-on-error", is_flag=True, help="halve the batch on each function error")
+@click.option("--kinesis-endpoint-url", help="e.g. http://127.0.0.1:4568 (kinesalite)")
+@click.option("--dynamodb-endpoint-url", help="checkpoint table, e.g. http://127.0.0.1:4567")
+@click.option("--until-idle", is_flag=True, help="exit once every shard is read to its end")
+def lambda_run(
+    function: str,
+    streams: tuple[str, ...],
+    batch_size: int,
+    starting_position: str,
+    max_retries: int | None,
+    bisect_on_error: bool,
+    kinesis_endpoint_url: str | None,
+    dynamodb_endpoint_url: str | None,
+    until_idle: bool,
+) -> None:
+    """Feed a Lambda handler (kinesis_to_dynamodb, kinesis_to_kafka, or module:function) from
+    Kinesis streams like an event source mapping; the handler reads SPEEDLAYER_* settings."""
+    settings = _settings()
+    _setup_logging(settings.log_level)
+    from processors.lambda_runner import serve
+
+    with contextlib.suppress(KeyboardInterrupt):
+        _run(
+            serve(
+                function,
+                streams,
+                until_idle=until_idle,
+                batch_size=batch_size,
+                starting_position=starting_position,
+                max_retries=max_retries,
+                bisect_on_error=bisect_on_error,
+                kinesis_endpoint_url=kinesis_endpoint_url,
+                dynamodb_endpoint_url=dynamodb_endpoint_url,
+                region=settings.aws_region,
+            )
+        )
+
+
 @main.command()
 @db_option
-def purge(db: Path | None) -> None:
+@store_option
+def purge(db: Path | None, store: str | None) -> None:
     """Delete expired candles now (the API also purges periodically)."""
-    settings = _settings(db=db)
+    settings = _settings(db=db, store=store)
 
     async def go() -> int:
-        from speedlayer.store.sqlite import SQLiteStore
+        from speedlayer.backends import open_store
 
-        async with SQLiteStore(settings.db, settings.interval_set, SystemClock()) as store:
+        async with open_store(settings, SystemClock()) as store:
             return await store.purge_expired()
 
     click.echo(f"purged {_run(go())} expired candles")
+
+
+def _simulator_urls(address: str) -> tuple[str, str]:
+    """(ws_url, rest_url) of a Polygon-protocol server given as host:port or a URL."""
+    scheme, sep, rest = address.partition("://")
+    if not sep:
+        scheme, rest = "http", address
+    secure = scheme in ("https", "wss")
+    if scheme not in ("http", "https", "ws", "wss") or not rest.strip("/"):
+        raise click.BadParameter(f"{address!r}: expected host:port or a ws(s):// / http(s):// URL")
+    host = rest.strip("/")
+    return f"{'wss' if secure else 'ws'}://{host}", f"{'https' if secure else 'http'}://{host}"
+
+
+@main.command()
+@bus_option
+@source_option
+@click.option(
+    "--simulator",
+    "simulator_url",
+    help="ingest from a running `speedlayer simulate` (host:port or URL) instead",
+)
+@sim_options
+def ingest(
+    bus: str | None,
+    source: str | None,
+    simulator_url: str | None,
+    symbols: int | None,
+    speed: float | None,
+    replay_files: tuple[str, ...],
+) -> None:
+    """Run the feed alone: Polygon (or a simulator) -> 1-minute bars on the raw topic."""
+    extra: dict[str, Any] = {}
+    if simulator_url:
+        ws_url, rest_url = _simulator_urls(simulator_url)
+        extra = dict(
+            source="polygon",
+            polygon_ws_url=ws_url,
+            polygon_rest_url=rest_url,
+            polygon_api_key="simulator",
+            polygon_market="stocks",
+        )
+    settings = _settings(
+        bus=bus,
+        source=source,
+        sim_symbols=symbols,
+        sim_speed=speed,
+        sim_replay=list(replay_files),
+        **extra,
+    )
+    if settings.bus == "memory":
+        raise click.UsageError("`ingest` alone needs a bus other processes can read: --bus kinesis")
+    _setup_logging(settings.log_level)
+    from speedlayer.stack import run_ingest
+
+    with contextlib.suppress(KeyboardInterrupt):
+        _run(run_ingest(settings))
+
+
+@main.command()
+@db_option
+@store_option
+@bus_option
+@click.option("--consumer", help="durable consumer name (default speedlayer-processor)")
+def process(db: Path | None, store: str | None, bus: str | None, consumer: str | None) -> None:
+    """Run the resampler alone: raw bars from the bus -> candles in the store and on the bus."""
+    settings = _settings(db=db, store=store, bus=bus, process_consumer=consumer)
+    if settings.bus == "memory":
+        raise click.UsageError("`process` alone needs a bus other processes write: --bus kinesis")
+    _setup_logging(settings.log_level)
+    from speedlayer.stack import run_process
+
+    with contextlib.suppress(KeyboardInterrupt):
+        _run(run_process(settings))
+
+
+@main.command("init-aws")
+def init_aws() -> None:
+    """Create the DynamoDB tables (TTL on), the checkpoint table and the Kinesis streams if
+    missing, and wait until they are ACTIVE (idempotent)."""
+    settings = _settings()
+    _setup_logging(settings.log_level)
+    from speedlayer.backends import init_aws as create
+
+    for line in _run(create(settings, SystemClock())).lines():
+        click.echo(line)
 
 
 if __name__ == "__main__":

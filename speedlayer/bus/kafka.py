@@ -44,9 +44,11 @@ from speedlayer.bus.base import RAW_TOPIC, Bus, Overflow, Subscription, candle_t
 from speedlayer.bus.wire import BusError, decode_item, encode_item
 from speedlayer.intervals import DEFAULT_INTERVALS
 
-__all__ = ["BusError", "KafkaBus"]
+__all__ = ["BusError", "KafkaBus", "Record"]
 
 log = logging.getLogger(__name__)
+
+Record = tuple[str, bytes, bytes]  # (Kafka topic name, key, value)
 
 
 def is_retriable(exc: BaseException) -> bool:
@@ -233,48 +235,59 @@ class KafkaBus(Bus):
             self._starting[topic] = [e for e in starting if not e.is_set()]
         if self.create_topics:
             await self.ensure_topics([topic])
-        records = [(item.symbol.encode(), encode_item(item)) for item in batch]
-        await self.send(self.topic_name(topic), records)
+        name = self.topic_name(topic)
+        errors = await self.deliver(
+            [(name, item.symbol.encode(), encode_item(item)) for item in batch]
+        )
+        failed = [exc for exc in errors if exc is not None]
+        if failed:
+            raise BusError(
+                f"publishing to Kafka topic {name}: {len(failed)} of {len(batch)} records not "
+                f"delivered within {self.retry_timeout_s:g} s: {failed[0]!r}"
+            ) from failed[0]
 
-    async def send(self, topic_name: str, records: Sequence[tuple[bytes, bytes]]) -> None:
-        """Send (key, value) records to a Kafka topic; returns once all are acknowledged by all
-        in-sync replicas, retrying failures (per key from the first failed record) until
-        ``retry_timeout_s``; raises BusError when some still fail."""
-        pending = list(records)
-        backoff = Backoff(self.retry_timeout_s, initial_s=0.1)
-        while True:
-            errors = await self.send_once(topic_name, pending)
-            first_failed: dict[bytes, int] = {}
-            error: BaseException | None = None
-            for index, ((key, _value), exc) in enumerate(zip(pending, errors, strict=True)):
-                if exc is not None:
-                    first_failed.setdefault(key, index)
-                    error = error or exc
-            if error is None:
-                return
-            if not is_retriable(error):
-                raise BusError(f"sending to Kafka topic {topic_name} failed: {error!r}") from error
-            pending = [
-                record
-                for index, record in enumerate(pending)
-                if index >= first_failed.get(record[0], len(pending))
-            ]
-            self.records_retried += len(pending)
-            if not await backoff.sleep():
-                raise BusError(
-                    f"sending to Kafka topic {topic_name}: {len(first_failed)} keys still "
-                    f"failing after {self.retry_timeout_s:g} s: {error!r}"
-                ) from error
-            log.info("Kafka %s: %d records to resend after %r", topic_name, len(pending), error)
-
-    async def send_once(
-        self, topic_name: str, records: Sequence[tuple[bytes, bytes]]
+    async def deliver(
+        self, records: Sequence[Record], timeout_s: float | None = None
     ) -> list[BaseException | None]:
+        """Send (topic name, key, value) records and wait until all in-sync replicas have them.
+
+        Failures are retried with backoff until ``timeout_s`` (default ``retry_timeout_s``);
+        a retry resends every record of the failed record's (topic, key) from that record on,
+        so each key keeps its order. Returns, per record, None when delivered, else the error
+        (a record resent for order's sake carries its key's error). A non-retriable error ends
+        the retries at once."""
+        results: list[BaseException | None] = [None] * len(records)
+        pending = list(range(len(records)))
+        backoff = Backoff(self.retry_timeout_s if timeout_s is None else timeout_s, initial_s=0.1)
+        while True:
+            errors = await self.send_once([records[i] for i in pending])
+            first_failed: dict[tuple[str, bytes], BaseException] = {}
+            retry: list[int] = []
+            for i, exc in zip(pending, errors, strict=True):
+                key = (records[i][0], records[i][1])
+                if exc is not None and key not in first_failed:
+                    first_failed[key] = exc
+                failed = first_failed.get(key)
+                results[i] = failed
+                if failed is not None:
+                    retry.append(i)
+            if not retry:
+                return results
+            error = next(iter(first_failed.values()))
+            if not all(is_retriable(exc) for exc in first_failed.values()):
+                return results
+            if not await backoff.sleep():
+                return results
+            self.records_retried += len(retry)
+            log.info("Kafka: resending %d records after %r", len(retry), error)
+            pending = retry
+
+    async def send_once(self, records: Sequence[Record]) -> list[BaseException | None]:
         """One attempt (with the producer's own retries): the error of each record, or None."""
         producer = self.producer
         results: list[BaseException | None] = [None] * len(records)
         futures: list[tuple[int, asyncio.Future[Any]]] = []
-        for index, (key, value) in enumerate(records):
+        for index, (topic_name, key, value) in enumerate(records):
             try:
                 futures.append((index, await producer.send(topic_name, value, key=key)))
             except KafkaError as exc:  # no metadata for the topic in time, buffer closed, ...

@@ -1,0 +1,216 @@
+"""What the Kinesis Lambda handlers share: reading the event, answering with failures, hosting.
+
+**The event** is what a Kinesis event source mapping sends (one batch, from one shard, in shard
+order)::
+
+    {"Records": [{"kinesis": {"kinesisSchemaVersion": "1.0", "partitionKey": "AAPL",
+                              "sequenceNumber": "4959...", "data": "<base64>",
+                              "approximateArrivalTimestamp": 1704206400.123},
+                  "eventSource": "aws:kinesis", "eventVersion": "1.0",
+                  "eventID": "shardId-000000000000:4959...", "eventName": "aws:kinesis:record",
+                  "awsRegion": "us-east-1", "invokeIdentityArn": "arn:aws:iam::...",
+                  "eventSourceARN": "arn:aws:kinesis:us-east-1:...:stream/market-data-15m"}]}
+
+``data`` is a record of the bus wire format (:mod:`speedlayer.bus.wire`). A record that is not
+(bad base64, bad JSON, an unknown type, a candle of an interval that is not configured or not on
+its bucket boundary, a bar where candles are expected) is **counted and skipped**: retrying it
+cannot help, so it is never reported as failed and never blocks the shard.
+
+**The answer** uses the partial batch response format (``FunctionResponseTypes:
+ReportBatchItemFailures`` on the event source mapping)::
+
+    {"batchItemFailures": [{"itemIdentifier": "<sequenceNumber>"}, ...]}
+
+Lambda resumes the shard at the lowest reported sequence number and checkpoints everything
+before it, so handlers report every record from the first one whose effect is not certain, in
+shard order; an empty list means the whole batch is done.
+
+**Hosting.** AWS calls a plain ``handler(event, context)``. :class:`LambdaHost` keeps one event
+loop and the clients built on it (lazily, at the first invocation) for the life of the execution
+environment, so warm invocations reuse connections; the async core of each handler is what tests
+call directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import msgspec
+
+from speedlayer.bus.wire import BusError, decode_item
+from speedlayer.config import Settings
+from speedlayer.intervals import IntervalSet
+from speedlayer.models import SYMBOL_RE, Bar, Candle
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class LambdaSettings(Settings):
+    """The handlers' environment variables (``SPEEDLAYER_*``, as for the services) plus:"""
+
+    table_prefix: str = ""
+    create_tables: bool = False  # on AWS the tables are part of the deployment
+    lambda_retry_timeout_s: float = 20.0  # keep well below the function's timeout
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """One Kinesis record of an event: its position in the batch, identity and payload."""
+
+    index: int
+    sequence: str
+    partition_key: str
+    data: bytes | None  # None: not base64
+
+
+@dataclass
+class DecodedBatch(Generic[T]):
+    records: list[EventRecord]
+    items: list[tuple[int, T]]  # (record index, item), in shard order
+    skipped: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def skipped_total(self) -> int:
+        return sum(self.skipped.values())
+
+
+def event_records(event: Mapping[str, Any]) -> tuple[list[EventRecord], Counter[str]]:
+    """The records of a Kinesis event (those without a sequence number are counted, skipped)."""
+    records: list[EventRecord] = []
+    skipped: Counter[str] = Counter()
+    raw = event.get("Records") if isinstance(event, Mapping) else None
+    if not isinstance(raw, list):
+        if raw is not None:
+            skipped["bad_event"] += 1
+        return records, skipped
+    for entry in raw:
+        kinesis = entry.get("kinesis") if isinstance(entry, Mapping) else None
+        sequence = kinesis.get("sequenceNumber") if isinstance(kinesis, Mapping) else None
+        if not isinstance(sequence, str) or not sequence:
+            skipped["no_sequence_number"] += 1
+            continue
+        assert isinstance(kinesis, Mapping)
+        data: bytes | None
+        try:
+            data = base64.b64decode(kinesis.get("data") or "", validate=True)
+        except (binascii.Error, TypeError, ValueError):
+            data = None
+        key = kinesis.get("partitionKey")
+        records.append(
+            EventRecord(len(records), sequence, key if isinstance(key, str) else "", data)
+        )
+    return records, skipped
+
+
+def decode_candles(event: Mapping[str, Any], intervals: IntervalSet) -> DecodedBatch[Candle]:
+    """The candles of an event, each with ``ttl`` set from its own bucket (event time):
+    start + interval + the interval's retention. Anything else is counted and skipped."""
+    records, skipped = event_records(event)
+    by_name = {iv.name: iv for iv in intervals}
+    items: list[tuple[int, Candle]] = []
+    for record in records:
+        reason = None
+        if record.data is None:
+            reason = "bad_base64"
+        else:
+            try:
+                item = decode_item(record.data)
+            except (msgspec.DecodeError, BusError):
+                reason = "undecodable"
+            else:
+                if isinstance(item, Bar):
+                    reason = "not_a_candle"
+                else:
+                    interval = by_name.get(item.interval)
+                    if interval is None:
+                        reason = "unknown_interval"
+                    elif item.timestamp % interval.interval_ms != 0:
+                        reason = "not_on_bucket_boundary"
+                    elif SYMBOL_RE.match(item.symbol) is None:
+                        reason = "bad_symbol"
+                    else:
+                        ttl = interval.ttl(item.timestamp)
+                        if item.ttl != ttl:
+                            item = msgspec.structs.replace(item, ttl=ttl)
+                        items.append((record.index, item))
+        if reason is not None:
+            skipped[reason] += 1
+            log.warning("skipping record %s (partition key %r): %s",
+                        record.sequence, record.partition_key, reason)  # fmt: skip
+    return DecodedBatch(records, items, skipped)
+
+
+def latest_per_key(items: Iterable[tuple[int, Candle]]) -> list[tuple[int, Candle]]:
+    """One candle per (interval, symbol, timestamp): the highest revision (the later record on
+    a tie), with the index of the record that carried it; in record order."""
+    best: dict[tuple[str, str, int], tuple[int, Candle]] = {}
+    for index, candle in items:
+        key = (candle.interval, candle.symbol, candle.timestamp)
+        held = best.get(key)
+        if held is None or candle.revision >= held[1].revision:
+            best[key] = (index, candle)
+    return sorted(best.values(), key=lambda pair: pair[0])
+
+
+def batch_response(records: Sequence[EventRecord], first_failed: int | None) -> dict[str, Any]:
+    """The partial batch response naming every record from index ``first_failed`` on."""
+    if first_failed is None:
+        return {"batchItemFailures": []}
+    return {
+        "batchItemFailures": [
+            {"itemIdentifier": r.sequence} for r in records if r.index >= first_failed
+        ]
+    }
+
+
+def remaining_s(context: Any, margin_s: float = 2.0) -> float | None:
+    """Seconds left in this invocation (minus a margin) from a Lambda context, if it has one."""
+    get = getattr(context, "get_remaining_time_in_millis", None)
+    if get is None:
+        return None
+    return max(0.0, float(get()) / 1000 - margin_s)
+
+
+class LambdaHost(Generic[T]):
+    """One event loop and one lazily built resource (clients) per execution environment."""
+
+    def __init__(self, build: Callable[[], Awaitable[T]]) -> None:
+        self._build = build
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._resource: T | None = None
+
+    def run(self, call: Callable[[T], Awaitable[R]]) -> R:
+        if self._loop is None or self._loop.is_closed():
+            self._loop = asyncio.new_event_loop()
+        loop = self._loop
+        if self._resource is None:
+            self._resource = loop.run_until_complete(self._build())
+        return loop.run_until_complete(call(self._resource))
+
+    def close(self, stop: Callable[[T], Awaitable[None]]) -> None:
+        """Release the resource and the loop (tests; AWS simply freezes the environment)."""
+        loop, resource = self._loop, self._resource
+        self._loop = self._resource = None
+        if loop is not None:
+            if resource is not None:
+                loop.run_until_complete(stop(resource))
+            loop.close()
+
+
+def log_summary(name: str, batch: DecodedBatch[Any], failed: int, began: float) -> None:
+    log.info(
+        "%s: %d records, %d items, %d skipped %s, %d reported failed, %.0f ms",
+        name, len(batch.records), len(batch.items), batch.skipped_total,
+        dict(batch.skipped), failed, (time.perf_counter() - began) * 1000,
+    )  # fmt: skip

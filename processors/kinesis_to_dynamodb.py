@@ -1,0 +1,114 @@
+"""Lambda: candle records from a Kinesis stream (``market-data-{interval}``) into DynamoDB.
+
+The seed's handler, fixed:
+
+* ``ttl`` comes from event time: the candle's bucket start + interval + the interval's retention
+  (``Interval.ttl``), never the wall clock at write time, so replayed history expires on the
+  same schedule as live data;
+* writes are batched: keys are de-duplicated per invocation (the highest revision wins) and
+  written through the DynamoDB store's BatchWriteItem path (25 items per request, several in
+  flight, UnprocessedItems and throttling retried with backoff, the store's revision guard so an
+  older revision never replaces a newer one);
+* failures are reported with the partial batch response: the candles are written in groups in
+  shard order; at the first group that cannot be written, every record from that group's first
+  record on is reported (Lambda resumes the shard there and keeps what came before). Malformed
+  records are counted and skipped (see :mod:`processors.kinesis_events`).
+
+Entry point: ``processors.kinesis_to_dynamodb.handler`` (configuration from the function's
+environment: ``SPEEDLAYER_INTERVALS``, ``SPEEDLAYER_RETENTION``, ``SPEEDLAYER_TABLE_PREFIX``,
+``SPEEDLAYER_AWS_ENDPOINT_URL``, ``SPEEDLAYER_AWS_REGION``, ``SPEEDLAYER_CREATE_TABLES``).
+:class:`DynamoDBWriter` is the async core.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from processors.kinesis_events import (
+    LambdaHost,
+    LambdaSettings,
+    batch_response,
+    decode_candles,
+    latest_per_key,
+    log_summary,
+)
+from speedlayer.clock import SystemClock
+from speedlayer.errors import StoreError
+from speedlayer.store.dynamodb import DynamoDBStore
+
+log = logging.getLogger(__name__)
+
+GROUP_SIZE = 200  # candles per store call: 8 BatchWriteItem requests of 25 in flight
+
+
+class DynamoDBWriter:
+    """The async core: one Kinesis event in, the partial batch response out."""
+
+    def __init__(self, store: DynamoDBStore, *, group_size: int = GROUP_SIZE) -> None:
+        self.store = store
+        self.group_size = group_size
+        # counters (tests, logs)
+        self.invocations = 0
+        self.records = 0
+        self.candles_written = 0
+        self.skipped = 0
+        self.reported_failed = 0
+
+    async def handle(self, event: Mapping[str, Any]) -> dict[str, Any]:
+        began = time.perf_counter()
+        self.invocations += 1
+        batch = decode_candles(event, self.store.intervals)
+        writes = latest_per_key(batch.items)
+        first_failed: int | None = None
+        for start in range(0, len(writes), self.group_size):
+            group = writes[start : start + self.group_size]
+            try:
+                await self.store.upsert([candle for _, candle in group])
+            except StoreError as exc:
+                first_failed = group[0][0]
+                log.warning("DynamoDB write failed at record %s: %s",
+                            batch.records[first_failed].sequence, exc)  # fmt: skip
+                break
+            self.candles_written += len(group)
+        response = batch_response(batch.records, first_failed)
+        failed = len(response["batchItemFailures"])
+        self.records += len(batch.records)
+        self.skipped += batch.skipped_total
+        self.reported_failed += failed
+        log_summary("kinesis_to_dynamodb", batch, failed, began)
+        return response
+
+
+async def _build() -> DynamoDBWriter:
+    settings = LambdaSettings()
+    store = DynamoDBStore(
+        settings.interval_set,
+        SystemClock(),
+        endpoint_url=settings.aws_endpoint_url,
+        region=settings.aws_region,
+        table_prefix=settings.table_prefix,
+        create_tables=settings.create_tables,
+        retry_timeout_s=settings.lambda_retry_timeout_s,
+    )
+    await store.start()
+    return DynamoDBWriter(store)
+
+
+_HOST: LambdaHost[DynamoDBWriter] = LambdaHost(_build)
+
+
+def handler(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
+    """The AWS Lambda entry point."""
+    return _HOST.run(lambda writer: writer.handle(event))
+
+
+def reset() -> None:
+    """Drop the environment's clients and loop (tests; a new configuration is read next time)."""
+
+    async def stop(writer: DynamoDBWriter) -> None:
+        await writer.store.stop()
+
+    _HOST.close(stop)

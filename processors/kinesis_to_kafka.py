@@ -1,0 +1,122 @@
+"""Lambda: candle records from a Kinesis stream forwarded to Kafka (``market-data-{interval}``).
+
+Each candle goes to the topic of its interval with key = symbol (one symbol's candles stay in one
+partition, in shard order), through the Kafka bus's idempotent producer (``acks=all``). Records
+that fail are retried (per key, from the first failed record on, so order holds) until the
+retry budget is spent; then every record from the first one still failing is reported with the
+partial batch response, and Lambda resumes the shard there. ``ttl`` is set from event time, as
+in :mod:`processors.kinesis_to_dynamodb`; malformed records are counted and skipped.
+
+Delivery is at least once: a retried batch can forward a candle again; consumers de-duplicate
+with ``(symbol, interval, timestamp, revision)``.
+
+Entry point: ``processors.kinesis_to_kafka.handler`` (configuration from the function's
+environment: ``SPEEDLAYER_KAFKA_BOOTSTRAP_SERVERS``, ``SPEEDLAYER_KAFKA_TOPIC_PREFIX``,
+``SPEEDLAYER_INTERVALS``, ``SPEEDLAYER_RETENTION``). :class:`KafkaForwarder` is the async core.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from processors.kinesis_events import (
+    LambdaHost,
+    LambdaSettings,
+    batch_response,
+    decode_candles,
+    log_summary,
+    remaining_s,
+)
+from speedlayer.bus.base import candle_topic
+from speedlayer.bus.kafka import KafkaBus, Record
+from speedlayer.bus.wire import BusError, encode_item
+from speedlayer.intervals import IntervalSet
+
+log = logging.getLogger(__name__)
+
+
+class KafkaForwarder:
+    """The async core: one Kinesis event in, the partial batch response out."""
+
+    def __init__(
+        self, bus: KafkaBus, intervals: IntervalSet, *, retry_timeout_s: float | None = None
+    ) -> None:
+        self.bus = bus
+        self.intervals = intervals
+        self.retry_timeout_s = retry_timeout_s
+        # counters (tests, logs)
+        self.invocations = 0
+        self.records = 0
+        self.candles_sent = 0
+        self.skipped = 0
+        self.reported_failed = 0
+
+    async def handle(
+        self, event: Mapping[str, Any], time_left_s: float | None = None
+    ) -> dict[str, Any]:
+        """Forward one event; retries stop at ``retry_timeout_s`` or ``time_left_s``."""
+        began = time.perf_counter()
+        self.invocations += 1
+        batch = decode_candles(event, self.intervals)
+        first_failed: int | None = None
+        if batch.items:
+            topics = sorted({candle_topic(c.interval) for _, c in batch.items})
+            records: list[Record] = [
+                (self.bus.topic_name(candle_topic(c.interval)), c.symbol.encode(), encode_item(c))
+                for _, c in batch.items
+            ]
+            try:
+                if self.bus.create_topics:
+                    await self.bus.ensure_topics(topics)
+                budget = [t for t in (self.retry_timeout_s, time_left_s) if t is not None]
+                errors = await self.bus.deliver(records, min(budget) if budget else None)
+            except BusError as exc:
+                log.warning("Kafka unavailable: %s", exc)
+                errors = [exc] * len(records)
+            for (index, _), error in zip(batch.items, errors, strict=True):
+                if error is not None:
+                    first_failed = index
+                    log.warning("Kafka delivery failed at record %s: %r",
+                                batch.records[index].sequence, error)  # fmt: skip
+                    break
+            self.candles_sent += sum(1 for e in errors if e is None)
+        response = batch_response(batch.records, first_failed)
+        failed = len(response["batchItemFailures"])
+        self.records += len(batch.records)
+        self.skipped += batch.skipped_total
+        self.reported_failed += failed
+        log_summary("kinesis_to_kafka", batch, failed, began)
+        return response
+
+
+async def _build() -> KafkaForwarder:
+    settings = LambdaSettings()
+    bus = KafkaBus(
+        settings.kafka_bootstrap_servers,
+        topic_prefix=settings.kafka_topic_prefix,
+        intervals=settings.interval_set.names,
+        retry_timeout_s=settings.lambda_retry_timeout_s,
+        request_timeout_ms=int(min(30.0, settings.lambda_retry_timeout_s) * 1000),
+    )
+    await bus.start()
+    return KafkaForwarder(bus, settings.interval_set)
+
+
+_HOST: LambdaHost[KafkaForwarder] = LambdaHost(_build)
+
+
+def handler(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
+    """The AWS Lambda entry point."""
+    return _HOST.run(lambda forwarder: forwarder.handle(event, remaining_s(context)))
+
+
+def reset() -> None:
+    """Drop the environment's producer and loop (tests; a new configuration is read next time)."""
+
+    async def stop(forwarder: KafkaForwarder) -> None:
+        await forwarder.bus.stop()
+
+    _HOST.close(stop)

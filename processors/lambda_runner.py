@@ -1,0 +1,596 @@
+"""Run a Kinesis Lambda handler locally, fed the way an event source mapping feeds it.
+
+Per shard of the stream: GetRecords (``batch_size`` records at most), build the event exactly as
+AWS does (``Records[].kinesis.{kinesisSchemaVersion, partitionKey, sequenceNumber, data (base64),
+approximateArrivalTimestamp}``, ``eventSource: aws:kinesis``, ``eventID: shardId:sequence``,
+``eventSourceARN``, ...), invoke the handler, then, as with ``FunctionResponseTypes:
+ReportBatchItemFailures``:
+
+* an empty ``batchItemFailures`` (or no answer): the batch is done; checkpoint its last record;
+* failures reported: checkpoint the record before the lowest reported sequence number and read
+  again from that one (``AT_SEQUENCE_NUMBER``) after a backoff; an identifier that is not in the
+  batch fails the whole batch, as on AWS;
+* the handler raised (a function error): retry the whole batch after a backoff; with
+  ``bisect_on_error`` the batch is halved on every consecutive error (BisectBatchOnFunctionError).
+  After ``max_retries`` attempts (None: until the records expire, AWS's default) the batch is
+  logged and skipped.
+
+Shards are processed concurrently, one batch in flight each; a child shard starts only once its
+parents are read to their end, so each key keeps its order across resharding. Checkpoints live in
+the Kinesis bus's DynamoDB table (``speedlayer_checkpoints``; lease ``lambda:FUNCTION/STREAM``,
+item per shard), so a runner that is killed resumes after the last batch that was done: records
+of a batch in flight are delivered again (at least once, as on AWS), never lost. A shard with no
+checkpoint starts at ``starting_position`` (TRIM_HORIZON or LATEST).
+
+A plain ``handler(event, context)`` (the AWS entry point) runs in one worker thread, one call at a
+time, like one execution environment; an ``async`` handler runs on the runner's loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import functools
+import importlib
+import inspect
+import logging
+import random
+import signal
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal, cast
+
+from speedlayer.aws import (
+    AWS_ERRORS,
+    Backoff,
+    client_config,
+    error_code,
+    is_throttle,
+    make_session,
+    table_spec,
+)
+from speedlayer.errors import SpeedlayerError
+
+log = logging.getLogger(__name__)
+
+AsyncHandler = Callable[[dict[str, Any]], Awaitable[Any]]
+SyncHandler = Callable[[dict[str, Any], Any], Any]
+StartingPosition = Literal["TRIM_HORIZON", "LATEST"]
+SHARD_END = "SHARD_END"
+ACCOUNT = "000000000000"
+
+
+class RunnerError(SpeedlayerError):
+    """The runner cannot read the stream or keep its checkpoints."""
+
+
+@dataclass
+class LocalContext:
+    """The parts of the Lambda context object that handlers use."""
+
+    function_name: str
+    timeout_s: float
+    region: str
+    memory_limit_in_mb: int = 512
+    function_version: str = "$LATEST"
+    aws_request_id: str = ""
+    started: float = 0.0
+
+    @property
+    def invoked_function_arn(self) -> str:
+        return f"arn:aws:lambda:{self.region}:{ACCOUNT}:function:{self.function_name}"
+
+    @property
+    def log_group_name(self) -> str:
+        return f"/aws/lambda/{self.function_name}"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self.started + self.timeout_s - time.monotonic()) * 1000))
+
+
+def build_event(
+    records: Sequence[Mapping[str, Any]], *, shard_id: str, stream_arn: str, region: str
+) -> dict[str, Any]:
+    """A Kinesis event as Lambda delivers it, from GetRecords records (boto3 shapes)."""
+    out = []
+    for record in records:
+        arrival: Any = record.get("ApproximateArrivalTimestamp")
+        stamp = arrival.timestamp() if isinstance(arrival, datetime) else float(arrival or 0)
+        sequence = str(record["SequenceNumber"])
+        out.append(
+            {
+                "kinesis": {
+                    "kinesisSchemaVersion": "1.0",
+                    "partitionKey": record["PartitionKey"],
+                    "sequenceNumber": sequence,
+                    "data": base64.b64encode(record["Data"]).decode("ascii"),
+                    "approximateArrivalTimestamp": round(stamp, 3),
+                },
+                "eventSource": "aws:kinesis",
+                "eventVersion": "1.0",
+                "eventID": f"{shard_id}:{sequence}",
+                "eventName": "aws:kinesis:record",
+                "invokeIdentityArn": f"arn:aws:iam::{ACCOUNT}:role/lambda-kinesis-role",
+                "awsRegion": region,
+                "eventSourceARN": stream_arn,
+            }
+        )
+    return {"Records": out}
+
+
+def first_failure(response: Any, sequences: Sequence[str]) -> int | None:
+    """Index of the lowest reported failure; 0 (the whole batch) for an answer Lambda rejects."""
+    if response is None:
+        return None
+    if not isinstance(response, Mapping):
+        return None  # a handler returning something else: success, as on AWS
+    failures = response.get("batchItemFailures")
+    if failures is None:
+        return None
+    if not isinstance(failures, list):
+        return 0
+    positions = {seq: i for i, seq in enumerate(sequences)}
+    lowest: int | None = None
+    for failure in failures:
+        ident = failure.get("itemIdentifier") if isinstance(failure, Mapping) else None
+        if not isinstance(ident, str) or ident not in positions:
+            return 0  # null, empty or unknown identifier: the whole batch is retried
+        index = positions[ident]
+        lowest = index if lowest is None else min(lowest, index)
+    return lowest
+
+
+@dataclass
+class RunnerStats:
+    invocations: int = 0
+    records: int = 0
+    batches_done: int = 0
+    partial_failures: int = 0
+    function_errors: int = 0
+    records_retried: int = 0
+    records_discarded: int = 0
+    checkpoints: int = 0
+
+
+class LambdaRunner:
+    """Feeds ``handler`` from ``stream`` like an event source mapping; ``start``/``stop``."""
+
+    def __init__(
+        self,
+        handler: AsyncHandler | SyncHandler,
+        stream: str,
+        *,
+        function_name: str = "handler",
+        kinesis_endpoint_url: str | None = None,
+        dynamodb_endpoint_url: str | None = None,
+        region: str = "us-east-1",
+        credentials: tuple[str, str] | None = None,
+        checkpoint_table: str = "speedlayer_checkpoints",
+        batch_size: int = 100,
+        starting_position: StartingPosition = "TRIM_HORIZON",
+        max_retries: int | None = None,
+        bisect_on_error: bool = False,
+        timeout_s: float = 60.0,
+        poll_interval_s: float = 0.2,
+        shard_refresh_s: float = 10.0,
+        retry_initial_s: float = 0.1,
+        retry_cap_s: float = 5.0,
+        aws_retry_timeout_s: float = 60.0,
+    ) -> None:
+        if not 1 <= batch_size <= 10_000:
+            raise ValueError("batch_size must be within 1..10000")
+        self.handler = handler
+        self.stream = stream
+        self.function_name = function_name
+        self.kinesis_endpoint_url = kinesis_endpoint_url
+        self.dynamodb_endpoint_url = dynamodb_endpoint_url
+        self.region = region
+        self.credentials = credentials
+        self.checkpoint_table = checkpoint_table
+        self.batch_size = batch_size
+        self.starting_position = starting_position
+        self.max_retries = max_retries
+        self.bisect_on_error = bisect_on_error
+        self.timeout_s = timeout_s
+        self.poll_interval_s = poll_interval_s
+        self.shard_refresh_s = shard_refresh_s
+        self.retry_initial_s = retry_initial_s
+        self.retry_cap_s = retry_cap_s
+        self.aws_retry_timeout_s = aws_retry_timeout_s
+        self.lease = f"lambda:{function_name}/{stream}"
+        self.stream_arn = f"arn:aws:kinesis:{region}:{ACCOUNT}:stream/{stream}"
+        self.stats = RunnerStats()
+        self._is_async = inspect.iscoroutinefunction(handler)
+        self._executor: ThreadPoolExecutor | None = None
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._kinesis: Any = None
+        self._dynamodb: Any = None
+        self._task: asyncio.Task[None] | None = None
+        self._idle: dict[str, bool] = {}
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._task is not None:
+            return
+        stack = contextlib.AsyncExitStack()
+        try:
+            kinesis = make_session(self.region, self.kinesis_endpoint_url, self.credentials)
+            self._kinesis = await stack.enter_async_context(
+                kinesis.client(
+                    "kinesis", endpoint_url=self.kinesis_endpoint_url, config=client_config(16)
+                )
+            )
+            ddb = make_session(self.region, self.dynamodb_endpoint_url, self.credentials)
+            self._dynamodb = await stack.enter_async_context(
+                ddb.client(
+                    "dynamodb", endpoint_url=self.dynamodb_endpoint_url, config=client_config(16)
+                )
+            )
+            await self._ensure_checkpoint_table()
+        except BaseException as exc:
+            await stack.aclose()
+            if isinstance(exc, AWS_ERRORS):
+                raise RunnerError(f"cannot start the Lambda runner: {exc}") from exc
+            raise
+        self._stack = stack
+        if not self._is_async:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix=self.function_name)
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True)
+
+    async def __aenter__(self) -> LambdaRunner:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def wait(self) -> None:
+        """Until the runner stops by itself (an unrecoverable error is raised here)."""
+        if self._task is not None:
+            await asyncio.shield(self._task)
+
+    @property
+    def idle(self) -> bool:
+        """Every known shard has been read up to its current end."""
+        return bool(self._idle) and all(self._idle.values())
+
+    # -- AWS calls ------------------------------------------------------------------------------
+
+    async def _call(
+        self, client: Any, op: str, ok_codes: frozenset[str] = frozenset(), **kwargs: Any
+    ) -> Any:
+        backoff = Backoff(self.aws_retry_timeout_s)
+        while True:
+            try:
+                return await getattr(client, op)(**kwargs)
+            except AWS_ERRORS as exc:
+                if error_code(exc) in ok_codes:
+                    return None
+                if is_throttle(exc) and await backoff.sleep():
+                    continue
+                raise RunnerError(f"{op} failed: {exc}") from exc
+
+    async def _ensure_checkpoint_table(self) -> None:
+        await self._call(
+            self._dynamodb,
+            "create_table",
+            frozenset({"ResourceInUseException"}),
+            TableName=self.checkpoint_table,
+            **table_spec(("lease", "S"), ("shard", "S")),
+        )
+        backoff = Backoff(60, initial_s=0.1, cap_s=1.0)
+        while True:
+            desc = await self._call(
+                self._dynamodb, "describe_table", TableName=self.checkpoint_table
+            )
+            if desc["Table"]["TableStatus"] == "ACTIVE":
+                return
+            if not await backoff.sleep():
+                raise RunnerError(f"checkpoint table {self.checkpoint_table} is not ACTIVE")
+
+    async def checkpoints(self) -> dict[str, str]:
+        """Shard id -> the last sequence number done (or SHARD_END)."""
+        found: dict[str, str] = {}
+        kwargs: dict[str, Any] = {
+            "TableName": self.checkpoint_table,
+            "KeyConditionExpression": "#l = :l",
+            "ExpressionAttributeNames": {"#l": "lease"},
+            "ExpressionAttributeValues": {":l": {"S": self.lease}},
+            "ConsistentRead": True,
+        }
+        while True:
+            page = await self._call(self._dynamodb, "query", **kwargs)
+            for item in page.get("Items", []):
+                found[item["shard"]["S"]] = item["sequence"]["S"]
+            if not page.get("LastEvaluatedKey"):
+                return found
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    async def _checkpoint(self, shard_id: str, sequence: str) -> None:
+        await self._call(
+            self._dynamodb,
+            "put_item",
+            TableName=self.checkpoint_table,
+            Item={
+                "lease": {"S": self.lease},
+                "shard": {"S": shard_id},
+                "sequence": {"S": sequence},
+                "updated_ms": {"N": str(time.time_ns() // 1_000_000)},
+            },
+        )
+        self.stats.checkpoints += 1
+
+    async def _iterator(self, shard_id: str, kind: str, sequence: str | None = None) -> str:
+        kwargs: dict[str, Any] = {
+            "StreamName": self.stream,
+            "ShardId": shard_id,
+            "ShardIteratorType": kind,
+        }
+        if sequence is not None:
+            kwargs["StartingSequenceNumber"] = sequence
+        resp = await self._call(self._kinesis, "get_shard_iterator", **kwargs)
+        return str(resp["ShardIterator"])
+
+    async def _list_shards(self) -> list[dict[str, Any]]:
+        shards: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {"StreamName": self.stream}
+        while True:
+            resp = await self._call(self._kinesis, "list_shards", **kwargs)
+            shards.extend(resp.get("Shards", []))
+            token = resp.get("NextToken")
+            if not token:
+                return shards
+            kwargs = {"NextToken": token}
+
+    # -- the mapping ----------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        running: dict[str, asyncio.Task[None]] = {}
+        try:
+            checkpoints = await self.checkpoints()
+            finished = {sid for sid, seq in checkpoints.items() if seq == SHARD_END}
+            while True:
+                shards = await self._list_shards()
+                ids = {shard["ShardId"] for shard in shards}
+                for shard in shards:
+                    sid = shard["ShardId"]
+                    if sid in running or sid in finished:
+                        continue
+                    parents = [
+                        p
+                        for p in (shard.get("ParentShardId"), shard.get("AdjacentParentShardId"))
+                        if p and p in ids
+                    ]
+                    if all(p in finished for p in parents):
+                        self._idle[sid] = False
+                        running[sid] = asyncio.create_task(
+                            self._shard(sid, checkpoints.get(sid), bool(parents))
+                        )
+                if running:
+                    await asyncio.wait(
+                        running.values(),
+                        timeout=self.shard_refresh_s,
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                else:
+                    await asyncio.sleep(self.shard_refresh_s)
+                for sid, task in list(running.items()):
+                    if task.done():
+                        del running[sid]
+                        task.result()  # an unrecoverable shard error stops the runner
+                        finished.add(sid)
+                        self._idle[sid] = True
+        finally:
+            for task in running.values():
+                task.cancel()
+            await asyncio.gather(*running.values(), return_exceptions=True)
+
+    async def _shard(self, shard_id: str, checkpoint: str | None, has_parent: bool) -> None:
+        if checkpoint is not None:
+            iterator = await self._iterator(shard_id, "AFTER_SEQUENCE_NUMBER", checkpoint)
+        elif has_parent:
+            iterator = await self._iterator(shard_id, "TRIM_HORIZON")
+        else:
+            iterator = await self._iterator(shard_id, self.starting_position)
+        limit = self.batch_size
+        attempts = 0
+        delay = self.retry_initial_s
+        next_iterator: str | None = iterator
+        while next_iterator is not None:
+            try:
+                resp = await self._kinesis.get_records(ShardIterator=next_iterator, Limit=limit)
+            except AWS_ERRORS as exc:
+                if error_code(exc) == "ExpiredIteratorException":
+                    next_iterator = await self._resume_iterator(shard_id, checkpoint, has_parent)
+                    continue
+                if is_throttle(exc):
+                    await asyncio.sleep(random.uniform(0, delay))
+                    delay = min(delay * 2, self.retry_cap_s)
+                    continue
+                raise RunnerError(f"GetRecords on {self.stream}/{shard_id}: {exc}") from exc
+            records = resp.get("Records", [])
+            if not records:
+                self._idle[shard_id] = True
+                next_iterator = resp.get("NextShardIterator")
+                if next_iterator is None:
+                    await self._checkpoint(shard_id, SHARD_END)
+                else:
+                    await asyncio.sleep(self.poll_interval_s)
+                continue
+            self._idle[shard_id] = False
+            sequences = [str(r["SequenceNumber"]) for r in records]
+            failed_at, function_error = await self._invoke(shard_id, records, sequences)
+            if failed_at is None:  # the batch is done
+                checkpoint = sequences[-1]
+                await self._checkpoint(shard_id, checkpoint)
+                self.stats.batches_done += 1
+                attempts, delay, limit = 0, self.retry_initial_s, self.batch_size
+                next_iterator = resp.get("NextShardIterator")
+                continue
+            attempts += 1
+            if failed_at > 0:  # keep what was done: resume at the first failed record
+                checkpoint = sequences[failed_at - 1]
+                await self._checkpoint(shard_id, checkpoint)
+                attempts = 1  # progress was made
+            elif self.bisect_on_error and function_error:
+                limit = max(1, min(limit, len(records)) // 2)
+            if self.max_retries is not None and attempts > self.max_retries:
+                skipped = sequences[failed_at:]
+                self.stats.records_discarded += len(skipped)
+                log.error("%s/%s: giving up on %d records %s..%s after %d retries",
+                          self.stream, shard_id, len(skipped), skipped[0], skipped[-1],
+                          self.max_retries)  # fmt: skip
+                checkpoint = sequences[-1]
+                await self._checkpoint(shard_id, checkpoint)
+                attempts, limit = 0, self.batch_size
+                next_iterator = resp.get("NextShardIterator")
+                continue
+            self.stats.records_retried += len(records) - failed_at
+            await asyncio.sleep(random.uniform(delay / 2, delay))
+            delay = min(delay * 2, self.retry_cap_s)
+            next_iterator = await self._iterator(
+                shard_id, "AT_SEQUENCE_NUMBER", sequences[failed_at]
+            )
+
+    async def _resume_iterator(
+        self, shard_id: str, checkpoint: str | None, has_parent: bool
+    ) -> str:
+        if checkpoint is not None:
+            return await self._iterator(shard_id, "AFTER_SEQUENCE_NUMBER", checkpoint)
+        return await self._iterator(
+            shard_id, "TRIM_HORIZON" if has_parent else self.starting_position
+        )
+
+    async def _invoke(
+        self, shard_id: str, records: list[dict[str, Any]], sequences: list[str]
+    ) -> tuple[int | None, bool]:
+        """Invoke the handler once: (None when the batch is done, else the first index to
+        retry; whether it was a function error)."""
+        event = build_event(
+            records, shard_id=shard_id, stream_arn=self.stream_arn, region=self.region
+        )
+        context = LocalContext(
+            self.function_name,
+            self.timeout_s,
+            self.region,
+            aws_request_id=str(uuid.uuid4()),
+            started=time.monotonic(),
+        )
+        self.stats.invocations += 1
+        self.stats.records += len(records)
+        try:
+            if self._is_async:
+                call = cast(AsyncHandler, self.handler)(event)
+                response = await asyncio.wait_for(call, self.timeout_s)
+            else:
+                loop = asyncio.get_running_loop()
+                sync = functools.partial(cast(SyncHandler, self.handler), event, context)
+                response = await asyncio.wait_for(
+                    loop.run_in_executor(self._executor, sync), self.timeout_s
+                )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a function error (or a timeout): retry the whole batch
+            self.stats.function_errors += 1
+            log.warning("%s on %s/%s: function error %r; the batch is retried",
+                        self.function_name, self.stream, shard_id, exc)  # fmt: skip
+            return 0, True
+        failed_at = first_failure(response, sequences)
+        if failed_at is not None:
+            self.stats.partial_failures += 1
+            log.info("%s on %s/%s: %d of %d records reported failed; resuming at %s",
+                     self.function_name, self.stream, shard_id, len(records) - failed_at,
+                     len(records), sequences[failed_at])  # fmt: skip
+        return failed_at, False
+
+
+# -- the `speedlayer lambda-run` command ------------------------------------------------------
+
+HANDLERS = {
+    "kinesis_to_dynamodb": "processors.kinesis_to_dynamodb:handler",
+    "kinesis_to_kafka": "processors.kinesis_to_kafka:handler",
+}
+
+
+def load_handler(name: str) -> SyncHandler | AsyncHandler:
+    """``kinesis_to_dynamodb``, ``kinesis_to_kafka`` or any ``package.module:function``."""
+    target = HANDLERS.get(name, name)
+    module_name, sep, attr = target.partition(":")
+    if not sep:
+        module_name, _, attr = target.rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+        found = getattr(module, attr)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise RunnerError(f"no Lambda handler {name!r}: {exc}") from exc
+    if not callable(found):
+        raise RunnerError(f"{target} is not callable")
+    return cast(SyncHandler | AsyncHandler, found)
+
+
+async def serve(
+    function: str,
+    streams: Sequence[str],
+    *,
+    until_idle: bool = False,
+    stats_every_s: float = 10.0,
+    **options: Any,
+) -> list[RunnerStats]:
+    """Run one mapping per stream until SIGINT/SIGTERM (or, with ``until_idle``, until every
+    shard has been read to its end); return each mapping's counters."""
+    handler = load_handler(function)
+    name = function if function in HANDLERS else function.rpartition(":")[2] or "handler"
+    runners = [LambdaRunner(handler, stream, function_name=name, **options) for stream in streams]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    async with contextlib.AsyncExitStack() as stack:
+        for runner in runners:
+            await stack.enter_async_context(runner)
+        log.info("%s: mapping %s (batch size %d, from %s)", name, ", ".join(streams),
+                 runners[0].batch_size, runners[0].starting_position)  # fmt: skip
+        waiters = [asyncio.create_task(runner.wait()) for runner in runners]
+        stopper = asyncio.create_task(stop.wait())
+        try:
+            while not stop.is_set():
+                done, _ = await asyncio.wait(
+                    [*waiters, stopper],
+                    timeout=0.2 if until_idle else stats_every_s,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                for task in done:
+                    if task is not stopper:
+                        task.result()  # a runner that ended by itself failed: raise it
+                if until_idle and all(r.idle for r in runners):
+                    break
+                if not until_idle:
+                    for runner in runners:
+                        log.info("%s <- %s: %s", name, runner.stream, runner.stats)
+        finally:
+            stopper.cancel()
+            for task in waiters:
+                task.cancel()
+            await asyncio.gather(stopper, *waiters, return_exceptions=True)
+    for runner in runners:
+        log.info("%s <- %s: %s", name, runner.stream, runner.stats)
+    return [runner.stats for runner in runners]
