@@ -33,10 +33,14 @@ def create_app(
     bus: Bus | None = None,
     runner: PipelineRunner | None = None,
 ) -> FastAPI:
-    """Build the app. Without ``store``, the lifespan opens (and closes) the SQLite store.
+    """Build the app. Without ``store``, the lifespan opens (and closes) the configured store
+    (``settings.store``: SQLite by default, or DynamoDB).
 
-    ``bus`` carries candle updates for the live feeds (``speedlayer up`` passes its in-process
-    bus); ``runner`` is the in-process pipeline whose throughput and lag /metrics report.
+    ``bus`` carries candle updates for the live feeds (``speedlayer up`` passes its own bus).
+    Without one, the lifespan opens the configured bus when it is a distributed one
+    (``settings.bus`` kinesis or kafka: ``speedlayer api`` beside a separate ``speedlayer
+    process``); the in-process bus of a lone API carries nothing, so then nothing is live.
+    ``runner`` is the in-process pipeline whose throughput and lag /metrics report.
     """
     settings = settings or Settings()
     clock = clock or SystemClock()
@@ -46,16 +50,19 @@ def create_app(
         async with contextlib.AsyncExitStack() as stack:
             active = store
             if active is None:
-                from speedlayer.store.sqlite import SQLiteStore
+                from speedlayer.backends import open_store
 
-                active = await stack.enter_async_context(
-                    SQLiteStore(settings.db, settings.interval_set, clock)
-                )
-            hub = CandleHub(settings, active, bus)  # live only with a bus; snapshots always
+                active = await stack.enter_async_context(open_store(settings, clock))
+            live = bus
+            if live is None and settings.bus != "memory":
+                from speedlayer.backends import open_bus
+
+                live = await stack.enter_async_context(open_bus(settings))
+            hub = CandleHub(settings, active, live)  # live only with a bus; snapshots always
             await hub.start()
             stack.push_async_callback(hub.stop)
             app.state.resources = Resources(
-                settings=settings, store=active, clock=clock, bus=bus, runner=runner, hub=hub
+                settings=settings, store=active, clock=clock, bus=live, runner=runner, hub=hub
             )
             purger = asyncio.create_task(_purge_periodically(active, settings.purge_interval_s))
             try:

@@ -115,12 +115,14 @@ class KinesisBus(Bus):
         retry_timeout_s: float = 60.0,
         active_timeout_s: float = 120.0,
         initial_position: Literal["LATEST", "TRIM_HORIZON"] = "LATEST",
+        create_checkpoint_table: bool = True,
     ) -> None:
         if initial_position not in ("LATEST", "TRIM_HORIZON"):
             raise ValueError(
                 f"initial_position must be LATEST or TRIM_HORIZON: {initial_position!r}"
             )
         self.initial_position = initial_position
+        self.create_checkpoint_table = create_checkpoint_table
         self.endpoint_url = endpoint_url
         self.dynamodb_endpoint_url = dynamodb_endpoint_url
         self.region = region
@@ -165,7 +167,8 @@ class KinesisBus(Bus):
                 dynamodb.client("dynamodb", endpoint_url=ddb_url, config=client_config(32))
             )
             self._stack = stack
-            await self._ensure_checkpoint_table()
+            if self.create_checkpoint_table:
+                await self._ensure_checkpoint_table()
         except BaseException as exc:
             self._kinesis = self._dynamodb = self._stack = None
             await stack.aclose()
