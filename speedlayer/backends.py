@@ -148,10 +148,9 @@ async def init_aws(settings: Settings, clock: Clock) -> AwsResources:
 
     done = AwsResources()
     store = dynamodb_store(settings, clock)
-    store.create_tables = True
+    store.create_tables = False
     async with store:
-        for name in store.tables.values():
-            done.tables[name] = await store.ensure_ttl(name)
+        done.tables = await store.ensure_tables()
     bus = kinesis_bus(settings)
     bus.create_checkpoint_table = True
     async with bus:

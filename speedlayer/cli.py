@@ -461,24 +461,19 @@ def ingest(
     replay_files: tuple[str, ...],
 ) -> None:
     """Run the feed alone: Polygon (or a simulator) -> 1-minute bars on the raw topic."""
-    extra: dict[str, Any] = {}
+    given: dict[str, Any] = dict(
+        bus=bus, source=source, sim_symbols=symbols, sim_speed=speed, sim_replay=list(replay_files)
+    )
     if simulator_url:
         ws_url, rest_url = _simulator_urls(simulator_url)
-        extra = dict(
+        given.update(
             source="polygon",
             polygon_ws_url=ws_url,
             polygon_rest_url=rest_url,
-            polygon_api_key="simulator",
+            polygon_api_key="simulator",  # the simulator accepts any key
             polygon_market="stocks",
         )
-    settings = _settings(
-        bus=bus,
-        source=source,
-        sim_symbols=symbols,
-        sim_speed=speed,
-        sim_replay=list(replay_files),
-        **extra,
-    )
+    settings = _settings(**given)
     if settings.bus == "memory":
         raise click.UsageError("`ingest` alone needs a bus other processes can read: --bus kinesis")
     _setup_logging(settings.log_level)

@@ -210,6 +210,9 @@ async def run_ingest(settings: Settings) -> None:
             for task in (reporter, watcher):
                 task.cancel()
             await asyncio.gather(reporter, watcher, return_exceptions=True)
+        stats = feed.stats
+        log.info("ingest: %d bars published, %d from backfill", stats.bars_published,
+                 stats.backfill_bars)  # fmt: skip
         if not stopped and feed.failed is not None:
             raise SpeedlayerError(f"ingest stopped: {feed.failed}")
 
@@ -248,5 +251,7 @@ async def run_process(settings: Settings) -> None:
         runner = await start_pipeline(stack, settings, store, bus, clock, exit_on_error=True)
         log.info("process: consumer %r, bus %s -> store %s", settings.process_consumer,
                  settings.bus, settings.store)  # fmt: skip
-        if not await wait_for_stop(runner.failed):
+        stopped = await wait_for_stop(runner.failed)
+        log.info("process: %d bars in, %d candles out", runner.bars_in, runner.candles_out)
+        if not stopped:
             raise SpeedlayerError(f"processing stopped: {runner.failure}")

@@ -378,6 +378,9 @@ class KinesisBus(Bus):
         running: dict[str, asyncio.Task[None]] = {}
         try:
             checkpoints = await self.checkpoints(consumer, topic)
+            if checkpoints:
+                log.info("%s: consumer %s resumes after its checkpoints on %d shard(s)",
+                         stream, consumer, len(checkpoints))  # fmt: skip
             finished = {sid for sid, seq in checkpoints.items() if seq == SHARD_END}
             while True:
                 shards = await self._list_shards(stream)

@@ -258,13 +258,13 @@ class DynamoDBStore(Store):
 
     # -- tables ---------------------------------------------------------------------------------
 
-    async def ensure_tables(self) -> None:
-        """Create the interval tables if missing, wait until ACTIVE, set up TTL (idempotent)."""
+    async def ensure_tables(self) -> dict[str, str]:
+        """Create the interval tables if missing, wait until ACTIVE, set up TTL (idempotent).
+        Returns each table's TTL state (see ``ensure_ttl``)."""
         names = list(self.tables.values())
         await asyncio.gather(*(self._create_table(name) for name in names))
         await asyncio.gather(*(self._wait_active(name) for name in names))
-        for name in names:
-            await self.ensure_ttl(name)
+        return {name: await self.ensure_ttl(name) for name in names}
 
     async def _create_table(self, name: str) -> None:
         await self._call(
