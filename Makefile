@@ -8,10 +8,17 @@ PORT   ?= 8000
 
 NODE_STAMP := node_modules/.package-lock.json
 KAFKA_STAMP := .kafka/.installed
+CHROMIUM    := /usr/bin/chromium
+WRK         := /usr/bin/wrk
+SUDO        := $(if $(filter 0,$(shell id -u)),,sudo)
+APT_GET     := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
+# Debian packages, installed when missing; the package index is refreshed only if it is stale.
+apt_install = $(APT_GET) install -y -qq --no-install-recommends $(1) >/dev/null || \
+  { $(APT_GET) update -qq && $(APT_GET) install -y -qq --no-install-recommends $(1) >/dev/null; }
 
-.PHONY: setup run test lint pytest clean aws-local
+.PHONY: setup run test lint pytest clean aws-local screenshot bench
 
-setup: $(STAMP) $(NODE_STAMP) $(KAFKA_STAMP)
+setup: $(STAMP) $(NODE_STAMP) $(KAFKA_STAMP) $(CHROMIUM) $(WRK)
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +41,17 @@ $(KAFKA_STAMP): infra/kafka/pom.xml
 	rm -rf .kafka/lib
 	mvn -q -B -Dstyle.color=never -f infra/kafka/pom.xml dependency:copy-dependencies
 	@touch $@
+
+# Headless Chromium for the dashboard's browser test (driven by Playwright, which downloads no
+# browser of its own): Debian's package, installed only when the binary is missing.
+$(CHROMIUM):
+	@echo "installing chromium (apt-get)"
+	$(call apt_install,chromium)
+
+# wrk, the HTTP load generator of the REST benchmark (bench/rest.py; its smoke run is a test).
+$(WRK):
+	@echo "installing wrk (apt-get)"
+	$(call apt_install,wrk)
 
 # Local AWS for development, data kept under .data/ across restarts (Ctrl-C stops both):
 #   DynamoDB (dynalite)  http://127.0.0.1:4567   data in .data/dynamodb
@@ -59,6 +77,15 @@ pytest: setup
 	$(BIN)/pytest
 
 test: lint pytest
+
+# The benchmarks at full size (about 10 minutes): bench/results.json and docs/benchmarks.md.
+# `make bench ONLY=rest` runs one (resampler, live, rest, store_writes) and keeps the others.
+bench: setup
+	$(BIN)/python -m bench $(if $(ONLY),--only $(ONLY))
+
+# Re-make docs/dashboard.png, the README's picture, from the dashboard's end-to-end browser test.
+screenshot: setup
+	SPEEDLAYER_UPDATE_SCREENSHOT=1 $(BIN)/pytest tests/test_dashboard.py -k end_to_end -q
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache data/synthetic.csv

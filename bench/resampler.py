@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -220,7 +221,7 @@ def _close(x: float | None, y: float | None) -> bool:
     return abs(x - y) <= REL * max(1.0, abs(x), abs(y))
 
 
-def compare(ours: dict[Key, Values], theirs: dict[Key, Values]) -> list[str]:
+def compare(ours: Mapping[Key, Values], theirs: Mapping[Key, Values]) -> list[str]:
     """Differences between the two candle sets (empty when they agree)."""
     problems = []
     if ours.keys() != theirs.keys():

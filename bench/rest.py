@@ -224,6 +224,8 @@ def run(
             server.wait(10)
     return {
         "symbols": symbols,
+        "days_1h": hours_days,
+        "days_15m": quarter_days,
         "rows": rows,
         "store_build_s": round(build_s, 1),
         "target_rate_per_s": round(rate, 1),

@@ -29,13 +29,14 @@ import logging
 import multiprocessing as mp
 import os
 import random
-import socket
 import statistics
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+from bench.common import percentile
+from bench.stack import embedded_stack, until
 
 log = logging.getLogger("bench.ws_fanout")
 
@@ -109,100 +110,16 @@ async def _clients(
     results.put({"samples": samples, "closes": dict(closes), "failed": failed})
 
 
-async def _until(condition: Any, every_s: float = 0.1) -> None:
-    while True:
-        if condition():
-            return
-        await asyncio.sleep(every_s)
-
-
-# -- the server -----------------------------------------------------------------------------------
-
-
 async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
-    import uvicorn
-
-    from api.app import create_app
-    from ingest.polygon import PolygonConfig, PolygonFeed
-    from ingest.simulator import PolygonSimulator, SimulatorConfig
-    from processors.pipeline import CandlePipeline
-    from processors.resampler import Resampler
-    from processors.runner import PipelineRunner
-    from speedlayer.bus.memory import MemoryBus
-    from speedlayer.config import Settings
-    from speedlayer.store.sqlite import SQLiteStore
-
     counts = [int(n) for n in args.clients.split(",")]
     intervals = args.intervals.split(",")
-    tmp = Path(tempfile.mkdtemp(prefix="ws_fanout_"))
-    settings = Settings(
-        db=tmp / "bench.db",
-        live_max_connections=max(counts) + 100,
-        sse_replay_events=0,
-    )
     out: list[dict[str, Any]] = []
-    async with contextlib.AsyncExitStack() as stack:
-        sim = await stack.enter_async_context(
-            PolygonSimulator(
-                SimulatorConfig(symbols=args.symbols, speed=args.speed, history_minutes=2)
-            )
-        )
-        clock = sim.clock
-        bus = await stack.enter_async_context(MemoryBus())
-        store = await stack.enter_async_context(
-            SQLiteStore(settings.db, settings.interval_set, clock)
-        )
-        runner = PipelineRunner(
-            CandlePipeline(Resampler(settings.interval_set, clock), store), bus, clock
-        )
-        await runner.start()
-        stack.push_async_callback(runner.stop)
-        feed = PolygonFeed(
-            PolygonConfig(
-                api_key="simulator",
-                ws_url=sim.ws_url,
-                rest_url=sim.rest_url,
-                symbols=["*"],
-                backfill_lookback_min=0,
-            ),
-            bus,
-            clock,
-        )
-        await feed.start()
-        stack.push_async_callback(feed.stop)
-        app = create_app(settings, store=store, clock=clock, bus=bus, runner=runner)
-        listener = socket.socket()
-        listener.bind(("127.0.0.1", 0))
-        port = listener.getsockname()[1]
-        server = uvicorn.Server(
-            uvicorn.Config(
-                app,
-                host="127.0.0.1",
-                port=port,
-                log_level="warning",
-                ws_per_message_deflate=args.deflate,
-                backlog=4096,
-            )
-        )
-        server_task = asyncio.create_task(server.serve(sockets=[listener]))
-        await _until(lambda: server.started)
-        hub = app.state.resources.hub
-
-        # Record when each dispatched chunk reached the hub: (first seq, last seq, wall time).
-        marks: list[tuple[int, int, float]] = []
-        dispatch = hub._dispatch
-
-        def recording(candles: Any, at: float) -> None:
-            first = hub.seq + 1
-            dispatch(candles, at)
-            marks.append((first, hub.seq, at))
-
-        hub._dispatch = recording
-
+    async with embedded_stack(args.symbols, args.speed, max(counts), args.deflate) as stack:
+        runner, hub, marks = stack.runner, stack.hub, stack.marks
         log.info("waiting for the first full-market minute ...")
-        await _until(lambda: runner.bars_in >= args.symbols // 2, 0.5)
+        await until(lambda: runner.bars_in >= args.symbols // 2, 0.5)
         rng = random.Random(7)
-        symbols = sim.symbols
+        symbols = stack.sim.symbols
         ctx = mp.get_context("spawn")
         for n in counts:
             subs = [rng.sample(symbols, args.per_client) for _ in range(n)]
@@ -214,7 +131,7 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 ctx.Process(
                     target=_client_process,
                     args=(
-                        f"ws://127.0.0.1:{port}/ws",
+                        stack.ws_url,
                         subs[i::procs_n],
                         intervals,
                         start_at,
@@ -250,10 +167,6 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                     latencies.append(received - marks[i][2])
                 per_second[int(received)] += 1
             latencies.sort()
-
-            def pct(p: float, values: list[float] = latencies) -> float:
-                return values[min(len(values) - 1, int(p * len(values)))] * 1000 if values else 0.0
-
             row = {
                 "clients": n,
                 "connected_peak": peak_clients,
@@ -262,8 +175,8 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 "messages": len(samples),
                 "messages_per_s": round(len(samples) / window),
                 "busiest_second": max(per_second.values(), default=0),
-                "latency_p50_ms": round(pct(0.50), 1),
-                "latency_p99_ms": round(pct(0.99), 1),
+                "latency_p50_ms": round(percentile(latencies, 0.50) * 1000, 1),
+                "latency_p99_ms": round(percentile(latencies, 0.99) * 1000, 1),
                 "latency_max_ms": round(latencies[-1] * 1000, 1) if latencies else 0.0,
                 "latency_mean_ms": round(statistics.fmean(latencies) * 1000, 1)
                 if latencies
@@ -279,9 +192,7 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             }
             log.info("%s", json.dumps(row))
             out.append(row)
-            await _until(lambda: hub.clients == 0)  # the previous round's connections are gone
-        server.should_exit = True
-        await server_task
+            await until(lambda: hub.clients == 0)  # the previous round's connections are gone
     return out
 
 

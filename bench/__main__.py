@@ -1,0 +1,86 @@
+"""Run the benchmarks; write ``bench/results.json`` and ``docs/benchmarks.md``.
+
+    .venv/bin/python -m bench                  # everything at full size (make bench)
+    .venv/bin/python -m bench --only rest      # one benchmark
+    .venv/bin/python -m bench --size smoke --out /tmp/r.json --doc /tmp/b.md   # the tests' run
+
+Each benchmark compares the project with a peer run in the same process or the same run where
+there is one (pandas, a no-op endpoint, the bare SQLite engine), because the machines are shared
+and noisy: the ratio means more than an absolute time. Runs at full size take about 10 minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench import live, resampler, rest, store_writes
+from bench.common import machine
+from bench.report import render
+
+SIZES: dict[str, dict[str, dict[str, Any]]] = {
+    "full": {
+        "resampler": {"symbols": 2000, "minutes": 500},
+        "store_writes": {"symbols": 2000, "minutes": 60},
+        "rest": {"symbols": 500, "seconds": 15},
+        "live": {"symbols": 12_000, "speed": 0.1, "bursts": 3, "clients": 1000},
+    },
+    "smoke": {
+        "resampler": {"symbols": 20, "minutes": 30},
+        "store_writes": {"symbols": 20, "minutes": 10},
+        "rest": {"symbols": 3, "seconds": 1, "hours_days": 3, "quarter_days": 2},
+        "live": {"symbols": 100, "speed": 2.0, "bursts": 2, "clients": 4},
+    },
+}
+RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
+    "resampler": resampler.run,
+    "store_writes": store_writes.run,
+    "rest": rest.run,
+    "live": live.run,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default="full")
+    parser.add_argument("--only", help="comma-separated: " + ",".join(RUNNERS))
+    parser.add_argument("--out", type=Path, default=Path("bench/results.json"))
+    parser.add_argument("--doc", type=Path, default=Path("docs/benchmarks.md"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    names = args.only.split(",") if args.only else list(RUNNERS)
+    unknown = set(names) - set(RUNNERS)
+    if unknown:
+        parser.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
+    # A partial run updates its entries in an existing results file and keeps the others.
+    previous: dict[str, Any] = {}
+    if args.only and args.out.exists():
+        previous = json.loads(args.out.read_text()).get("runs", {})
+    runs = dict(previous)
+    for name in names:
+        params = SIZES[args.size][name]
+        logging.info("running %s %s", name, params)
+        began = time.perf_counter()
+        figures = RUNNERS[name](**params)
+        runs[name] = {
+            "params": params,
+            "seconds": round(time.perf_counter() - began, 1),
+            "machine": machine(),
+            "figures": figures,
+        }
+    command = "python -m bench " + " ".join(sys.argv[1:])
+    results = {"size": args.size, "command": command.strip(), "runs": runs}
+    results["benchmarks"] = render(results, args.doc)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results["benchmarks"], indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,267 @@
+"""Full-market bursts end to end (benchmark 2) and WebSocket fan-out during them (benchmark 4).
+
+    .venv/bin/python -m bench.live --symbols 12000 --bursts 3 --clients 1000
+
+One process runs the embedded stack as ``speedlayer up`` does (bench/stack.py): the Polygon
+simulator at full-market size sends one minute's bars per burst, as Polygon does (batched frames
+spread over about a second), to the WebSocket feed -> bus -> resampler -> SQLite -> candle bus ->
+the API's live hub. The simulator runs at ``--speed`` simulated minutes per second (0.1: a burst
+every 10 s, time enough for each burst to clear).
+
+A monitor client, in its own process, subscribes to every symbol at every interval (the ``*``
+wildcard) and timestamps every candle message. Per bar:
+
+    latency = (receipt of the last of the bar's candle updates, one per interval)
+              - (the simulator's write of the frame holding the bar)
+
+Per burst: p50, p99 and max of that latency over the burst's bars, and ``stored_after_last_bar``:
+from the simulator's write of the burst's last frame until the pipeline finished storing and
+publishing the burst's last batch.
+
+Phase ``burst``: the monitor alone. Phase ``fanout``: ``--clients`` clients more (in
+``--procs`` processes), each subscribed to 10 random symbols x 1m,15m as in bench/ws_fanout.py;
+reported: delivered messages/s, p99 from the hub's receipt to the client's, clients dropped,
+and the monitor's per-bar latency under that load. Clients share the machine's cores with the
+server, so their own scheduling is in the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import bisect
+import json
+import logging
+import multiprocessing as mp
+import random
+import time
+from collections import Counter, defaultdict
+from typing import Any
+
+from bench.common import percentile
+from bench.stack import Stack, embedded_stack, until
+from bench.ws_fanout import _client_process
+
+log = logging.getLogger("bench.live")
+INTERVALS = ["1m", "5m", "15m", "30m", "1h", "2h", "4h"]
+MINUTE_MS = 60_000
+INTERVAL_MS = {"1m": 1, "5m": 5, "15m": 15, "30m": 30, "1h": 60, "2h": 120, "4h": 240}
+
+
+# -- the monitor (its own process) ----------------------------------------------------------------
+
+
+def _monitor_process(url: str, end_at: float, results: Any) -> None:
+    asyncio.run(_monitor(url, end_at, results))
+
+
+async def _monitor(url: str, end_at: float, results: Any) -> None:
+    import orjson
+    from websockets.asyncio.client import connect
+
+    samples: list[tuple[str, str, int, float]] = []
+    async with connect(url, max_queue=None, open_timeout=30) as ws:
+        await ws.send(json.dumps({"action": "subscribe", "symbols": ["*"], "intervals": INTERVALS}))
+        while time.time() < end_at:
+            try:
+                raw = await asyncio.wait_for(ws.recv(), max(0.1, end_at - time.time()))
+            except TimeoutError:
+                break
+            now = time.time()
+            if raw[:16] == '{"type":"candle"':
+                msg = orjson.loads(raw)
+                samples.append((msg["symbol"], msg["interval"], msg["timestamp"], now))
+    results.put(samples)
+
+
+# -- analysis -------------------------------------------------------------------------------------
+
+
+def burst_figures(
+    stack: Stack, samples: list[tuple[str, str, int, float]], minutes: list[int]
+) -> list[dict[str, Any]]:
+    """Per burst minute: the per-bar latency distribution and the stored-after-last-bar time."""
+    arrivals: dict[tuple[str, str, int], list[float]] = defaultdict(list)
+    for symbol, interval, timestamp, at in samples:
+        arrivals[(symbol, interval, timestamp)].append(at)
+    for times in arrivals.values():
+        times.sort()
+    rows = []
+    for minute in minutes:
+        sent = {sym: at for (sym, t), at in stack.sent.items() if t == minute}
+        if not sent:
+            continue
+        latencies = []
+        missing = 0
+        for symbol, at in sent.items():
+            worst = 0.0
+            for interval in INTERVALS:
+                span = INTERVAL_MS[interval] * MINUTE_MS
+                times = arrivals.get((symbol, interval, minute - minute % span), [])
+                i = bisect.bisect_left(times, at)
+                if i == len(times):
+                    missing += 1
+                    break
+                worst = max(worst, times[i] - at)
+            else:
+                latencies.append(worst)
+        latencies.sort()
+        last_sent = max(sent.values())
+        done = [at for at, counts in stack.stored if minute in counts]
+        rows.append(
+            {
+                "minute": minute,
+                "bars": len(sent),
+                "bars_without_all_updates": missing,
+                "latency_p50_ms": round(percentile(latencies, 0.50) * 1000, 1),
+                "latency_p99_ms": round(percentile(latencies, 0.99) * 1000, 1),
+                "latency_max_ms": round(latencies[-1] * 1000, 1) if latencies else None,
+                "send_spread_ms": round((last_sent - min(sent.values())) * 1000, 1),
+                "stored_after_last_bar_ms": round((max(done) - last_sent) * 1000, 1)
+                if done
+                else None,
+            }
+        )
+    return rows
+
+
+def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    def worst(key: str) -> float:
+        return max((row[key] for row in rows if row[key] is not None), default=0.0)
+
+    def middle(key: str) -> float:
+        values = sorted(row[key] for row in rows if row[key] is not None)
+        return values[len(values) // 2] if values else 0.0
+
+    return {
+        "bursts": len(rows),
+        "bars_per_burst": middle("bars"),
+        "latency_p50_ms_median": middle("latency_p50_ms"),
+        "latency_p99_ms_median": middle("latency_p99_ms"),
+        "latency_p99_ms_worst": worst("latency_p99_ms"),
+        "latency_max_ms_worst": worst("latency_max_ms"),
+        "stored_after_last_bar_ms_median": middle("stored_after_last_bar_ms"),
+        "stored_after_last_bar_ms_worst": worst("stored_after_last_bar_ms"),
+        "per_burst": rows,
+    }
+
+
+# -- the run --------------------------------------------------------------------------------------
+
+
+async def _phase(
+    stack: Stack, bursts: int, clients: int, procs: int, per_client: int
+) -> dict[str, Any]:
+    sim = stack.sim
+    ctx = mp.get_context("spawn")
+    minute_s = 60.0 / (sim.config.speed * 60) if sim.config.speed > 0 else 60.0
+    warmup_s = 5.0 + clients / 200
+    start_at = time.time() + warmup_s
+    end_at = start_at + bursts * minute_s + 2
+    monitor_results = ctx.Queue()
+    monitor = ctx.Process(target=_monitor_process, args=(stack.ws_url, end_at, monitor_results))
+    monitor.start()
+    client_results = ctx.Queue()
+    workers = []
+    if clients:
+        rng = random.Random(7)
+        subs = [rng.sample(sim.symbols, per_client) for _ in range(clients)]
+        n = max(1, min(procs, clients))
+        workers = [
+            ctx.Process(
+                target=_client_process,
+                args=(
+                    stack.ws_url,
+                    subs[i::n],
+                    ["1m", "15m"],
+                    start_at,
+                    end_at,
+                    client_results,
+                    None,
+                ),
+            )
+            for i in range(n)
+        ]
+        for proc in workers:
+            proc.start()
+    hub = stack.hub
+    await until(lambda: time.time() >= start_at, 0.2)
+    dropped0, delivered0 = hub.dropped_slow, hub.delivered
+    peak = 0
+    while time.time() < end_at + 3:
+        peak = max(peak, hub.clients)
+        await asyncio.sleep(0.5)
+    samples = await asyncio.to_thread(monitor_results.get, True, 120)
+    collected = [await asyncio.to_thread(client_results.get, True, 120) for _ in workers]
+    for proc in [monitor, *workers]:
+        await asyncio.to_thread(proc.join, 30)
+    # The bursts whose first frame went out inside the window.
+    began: dict[int, float] = {}
+    for (_, t), at in stack.sent.items():
+        began[t] = min(began.get(t, at), at)
+    minutes = sorted(t for t, at in began.items() if start_at <= at <= end_at - 2)
+    rows = burst_figures(stack, samples, minutes[:bursts])
+    result = summary(rows)
+    if clients:
+        fan = [s for r in collected for s in r["samples"]]
+        closes: Counter[str] = Counter()
+        for r in collected:
+            closes.update(r["closes"])
+        starts = [m[0] for m in stack.marks]
+        latencies = []
+        for seq, received in fan:
+            i = bisect.bisect_right(starts, seq) - 1
+            if i >= 0 and stack.marks[i][0] <= seq <= stack.marks[i][1]:
+                latencies.append(received - stack.marks[i][2])
+        latencies.sort()
+        window = end_at - start_at
+        result["fanout"] = {
+            "clients": clients,
+            "connected_peak": peak,
+            "failed_connections": sum(r["failed"] for r in collected),
+            "messages": len(fan),
+            "messages_per_s": round(len(fan) / window),
+            "latency_p50_ms": round(percentile(latencies, 0.50) * 1000, 1),
+            "latency_p99_ms": round(percentile(latencies, 0.99) * 1000, 1),
+            "latency_max_ms": round(latencies[-1] * 1000, 1) if latencies else None,
+            "dropped_slow": hub.dropped_slow - dropped0,
+            "hub_delivered": hub.delivered - delivered0,
+            "closes": dict(closes),
+        }
+    await until(lambda: hub.clients == 0, 0.2)
+    return result
+
+
+async def run_async(
+    symbols: int, speed: float, bursts: int, clients: int, procs: int, per_client: int
+) -> dict[str, Any]:
+    async with embedded_stack(symbols, speed, max_clients=clients + 10) as stack:
+        log.info("waiting for the first full burst ...")
+        await until(lambda: stack.runner.bars_in >= symbols // 2, 0.2)
+        out: dict[str, Any] = {"symbols": symbols, "speed": speed}
+        out["burst"] = await _phase(stack, bursts, 0, procs, per_client)
+        if clients:
+            out["fanout"] = await _phase(stack, bursts, clients, procs, per_client)
+        return out
+
+
+def run(symbols: int, speed: float, bursts: int, clients: int, procs: int = 2) -> dict[str, Any]:
+    return asyncio.run(run_async(symbols, speed, bursts, clients, procs, 10))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--symbols", type=int, default=12_000)
+    parser.add_argument("--speed", type=float, default=0.1, help="simulated minutes per second")
+    parser.add_argument("--bursts", type=int, default=3)
+    parser.add_argument("--clients", type=int, default=1000, help="fan-out clients (0: none)")
+    parser.add_argument("--procs", type=int, default=2, help="client processes")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    print(
+        json.dumps(run(args.symbols, args.speed, args.bursts, args.clients, args.procs), indent=2)
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,273 @@
+"""Turn the benchmark runs into ``bench/results.json`` entries and ``docs/benchmarks.md``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+INTRO = """\
+# Benchmarks
+
+Written by `{command}` (`make bench`; the benchmarks' code is in `bench/`). Each benchmark
+compares the project with a peer run in the same process or the same run where there is one,
+because the machines are shared and noisy: read the ratios before the absolute figures, and repeat
+a run before reading much into a difference under ~30 %. The tests run every benchmark at a tiny
+size (`tests/test_bench_smoke.py`) so none of them rots.
+
+Machine: {cores} cores, {cpu}, Python {python}, {platform}.
+
+| # | benchmark | figure | peer | ratio | target | met |
+|---|---|---|---|---|---|---|
+"""
+
+
+def _fmt(x: float | None, unit: str = "") -> str:
+    if x is None:
+        return "—"
+    text = f"{x:,.0f}" if abs(x) >= 100 else f"{x:,.3g}"
+    return f"{text}{unit}"
+
+
+def entries(runs: dict[str, Any]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    if "resampler" in runs:
+        cases = runs["resampler"]["figures"]["cases"]
+        ratios = {case: c["ratio"] for case, c in cases.items()}
+        out.append(
+            {
+                "name": "resampler",
+                "figures": {
+                    f"{case}_bars_per_s": c["resampler_bars_per_s"] for case, c in cases.items()
+                }
+                | {
+                    f"{case}_peak_rss_mib": c["resampler_peak_rss_mib"] for case, c in cases.items()
+                },
+                "peer": {f"{case}_bars_per_s": c["pandas_bars_per_s"] for case, c in cases.items()}
+                | {f"{case}_peak_rss_mib": c["pandas_peak_rss_mib"] for case, c in cases.items()},
+                "peer_name": "pandas groupby(symbol).resample",
+                "ratio": ratios,
+                "target": ">= 3x pandas in order and out of order",
+                "met": all(r >= 3 for r in ratios.values()),
+            }
+        )
+    if "live" in runs:
+        burst = runs["live"]["figures"]["burst"]
+        out.append(
+            {
+                "name": "full_market_burst",
+                "figures": {k: v for k, v in burst.items() if k != "per_burst"},
+                "peer": None,
+                "peer_name": None,
+                "ratio": None,
+                "target": "stored and published <= 250 ms after the last bar; p99 < 100 ms",
+                "met": burst["stored_after_last_bar_ms_worst"] <= 250
+                and burst["latency_p99_ms_worst"] < 100,
+            }
+        )
+    if "rest" in runs:
+        rest = runs["rest"]["figures"]
+        out.append(
+            {
+                "name": "rest",
+                "figures": rest["candles"],
+                "peer": rest["noop"],
+                "peer_name": "GET /noop of the same app",
+                "ratio": rest["ratio"],
+                "target": ">= 0.6 of the no-op endpoint's requests/s",
+                "met": rest["ratio"] >= 0.6,
+            }
+        )
+    if "live" in runs and "fanout" in runs["live"]["figures"]:
+        fan = runs["live"]["figures"]["fanout"]["fanout"]
+        out.append(
+            {
+                "name": "websocket_fanout",
+                "figures": fan,
+                "peer": None,
+                "peer_name": None,
+                "ratio": None,
+                "target": "1,000 subscribers: p99 < 250 ms, none dropped",
+                "met": fan["clients"] >= 1000
+                and fan["latency_p99_ms"] < 250
+                and fan["dropped_slow"] == 0
+                and fan["failed_connections"] == 0,
+            }
+        )
+    if "store_writes" in runs:
+        store = runs["store_writes"]["figures"]
+        out.append(
+            {
+                "name": "store_writes",
+                "figures": {"candles_per_s": store["store_candles_per_s"]},
+                "peer": {"candles_per_s": store["sqlite3_candles_per_s"]},
+                "peer_name": "sqlite3 executemany, same statement and schema",
+                "ratio": store["ratio"],
+                "target": None,
+                "met": None,
+            }
+        )
+    return out
+
+
+def _summary_rows(items: list[dict[str, Any]]) -> list[str]:
+    rows = []
+    for i, e in enumerate(items, 1):
+        met = {True: "yes", False: "**no**", None: "—"}[e["met"]]
+        target = e["target"] or "—"
+        f, p = e["figures"], e["peer"] or {}
+        if e["name"] == "resampler":
+            for case in ("in_order", "disordered"):
+                rows.append(
+                    f"| {i} | resampler, {case.replace('_', ' ')} | "
+                    f"{_fmt(f[case + '_bars_per_s'])} bars/s | "
+                    f"{_fmt(p[case + '_bars_per_s'])} bars/s (pandas) | "
+                    f"{e['ratio'][case]:.2f}x | {target} | {met} |"
+                )
+        elif e["name"] == "full_market_burst":
+            rows.append(
+                f"| {i} | full-market burst ({_fmt(f['bars_per_burst'])} bars) | "
+                f"bar -> subscriber p50 {_fmt(f['latency_p50_ms_median'], ' ms')}, "
+                f"p99 {_fmt(f['latency_p99_ms_worst'], ' ms')}, "
+                f"max {_fmt(f['latency_max_ms_worst'], ' ms')}; stored + published "
+                f"{_fmt(f['stored_after_last_bar_ms_worst'], ' ms')} after the last bar | — | — | "
+                f"{target} | {met} |"
+            )
+        elif e["name"] == "rest":
+            rows.append(
+                f"| {i} | REST `/candles` 15m, limit 100 | "
+                f"{_fmt(f['saturated']['requests_per_s'])} req/s; at "
+                f"{_fmt(f['fixed_rate']['requests_per_s'])} req/s: p50 "
+                f"{_fmt(f['fixed_rate']['p50_ms'], ' ms')}, p99 "
+                f"{_fmt(f['fixed_rate']['p99_ms'], ' ms')} | "
+                f"{_fmt(p['saturated']['requests_per_s'])} req/s (no-op) | "
+                f"{e['ratio']:.2f} | {target} | {met} |"
+            )
+        elif e["name"] == "websocket_fanout":
+            rows.append(
+                f"| {i} | WebSocket fan-out, {f['clients']:,} clients | "
+                f"{_fmt(f['messages_per_s'])} msgs/s, p99 {_fmt(f['latency_p99_ms'], ' ms')}, "
+                f"{f['dropped_slow']} dropped | — | — | {target} | {met} |"
+            )
+        elif e["name"] == "store_writes":
+            rows.append(
+                f"| {i} | store writes (SQLite, batches) | "
+                f"{_fmt(f['candles_per_s'])} candles/s | "
+                f"{_fmt(p['candles_per_s'])} candles/s (bare engine) | "
+                f"{e['ratio']:.2f} | {target} | {met} |"
+            )
+    return rows
+
+
+def _details(runs: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    if "resampler" in runs:
+        run = runs["resampler"]
+        fig = run["figures"]
+        lines += [
+            "",
+            "## 1. Resampler throughput (`bench/resampler.py`)",
+            "",
+            f"{fig['symbols']:,} symbols x {fig['minutes']} minutes of bars, every interval "
+            f"({', '.join(fig['intervals'])}); candles checked equal to pandas'. "
+            f"Run {run['machine']['date']}, {run['seconds']} s.",
+            "",
+            "| case | bars | resampler bars/s | pandas bars/s | ratio | resampler peak MiB | "
+            "pandas peak MiB | candle updates |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for case, c in fig["cases"].items():
+            lines.append(
+                f"| {case} | {c['bars']:,} | {c['resampler_bars_per_s']:,} | "
+                f"{c['pandas_bars_per_s']:,} | {c['ratio']} | {c['resampler_peak_rss_mib']} | "
+                f"{c['pandas_peak_rss_mib']} | {c['resampler_candle_updates']:,} |"
+            )
+    if "live" in runs:
+        run = runs["live"]
+        fig = run["figures"]
+        lines += [
+            "",
+            "## 2 and 4. Full-market bursts and WebSocket fan-out (`bench/live.py`)",
+            "",
+            f"{fig['symbols']:,} symbols, simulator at {fig['speed']} simulated minutes per "
+            f"second. Run {run['machine']['date']}, {run['seconds']} s. Latency per bar: from "
+            "the simulator's write of its frame to the monitor's receipt of the last of its "
+            "7 candle updates.",
+            "",
+            "| phase | minute | bars | p50 | p99 | max | send spread | stored after last bar |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for phase in ("burst", "fanout"):
+            if phase not in fig:
+                continue
+            for row in fig[phase]["per_burst"]:
+                lines.append(
+                    f"| {phase} | {row['minute']} | {row['bars']:,} | {row['latency_p50_ms']} ms "
+                    f"| {row['latency_p99_ms']} ms | {row['latency_max_ms']} ms | "
+                    f"{row['send_spread_ms']} ms | {row['stored_after_last_bar_ms']} ms |"
+                )
+        if "fanout" in fig:
+            fan = fig["fanout"]["fanout"]
+            lines += [
+                "",
+                f"Fan-out: {fan['clients']:,} clients x 10 symbols x 1m,15m; "
+                f"{fan['messages']:,} messages received ({fan['messages_per_s']:,}/s over the "
+                f"window), hub -> client p50 {fan['latency_p50_ms']} ms, p99 "
+                f"{fan['latency_p99_ms']} ms, max {fan['latency_max_ms']} ms; "
+                f"{fan['dropped_slow']} dropped, {fan['failed_connections']} failed connections.",
+            ]
+    if "rest" in runs:
+        run = runs["rest"]
+        fig = run["figures"]
+        lines += [
+            "",
+            "## 3. REST query throughput (`bench/rest.py`)",
+            "",
+            f"{fig['symbols']:,} symbols, {fig['rows']:,} stored candles ({fig['days_1h']} days of "
+            f"1h, {fig['days_15m']} of 15m); wrk, 32 connections to saturate, 8 at the fixed "
+            f"rate. Run {run['machine']['date']}, {run['seconds']} s.",
+            "",
+            "| endpoint | saturated req/s | fixed-rate req/s | p50 | p99 |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for name, label in (("candles", "`/candles/{symbol}?interval=15m&limit=100`"),):
+            c = fig[name]
+            lines.append(
+                f"| {label} | {c['saturated']['requests_per_s']:,} | "
+                f"{c['fixed_rate']['requests_per_s']:,} | {c['fixed_rate']['p50_ms']} ms | "
+                f"{c['fixed_rate']['p99_ms']} ms |"
+            )
+        n = fig["noop"]
+        lines.append(
+            f"| `/noop` | {n['saturated']['requests_per_s']:,} | "
+            f"{n['fixed_rate']['requests_per_s']:,} | {n['fixed_rate']['p50_ms']} ms | "
+            f"{n['fixed_rate']['p99_ms']} ms |"
+        )
+    if "store_writes" in runs:
+        run = runs["store_writes"]
+        fig = run["figures"]
+        lines += [
+            "",
+            "## 5. Store writes (`bench/store_writes.py`)",
+            "",
+            f"{fig['candles']:,} candle updates in {fig['batches']} batches (mean "
+            f"{fig['mean_batch']:,}): the store {fig['store_candles_per_s']:,} candles/s, the "
+            f"bare engine {fig['sqlite3_candles_per_s']:,} candles/s. "
+            f"Run {run['machine']['date']}, {run['seconds']} s.",
+        ]
+    lines += [
+        "",
+        "Earlier fan-out runs at 200 to 4,000 clients, with and without permessage-deflate: "
+        "[benchmarks-fanout.md](benchmarks-fanout.md).",
+    ]
+    return lines
+
+
+def render(results: dict[str, Any], doc: Path) -> list[dict[str, Any]]:
+    runs = results["runs"]
+    items = entries(runs)
+    any_run = next(iter(runs.values()))
+    head = INTRO.format(command=results["command"], **any_run["machine"])
+    text = head + "\n".join(_summary_rows(items)) + "\n" + "\n".join(_details(runs)) + "\n"
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text(text)
+    return items

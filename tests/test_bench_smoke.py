@@ -1,0 +1,63 @@
+"""Every benchmark at a tiny size, so none of them rots (the figures themselves are not judged)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.resampler import compare
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_resampler_comparison_reports_differences() -> None:
+    ours = {("15m", "AAPL", 0): (1.0, 2.0, 0.5, 1.5, 100.0, 1.2, 5, 3)}
+    assert compare(ours, dict(ours)) == []
+    off_by_a_bar = {("15m", "AAPL", 0): (1.0, 2.0, 0.5, 1.5, 100.0, 1.2, 5, 2)}
+    assert compare(ours, off_by_a_bar)
+    drifted = {("15m", "AAPL", 0): (1.0, 2.0, 0.5, 1.5, 100.0 * (1 + 1e-6), 1.2, 5, 3)}
+    assert compare(ours, drifted)
+    assert compare(ours, {}) == ["keys differ: 1 only in ours, 0 only in pandas"]
+
+
+@pytest.mark.timeout(300)
+def test_every_benchmark_runs_at_smoke_size(tmp_path: Path) -> None:
+    assert shutil.which("wrk"), "wrk is missing: `make setup` installs Debian's wrk package"
+    out, doc = tmp_path / "results.json", tmp_path / "benchmarks.md"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--size", "smoke", "--out", str(out), "--doc", str(doc)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
+        env=os.environ | {"PYTHONPATH": str(ROOT)},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+    names = [entry["name"] for entry in results["benchmarks"]]
+    assert names == ["resampler", "full_market_burst", "rest", "websocket_fanout", "store_writes"]
+    runs = results["runs"]
+    for case in runs["resampler"]["figures"]["cases"].values():
+        assert case["candles_compared"] == "equal"
+        assert case["resampler_bars_per_s"] > 0 and case["pandas_bars_per_s"] > 0
+    burst = runs["live"]["figures"]["burst"]
+    assert burst["bursts"] == 2
+    for row in burst["per_burst"]:
+        assert row["bars"] > 0 and row["bars_without_all_updates"] == 0
+        assert row["stored_after_last_bar_ms"] is not None
+    fan = runs["live"]["figures"]["fanout"]["fanout"]
+    assert fan["messages"] > 0 and fan["failed_connections"] == 0
+    rest = runs["rest"]["figures"]
+    for side in ("candles", "noop"):
+        for mode in ("saturated", "fixed_rate"):
+            assert rest[side][mode]["requests_per_s"] > 0
+            assert rest[side][mode]["non_2xx"] == 0
+    assert runs["store_writes"]["figures"]["store_candles_per_s"] > 0
+    text = doc.read_text()
+    assert "| 1 | resampler, in order |" in text and "## 5. Store writes" in text
