@@ -212,6 +212,7 @@ class LambdaRunner:
         self._dynamodb: Any = None
         self._task: asyncio.Task[None] | None = None
         self._idle: dict[str, bool] = {}
+        self._idle_changed = asyncio.Event()
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -271,6 +272,25 @@ class LambdaRunner:
     def idle(self) -> bool:
         """Every known shard has been read up to its current end."""
         return bool(self._idle) and all(self._idle.values())
+
+    async def wait_idle(self) -> None:
+        """Until every known shard has been read up to its current end."""
+        while not self.idle:
+            if self._task is None or self._task.done():
+                if self._task is not None:
+                    self._task.result()  # the runner failed: raise its error
+                raise RunnerError("the runner is not running")
+            self._idle_changed.clear()
+            waiter = asyncio.ensure_future(self._idle_changed.wait())
+            try:
+                await asyncio.wait([waiter, self._task], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+
+    def _set_idle(self, shard_id: str, idle: bool) -> None:
+        self._idle[shard_id] = idle
+        if idle:
+            self._idle_changed.set()
 
     # -- AWS calls ------------------------------------------------------------------------------
 
@@ -397,7 +417,7 @@ class LambdaRunner:
                         del running[sid]
                         task.result()  # an unrecoverable shard error stops the runner
                         finished.add(sid)
-                        self._idle[sid] = True
+                        self._set_idle(sid, True)
         finally:
             for task in running.values():
                 task.cancel()
@@ -428,7 +448,7 @@ class LambdaRunner:
                 raise RunnerError(f"GetRecords on {self.stream}/{shard_id}: {exc}") from exc
             records = resp.get("Records", [])
             if not records:
-                self._idle[shard_id] = True
+                self._set_idle(shard_id, True)
                 next_iterator = resp.get("NextShardIterator")
                 if next_iterator is None:
                     await self._checkpoint(shard_id, SHARD_END)
