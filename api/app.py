@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
-from api import docs, errors, metrics, security, sse, ws
+from api import dashboard, docs, errors, metrics, security, sse, ws
 from api.deps import Resources
 from api.live import CandleHub
 from api.routes import router
@@ -86,8 +86,9 @@ def create_app(
     app.include_router(router)
     app.include_router(ws.router)
     app.include_router(sse.router)
+    app.include_router(dashboard.router)  # the live dashboard at /
     # Middleware order, outermost first: metrics (sees every response), CORS, API-key check.
-    security.install(app, settings)
+    security.install(app, settings, public_paths=dashboard.PUBLIC_PATHS)
     metrics.install(app)
     docs.install_openapi(app, settings)
     return app

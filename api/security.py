@@ -178,10 +178,12 @@ class ApiKeyMiddleware:
         await send({"type": "http.response.body", "body": body})
 
 
-def install(app: FastAPI, settings: Settings) -> None:
+def install(app: FastAPI, settings: Settings, public_paths: Iterable[str] = ()) -> None:
     """Add the API-key check, then CORS outside it (so 401/403 carry CORS headers and preflight
-    requests, which never carry the key, are answered by CORS)."""
-    app.add_middleware(ApiKeyMiddleware, keys=ApiKeys.from_settings(settings))
+    requests, which never carry the key, are answered by CORS). ``public_paths`` are exempt
+    like the health probes (the dashboard's static files, which carry no data)."""
+    exempt = EXEMPT_PATHS | frozenset(public_paths)
+    app.add_middleware(ApiKeyMiddleware, keys=ApiKeys.from_settings(settings), exempt=exempt)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
