@@ -19,12 +19,13 @@ consumer group ``NAME``, auto-commit off. A partition's records are handed to th
 queue first and their offset committed afterwards, so delivery is at least once and a restarted
 consumer of the same group resumes after the last committed batch. A subscriber that sets
 ``subscription.auto_commit = False`` (see :mod:`speedlayer.bus.base`) commits by itself, once it
-has finished the batches it got. A group with no committed
-offset starts at the end of the log ("from now on") and commits that position as soon as it is
-assigned, so a restart does not skip what was published in between; a ``publish`` on the same
-bus waits until new subscriptions to its topic hold their positions, so nothing published after
-``subscribe()`` returned is missed. Partitions are balanced by Kafka's group coordinator between
-the members of a group (several processes may share a consumer name, unlike the Kinesis bus).
+has finished the batches it got. A group with no committed offset starts at the end of the log
+("from now on"; or at the oldest record kept with ``initial_position="TRIM_HORIZON"``, as on the
+Kinesis bus) and commits that position as soon as it is assigned, so a restart does not skip what
+was published in between; a ``publish`` on the same bus waits until new subscriptions to its
+topic hold their positions, so nothing published after ``subscribe()`` returned is missed.
+Partitions are balanced by Kafka's group coordinator between the members of a group (several
+processes may share a consumer name, unlike the Kinesis bus).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -77,7 +78,13 @@ class KafkaBus(Bus):
         session_timeout_ms: int = 10_000,
         heartbeat_interval_ms: int = 1_000,
         metadata_max_age_ms: int = 30_000,
+        initial_position: Literal["LATEST", "TRIM_HORIZON"] = "LATEST",
     ) -> None:
+        if initial_position not in ("LATEST", "TRIM_HORIZON"):
+            raise ValueError(
+                f"initial_position must be LATEST or TRIM_HORIZON: {initial_position!r}"
+            )
+        self.initial_position = initial_position
         if isinstance(bootstrap_servers, str):
             bootstrap_servers = [s.strip() for s in bootstrap_servers.split(",") if s.strip()]
         self.bootstrap_servers = list(bootstrap_servers)
@@ -342,7 +349,9 @@ class KafkaBus(Bus):
                 client_id=f"{self.client_id}-{group}",
                 group_id=group,
                 enable_auto_commit=False,
-                auto_offset_reset="latest",
+                auto_offset_reset="earliest"
+                if self.initial_position == "TRIM_HORIZON"
+                else "latest",
                 max_poll_records=self.max_poll_records,
                 fetch_max_wait_ms=self.poll_timeout_ms,
                 session_timeout_ms=self.session_timeout_ms,
