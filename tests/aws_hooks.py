@@ -61,3 +61,60 @@ class Counter:
         self.calls += 1
         if params is not None and "Records" in params:
             self.sizes.append(len(params["Records"]))
+
+
+class PartlyUnprocessed:
+    """BatchWriteItem: for ``n`` calls (every ``every``-th one), the request reaches the emulator,
+    which writes all of it, then the response claims the second half of it as UnprocessedItems
+    (register ``before`` on before-call and ``after`` on after-call; they pair up by context)."""
+
+    def __init__(self, n: int, every: int = 1) -> None:
+        self.n = n
+        self.every = every
+        self.calls = 0
+        self.injected = 0
+
+    def before(self, params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+        self.calls += 1
+        if self.injected < self.n and self.calls % self.every == 0:
+            self.injected += 1
+            context["claim_unprocessed"] = request_body(params)["RequestItems"]
+
+    def after(self, parsed: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+        items = context.get("claim_unprocessed")
+        if not isinstance(items, dict) or "Error" in parsed:
+            return
+        flat = [(table, request) for table, requests in items.items() for request in requests]
+        unprocessed: dict[str, list[Any]] = {}
+        for table, request in flat[len(flat) // 2 :]:
+            unprocessed.setdefault(table, []).append(request)
+        parsed["UnprocessedItems"] = unprocessed
+
+
+class FailSomeRecords:
+    """An after-call hook on PutRecords: for ``n`` calls (every ``every``-th one) every third
+    record is reported failed (FailedRecordCount) although the emulator stored it, as a partial
+    failure of Kinesis looks to a client that retries it."""
+
+    def __init__(self, n: int, every: int = 1) -> None:
+        self.n = n
+        self.every = every
+        self.calls = 0
+        self.injected = 0
+        self.failed_records = 0
+
+    def __call__(self, parsed: dict[str, Any], **_: Any) -> None:
+        if "Records" not in parsed:  # an error answer (e.g. an injected throttle)
+            return
+        self.calls += 1
+        if self.injected >= self.n or self.calls % self.every:
+            return
+        self.injected += 1
+        failed = 0
+        for i, record in enumerate(parsed.get("Records", [])):
+            if i % 3 == 0:
+                record.clear()
+                record.update(ErrorCode="ProvisionedThroughputExceededException", ErrorMessage="x")
+                failed += 1
+        parsed["FailedRecordCount"] = failed
+        self.failed_records += failed

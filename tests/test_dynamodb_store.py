@@ -33,7 +33,14 @@ from speedlayer.store.dynamodb import (
     candle_to_item,
     encode_number,
 )
-from tests.aws_hooks import Counter, FirstCalls, error_response, ok_response, request_body
+from tests.aws_hooks import (
+    Counter,
+    FirstCalls,
+    PartlyUnprocessed,
+    error_response,
+    ok_response,
+    request_body,
+)
 from tests.conftest import dynalite_command, free_port, start_emulator, stop_process
 
 INTERVALS = IntervalSet(DEFAULT_INTERVALS)
@@ -178,30 +185,6 @@ async def test_batch_upsert_retries_unprocessed_items_and_throttling(
         start = T0 - T0 % iv.interval_ms
         want = {(c.symbol, c.timestamp): c for c in written if c.interval == iv.name}
         assert await store.get_candles(iv, [(s, start) for s, _ in want]) == want, iv.name
-
-
-class PartlyUnprocessed:
-    """For the first ``n`` BatchWriteItem calls: the request reaches the emulator (which writes
-    all of it), then the response claims the second half of it as UnprocessedItems."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-        self.calls = 0
-
-    def before(self, params: dict[str, object], context: dict[str, object], **_: object) -> None:
-        self.calls += 1
-        if self.calls <= self.n:
-            context["claim_unprocessed"] = request_body(params)["RequestItems"]
-
-    def after(self, parsed: dict[str, object], context: dict[str, object], **_: object) -> None:
-        items = context.get("claim_unprocessed")
-        if not isinstance(items, dict):
-            return
-        flat = [(table, request) for table, requests in items.items() for request in requests]
-        unprocessed: dict[str, list[object]] = {}
-        for table, request in flat[len(flat) // 2 :]:
-            unprocessed.setdefault(table, []).append(request)
-        parsed["UnprocessedItems"] = unprocessed
 
 
 async def test_batch_mode_never_replaces_a_higher_revision_from_another_instance(
