@@ -299,6 +299,9 @@ def test_dashboard_live_charts_end_to_end(up_server: UpServer, browser: BrowserC
     page.press("#symbol", "Enter")
     page.wait_for_selector("#notice:has-text('is not a ticker')")
     assert {p["symbol"] for p in inspect(page)["panels"]} == {"MSFT"}
+    page.fill("#symbol", "MSFT")
+    page.press("#symbol", "Enter")
+    page.wait_for_selector("#notice", state="hidden")
     first = page.locator(".panel").nth(0)
     first.locator("select.panel-interval").select_option("5m")
     wait_for(page, "(s) => s.panels[0].interval === '5m' && s.panels[0].loaded")
