@@ -176,12 +176,10 @@ class KafkaBroker:
         if not self._formatted:
             self.format()
         began = time.monotonic()
-        self.proc = subprocess.Popen(
-            self._java("kafka.Kafka", str(self.config)),
-            stdout=subprocess.DEVNULL,
-            stderr=open(self.workdir / "broker.err", "ab"),  # noqa: SIM115 - owned by the child
-            start_new_session=True,
-        )
+        with open(self.workdir / "broker.err", "ab") as err:  # the child keeps its own copy
+            self.proc = subprocess.Popen(
+                self._java("kafka.Kafka", str(self.config)), stdout=subprocess.DEVNULL, stderr=err
+            )
         try:
             self._wait_ready(began + timeout_s)
         except BaseException:
