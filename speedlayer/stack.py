@@ -169,7 +169,8 @@ async def run_stack(settings: Settings) -> None:
 
     from api.app import create_app
 
-    async with contextlib.AsyncExitStack() as stack:
+    stack = contextlib.AsyncExitStack()
+    try:
         target = await start_source(stack, settings)
         clock = target.clock
         bus = await stack.enter_async_context(open_bus(settings))
@@ -192,6 +193,21 @@ async def run_stack(settings: Settings) -> None:
         )
         log.info("API on http://%s:%d", settings.host, settings.port)
         await server.serve()
+    finally:
+        await close_in_order(stack)
+
+
+async def close_in_order(stack: contextlib.AsyncExitStack) -> None:
+    """Close ``stack`` to its end (feed, pipeline, store, bus: the reverse of their start) even if
+    this task is cancelled meanwhile; then let the cancellation through. uvicorn re-raises the
+    SIGINT it handled once the server has shut down, which cancels the main task: without this,
+    the bus could close while the feed is still publishing."""
+    closing = asyncio.ensure_future(stack.aclose())
+    try:
+        await asyncio.shield(closing)
+    except asyncio.CancelledError:
+        await closing
+        raise
 
 
 async def run_ingest(settings: Settings) -> None:

@@ -40,12 +40,13 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from websockets.asyncio.client import connect
 
 from ingest.simulator import PolygonSimulator, SimulatorConfig
 from processors.pipeline import CandlePipeline
@@ -315,20 +316,31 @@ async def test_full_aws_path_gives_the_candles_of_the_embedded_path(
     process = Service("process", ["process", "--bus", "kinesis", "--store", "dynamodb"],
                       aws.env, tmp_path).start()  # fmt: skip
     services.append(process)
+    quiet = {"SPEEDLAYER_LOG_LEVEL": "warning"}
+    # `speedlayer api --store dynamodb --bus kinesis`: REST from DynamoDB, live from the candle
+    # streams that the separate processor writes
+    live_env = {**aws.env, "SPEEDLAYER_STORE": "dynamodb", "SPEEDLAYER_BUS": "kinesis", **quiet}
+    dynamo_api = ApiServer(tmp_path / "unused.db", live_env)
     started = time.monotonic()
-    async with simulator(replay, first_minute) as sim:
-        feed = ["ingest", "--bus", "kinesis", "--simulator", f"127.0.0.1:{sim.port}"]
-        ingest = Service("ingest", feed, aws.env, tmp_path).start()
-        services.append(ingest)
-        await release(sim, first_minute)
-        served = await replay_finished(sim)
-        symbols = sorted({symbol for symbol, _ in served})
-        async with aws.store() as store:
-            await wait_for_items(store, len(served), [process, ingest])
-            await asyncio.sleep(1.0)  # nothing more arrives
-            assert await count_items(store, "1m") == len(served)
-            distributed = await all_candles(store, symbols)
-    path_s = time.monotonic() - started
+    try:
+        await asyncio.to_thread(dynamo_api.start)
+        async with simulator(replay, first_minute) as sim, live_client(dynamo_api.url) as live:
+            feed = ["ingest", "--bus", "kinesis", "--simulator", f"127.0.0.1:{sim.port}"]
+            ingest = Service("ingest", feed, aws.env, tmp_path).start()
+            services.append(ingest)
+            await release(sim, first_minute)
+            served = await replay_finished(sim)
+            symbols = sorted({symbol for symbol, _ in served})
+            async with aws.store() as store:
+                await wait_for_items(store, len(served), [process, ingest])
+                await asyncio.sleep(1.0)  # nothing more arrives
+                assert await count_items(store, "1m") == len(served)
+                distributed = await all_candles(store, symbols)
+            path_s = time.monotonic() - started
+            await until(lambda: live.quiet_for(1.0), 30)
+        got = await asyncio.to_thread(api_candles, dynamo_api.url, symbols)
+    finally:
+        dynamo_api.stop()
     assert ingest.stop() == 0 and process.stop() == 0
     for service in (ingest, process):
         assert "Traceback" not in service.text(), service.text()
@@ -344,23 +356,86 @@ async def test_full_aws_path_gives_the_candles_of_the_embedded_path(
     assert all(c.final and c.revision == c.bars for cs in distributed.values() for c in cs)
 
     # ... and through the API: `speedlayer api --store dynamodb` against `speedlayer api --db`
-    quiet = {"SPEEDLAYER_LOG_LEVEL": "warning"}
-    dynamo_api = ApiServer(
-        tmp_path / "unused.db", {**aws.env, "SPEEDLAYER_STORE": "dynamodb", **quiet}
-    )
     sqlite_api = ApiServer(db, quiet)
     try:
-        dynamo_api.start()
         sqlite_api.start()
-        got = api_candles(dynamo_api.url, symbols)
         want = api_candles(sqlite_api.url, symbols)
     finally:
-        dynamo_api.stop()
         sqlite_api.stop()
     assert got == want
     assert sum(len(v) for v in got.values()) == sum(len(v) for v in embedded.values())
+
+    # ... and live: the WebSocket client got every candle of its pairs, revisions increasing
+    # (one update per candle per processed batch), the last update equal to the stored candle
+    for interval in LIVE_INTERVALS:
+        assert live.latest(interval) == got[(LIVE_SYMBOL, interval)], interval
+        revisions = live.revisions(interval)
+        assert all(r == sorted(set(r)) for r in revisions.values()), revisions
     print(f"\n[aws path] {len(served)} bars, {len(symbols)} symbols: simulator -> ingest -> "
-          f"Kinesis -> process -> DynamoDB in {path_s:.1f} s")  # fmt: skip
+          f"Kinesis -> process -> DynamoDB in {path_s:.1f} s; {live.count} live updates of "
+          f"{LIVE_SYMBOL} over the candle streams")  # fmt: skip
+
+
+LIVE_SYMBOL = "AAPL"
+LIVE_INTERVALS = ("1m", "1h")
+
+
+class LiveClient:
+    """A /ws subscriber of LIVE_SYMBOL x LIVE_INTERVALS (no snapshot: updates only)."""
+
+    def __init__(self) -> None:
+        self.updates: list[dict[str, Any]] = []
+        self.last_at = time.monotonic()
+
+    @property
+    def count(self) -> int:
+        return len(self.updates)
+
+    def quiet_for(self, seconds: float) -> bool:
+        return bool(self.updates) and time.monotonic() - self.last_at > seconds
+
+    def latest(self, interval: str) -> list[dict[str, Any]]:
+        """The last update of each candle, oldest candle first, as REST shows candles."""
+        last: dict[int, dict[str, Any]] = {}
+        for update in self.updates:
+            if update["interval"] == interval:
+                last[update["timestamp"]] = {
+                    k: v for k, v in update.items() if k not in ("type", "seq")
+                }
+        return [last[t] for t in sorted(last)]
+
+    def revisions(self, interval: str) -> dict[int, list[int]]:
+        out: dict[int, list[int]] = {}
+        for update in self.updates:
+            if update["interval"] == interval:
+                out.setdefault(update["timestamp"], []).append(update["revision"])
+        return out
+
+
+@contextlib.asynccontextmanager
+async def live_client(api_url: str) -> AsyncIterator[LiveClient]:
+    client = LiveClient()
+    url = api_url.replace("http://", "ws://") + "/ws"
+    async with connect(url, open_timeout=10) as ws:
+        await ws.send(json.dumps({"action": "subscribe", "symbols": [LIVE_SYMBOL],
+                                  "intervals": list(LIVE_INTERVALS), "snapshot": 0}))  # fmt: skip
+        ack = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        assert ack["type"] == "subscribed", ack
+
+        async def read() -> None:
+            async for message in ws:
+                event = json.loads(message)
+                assert event["type"] == "candle", event
+                client.updates.append(event)
+                client.last_at = time.monotonic()
+
+        reader = asyncio.create_task(read())
+        try:
+            yield client
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
 
 
 async def test_killed_processor_resumes_from_its_checkpoint_and_converges(
@@ -419,6 +494,81 @@ async def test_killed_processor_resumes_from_its_checkpoint_and_converges(
 
 def _fields(c: Candle) -> dict[str, Any]:
     return {name: getattr(c, name) for name in c.__struct_fields__}
+
+
+def test_replay_and_candles_take_the_dynamodb_store(
+    tmp_path: Path, realbars: Path, aws: Aws
+) -> None:
+    replay, _ = write_input(realbars, tmp_path / "input.csv")
+    db = tmp_path / "embedded.db"
+    first = run_cli("replay", str(replay), "--store", "dynamodb", "--retention", "*=100y",
+                    "--json", env=aws.env)  # fmt: skip
+    run_cli("replay", str(replay), "--db", str(db), "--retention", "*=100y")
+    summary = json.loads(first.stdout)
+    assert summary["accepted"] == summary["bars_read"] > 0 and summary["rows_written"] > 0
+    for interval in ("1m", "15m", "4h"):
+        common = ["candles", "AAPL", "--interval", interval, "--format", "json"]
+        dynamo = run_cli(*common, "--store", "dynamodb", env=aws.env).stdout
+        assert json.loads(dynamo), interval
+        assert dynamo == run_cli(*common, "--db", str(db)).stdout, interval
+    again = run_cli("replay", str(replay), "--store", "dynamodb", "--retention", "*=100y",
+                    "--json", env=aws.env)  # fmt: skip
+    assert json.loads(again.stdout)["rows_written"] == 0  # a replay of the same bars: no change
+
+
+def test_up_runs_everything_in_one_process_over_kinesis_and_dynamodb(
+    tmp_path: Path, aws: Aws, services: list[Service]
+) -> None:
+    """`speedlayer up --bus kinesis --store dynamodb`: simulator, ingest, pipeline, API and live
+    feed in one process; bars and candle updates travel through kinesalite, candles are stored in
+    dynalite, and a WebSocket client gets live updates."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    args = ["up", "--bus", "kinesis", "--store", "dynamodb", "--port", str(port),
+            "--symbols", "5", "--speed", "10"]  # fmt: skip
+    up = Service("up", args, {**aws.env, "SPEEDLAYER_BACKFILL_LOOKBACK_MIN": "10"}, tmp_path)
+    services.append(up.start())
+
+    async def live_update() -> dict[str, Any]:
+        async with connect(url.replace("http://", "ws://") + "/ws", open_timeout=10) as ws:
+            await ws.send(json.dumps({"action": "subscribe", "symbols": ["AAPL"],
+                                      "intervals": ["1m", "5m"], "snapshot": 1}))  # fmt: skip
+            while True:
+                event = json.loads(await asyncio.wait_for(ws.recv(), 20))
+                if event["type"] == "candle":
+                    return dict(event)
+
+    with httpx.Client(base_url=url, timeout=5) as client:
+        deadline = time.monotonic() + 60
+        while True:
+            up.alive()
+            try:
+                if client.get("/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "not ready in time\n" + up.text()
+            time.sleep(0.2)
+        update = asyncio.run(live_update())
+        assert update["symbol"] == "AAPL" and update["interval"] in ("1m", "5m")
+        deadline = time.monotonic() + 30
+        while True:  # the start-up backfill and the live minutes, in DynamoDB
+            stored = client.get("/candles/AAPL", params={"interval": "1m"}).json()["candles"]
+            if len(stored) >= 20:
+                break
+            up.alive()
+            assert time.monotonic() < deadline, f"{len(stored)} 1m candles\n{up.text()}"
+            time.sleep(0.2)
+
+    async def stored_count() -> int:
+        async with aws.store() as store:
+            return await count_items(store, "1m")
+
+    assert asyncio.run(stored_count()) >= 5 * 20
+    up.proc.send_signal(signal.SIGINT)  # type: ignore[union-attr]
+    assert up.proc.wait(timeout=20) == 0, up.text()  # type: ignore[union-attr]
+    assert "Traceback" not in up.text(), up.text()
+    assert "backends: bus kinesis, store dynamodb" in up.text()
 
 
 # -- faults injected at the clients ---------------------------------------------------------------
