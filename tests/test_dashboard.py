@@ -262,6 +262,18 @@ def assert_chart_consistent(state: dict[str, Any], interval_s: int) -> None:
     assert ("color" in state["chartLast"]) is (not state["last"]["final"]), state  # hollow
 
 
+# Chart i's newest candle changed in place: same bucket, new values, drawn from a live update
+# (polled every animation frame; the previous observation is kept on the page).
+IN_PLACE = """(s, [i]) => {
+    const last = s.panels[i].chartLast, live = s.panels[i].lastLive;
+    if (last === null || live === null || live.timestamp !== last.time * 1000) return false;
+    const seen = (window.inPlaceSeen ??= {});
+    const previous = seen[i];
+    seen[i] = { time: last.time, bar: JSON.stringify(last) };
+    return previous !== undefined && previous.time === last.time && previous.bar !== seen[i].bar;
+}"""
+
+
 # Chart i got live updates since ``before`` (its inspect() state), and its newest candle differs
 # from the one then and is the one the latest live update drew.
 CHANGED = """(s, [i, old]) => {
@@ -320,6 +332,7 @@ def test_dashboard_live_charts_end_to_end(up_server: UpServer, browser: BrowserC
 
     # Live: the newest candle changes in place as updates arrive over the WebSocket.
     wait_for(page, CHANGED, [0, state])
+    wait_for(page, IN_PLACE, [0])
     assert inspect(page)["updates"] > updates_before
     assert_chart_consistent(panel(page, 0), 300)
     subscribes = [m for n, m in recorder.sent if m.get("action") == "subscribe"]
@@ -375,7 +388,9 @@ def test_dashboard_live_charts_end_to_end(up_server: UpServer, browser: BrowserC
     wait_for(page, "(s) => s.panels.length === 4 && s.panels[3].loaded")
     assert panel(page, 3)["interval"] == "1m"
     assert len(recorder.sockets) == second + 1, "the new chart uses the same WebSocket"
-    page.wait_for_timeout(500)  # the first pages that fill the view
+    # The first pages fill the view; then the chart waits at its left edge for the user.
+    wait_for(page, "(s) => !s.panels[3].loadingOlder && s.panels[3].visibleFrom >= 10")
+    assert panel(page, 3)["moreHistory"], "the test needs older history to scroll to"
     loaded_before = panel(page, 3)["historyCandles"]
     cursors_before = [u for u, _ in recorder.history_requests("MSFT", "1m") if "cursor=" in u]
     box = page.locator(".panel").nth(3).locator(".chart").bounding_box()

@@ -631,6 +631,8 @@ class Panel {
       chartLast: data.length ? { ...data[data.length - 1] } : null,
       last: last ? { ...last } : null,
       moreHistory: this.nextCursor !== null,
+      loadingOlder: this.loadingOlder,
+      visibleFrom: this.chart.timeScale().getVisibleLogicalRange()?.from ?? null,
       liveUpdates: this.liveUpdates,
       lastLive: this.lastLive ? { ...this.lastLive } : null,
       legend: this.legend.textContent,
