@@ -13,9 +13,10 @@ The project's resampler (``processors.resampler.Resampler``) takes the frames in
 with the clock at each frame's arrival, producing every interval (1m ... 4h), finalizing and
 evicting as it does live. The peer, pandas, gets the same bars in arrival order as a DataFrame
 (its native input, built outside the timing), drops duplicate keys keeping the last arrival and
-computes every interval with ``groupby("symbol").resample(rule)``. Both sides must produce equal
-candles: every key present on both sides, OHLC, bar and trade counts exactly equal, volume and
-VWAP equal up to float summation order (1e-9 relative); the benchmark fails otherwise.
+computes every interval with ``groupby("symbol").resample(rule)``. Both sides run with the
+garbage-collector settings of the services (``speedlayer.runtime.tune_gc``). Both must produce
+equal candles: every key present on both sides, OHLC, bar and trade counts exactly equal, volume
+and VWAP equal up to float summation order (1e-9 relative); the benchmark fails otherwise.
 
 Each side runs in a fresh child process; ``peak_rss_mib`` is that process's peak resident memory
 during the timed run above what it held with its input built.
@@ -105,6 +106,7 @@ def run_resampler(symbols: int, minutes: int, disorder: float) -> dict[str, Any]
     from speedlayer.clock import ManualClock
     from speedlayer.intervals import IntervalSet
     from speedlayer.models import Bar
+    from speedlayer.runtime import tune_gc
 
     cols = make_bars(symbols, minutes)
     rows, arrive = arrival_order(cols, disorder)
@@ -116,6 +118,7 @@ def run_resampler(symbols: int, minutes: int, disorder: float) -> dict[str, Any]
     frames = [bars[bounds[i] : bounds[i + 1]] for i in range(len(bounds) - 1)]
     del lists, cols
     intervals = IntervalSet(list(INTERVALS))
+    tune_gc()  # as `speedlayer up`, `process` and `replay` run
 
     def feed(keep: dict[Key, Any] | None) -> int:
         """Every frame through a new resampler; ``keep`` collects the last state per key."""
@@ -162,11 +165,14 @@ def run_resampler(symbols: int, minutes: int, disorder: float) -> dict[str, Any]
 def run_pandas(symbols: int, minutes: int, disorder: float) -> dict[str, Any]:
     import pandas as pd
 
+    from speedlayer.runtime import tune_gc
+
     cols = make_bars(symbols, minutes)
     rows, _ = arrival_order(cols, disorder)
     frame = pd.DataFrame({name: values[rows] for name, values in cols.items()})
     frame["time"] = pd.to_datetime(frame["t"], unit="ms")
     del cols
+    tune_gc()  # the same collector settings as the resampler's side
     memory = PeakRss().__enter__()
     began = time.perf_counter()
     bars = frame.drop_duplicates(subset=["symbol", "t"], keep="last").set_index("time")

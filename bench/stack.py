@@ -57,8 +57,10 @@ async def embedded_stack(
     from processors.runner import PipelineRunner
     from speedlayer.bus.memory import MemoryBus
     from speedlayer.config import Settings
+    from speedlayer.runtime import tune_gc
     from speedlayer.store.sqlite import SQLiteStore
 
+    tune_gc()  # as `speedlayer up` does
     tmp = Path(tempfile.mkdtemp(prefix="bench_stack_"))
     settings = Settings(
         db=tmp / "bench.db", live_max_connections=max_clients + 100, sse_replay_events=0

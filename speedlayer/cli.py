@@ -24,6 +24,7 @@ from speedlayer.clock import SystemClock
 from speedlayer.config import Settings
 from speedlayer.errors import SpeedlayerError
 from speedlayer.models import CANDLE_FIELDS
+from speedlayer.runtime import tune_gc
 from speedlayer.timeparse import parse_time_ms
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -110,6 +111,7 @@ def replay(
     """Replay bars from FILES (CSV, Polygon AM JSON lines, REST aggregate responses) in order."""
     settings = _settings(db=db, store=store, batch_size=batch_size, retention=list(retention))
     _setup_logging(settings.log_level)
+    tune_gc()
 
     async def go() -> Any:
         from ingest.replay import replay_files
@@ -363,6 +365,7 @@ def up(
         sim_replay=list(replay_files),
     )
     _setup_logging(settings.log_level)
+    tune_gc()
     from speedlayer.stack import run_stack
 
     with contextlib.suppress(KeyboardInterrupt):
@@ -494,6 +497,7 @@ def process(db: Path | None, store: str | None, bus: str | None, consumer: str |
     if settings.bus == "memory":
         raise click.UsageError("`process` alone needs a bus other processes write: --bus kinesis")
     _setup_logging(settings.log_level)
+    tune_gc()
     from speedlayer.stack import run_process
 
     with contextlib.suppress(KeyboardInterrupt):
