@@ -11,9 +11,11 @@ const query = new URLSearchParams(location.search);
 const PAGE = intParam("page", 500, 10, 10000); // candles per history request
 const FIRST_SNAPSHOT = 50; // bridges the first history page and the live feed
 const RESYNC_SNAPSHOT = 500; // after a reconnect: covers the time the feed was down
+const BAR_SPACING = 6; // pixels per bar until a short history is fitted to the view
 const LOAD_MORE_AT = 10; // load older history when fewer bars than this are left of the view
 const PING_EVERY_MS = 15000;
 const SILENT_LIMIT_MS = 45000; // no message for this long: the connection is dead, reconnect
+const OPEN_TIMEOUT_MS = 10000; // a handshake that takes longer is given up and retried
 const LAG_EVERY_MS = 5000;
 const BACKOFF_MS = [500, 1000, 2000, 3000, 5000];
 const DEFAULT_INTERVALS = ["1m", "15m", "1h"];
@@ -186,8 +188,10 @@ class Feed {
     const socket = new WebSocket(this.url());
     this.socket = socket;
     let opened = false;
+    const openTimer = setTimeout(() => socket.close(), OPEN_TIMEOUT_MS);
     socket.onopen = () => {
       opened = true;
+      clearTimeout(openTimer);
       this.failures = 0;
       this.opened += 1;
       this.lastMessageAt = Date.now();
@@ -221,6 +225,7 @@ class Feed {
       this.dispatch(message);
     };
     socket.onclose = (event) => {
+      clearTimeout(openTimer);
       clearInterval(this.pingTimer);
       this.pingTimer = null;
       if (this.socket !== socket) return;
@@ -359,6 +364,7 @@ class Panel {
         timeVisible: true,
         secondsVisible: false,
         rightOffset: 3,
+        barSpacing: BAR_SPACING,
         maxBarSpacing: 24,
       },
     });
@@ -413,6 +419,7 @@ class Panel {
     this.historyCandles = 0;
     this.hovered = null;
     this.fitted = false;
+    this.chart.timeScale().applyOptions({ barSpacing: BAR_SPACING }); // undo an earlier fit
     this.candles.setData([]);
     this.volume.setData([]);
     this.drawLegend();
