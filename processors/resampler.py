@@ -105,14 +105,28 @@ class _Bucket:
             self.trades += bar.n
 
     def recompute(self) -> None:
-        """Rebuild the aggregates from the bars, in time order."""
+        """Rebuild the aggregates from the bars, in time order (the same sums ``append`` makes)."""
         bars = self.bars
-        self.bars = {}
-        self.volume = self.pv = self.pv_volume = 0.0
-        self.trades = 0
-        self.has_vw = self.has_n = False
-        for t in sorted(bars):
-            self.append(bars[t])
+        ordered = [bars[t] for t in sorted(bars)]
+        first, last = ordered[0], ordered[-1]
+        self.first_t, self.open = first.t, first.o
+        self.last_t, self.close = last.t, last.c
+        self.high = max([bar.h for bar in ordered])
+        self.low = min([bar.l for bar in ordered])
+        volume = pv = pv_volume = 0.0
+        trades = 0
+        has_vw = has_n = False
+        for bar in ordered:
+            volume += bar.v
+            if bar.vw is not None:
+                has_vw = True
+                pv += bar.vw * bar.v
+                pv_volume += bar.v
+            if bar.n is not None:
+                has_n = True
+                trades += bar.n
+        self.volume, self.pv, self.pv_volume, self.trades = volume, pv, pv_volume, trades
+        self.has_vw, self.has_n = has_vw, has_n
 
     def state(self) -> tuple[object, ...]:
         return (
