@@ -87,7 +87,7 @@ def make_store(settings: Settings, clock: Clock) -> Store:
 
 def make_bus(settings: Settings, *, initial_position: StartPosition = "LATEST") -> Bus:
     """The configured bus, not started (no I/O). ``initial_position`` is where a consumer with
-    no stored position starts on buses that keep positions (Kinesis)."""
+    no stored position starts on buses that keep positions (Kinesis, Kafka)."""
     if settings.bus == "memory":
         from speedlayer.bus.memory import MemoryBus
 
@@ -103,6 +103,7 @@ def make_bus(settings: Settings, *, initial_position: StartPosition = "LATEST") 
             settings.kafka_bootstrap_servers,
             topic_prefix=settings.kafka_topic_prefix,
             intervals=[interval.name for interval in settings.interval_set],
+            initial_position=initial_position,
         )
     raise ConfigError(f"unknown bus {settings.bus!r}")
 
