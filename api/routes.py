@@ -111,27 +111,14 @@ async def get_candles(
             start_ms = after + 1 if start_ms is None else max(start_ms, after + 1)
         else:
             end_ms = after if end_ms is None else min(end_ms, after)
-    docs, stamps = await resources.store.query_json(symbol, iv, start_ms, end_ms, page + 1, order)
+    candles = await resources.store.query(symbol, iv, start_ms, end_ms, page + 1, order)
     next_cursor = None
-    if len(docs) > page:
-        del docs[page:]
-        next_cursor = encode_cursor(iv.name, order, stamps[page - 1])
-    # The page as msgspec would encode the dict, joined from the candles' stored JSON.
-    encode = msgspec.json.encode
-    body = b"".join(
-        (
-            b'{"symbol":',
-            encode(symbol),
-            b',"interval":',
-            encode(iv.name),
-            b',"candles":[',
-            b",".join(docs),
-            b'],"next_cursor":',
-            encode(next_cursor),
-            b"}",
-        )
+    if len(candles) > page:
+        candles = candles[:page]
+        next_cursor = encode_cursor(iv.name, order, candles[-1].timestamp)
+    return _json(
+        {"symbol": symbol, "interval": iv.name, "candles": candles, "next_cursor": next_cursor}
     )
-    return Response(body, media_type="application/json")
 
 
 @router.get("/intervals", response_model=IntervalList, summary="Configured intervals and retention")

@@ -266,7 +266,6 @@ def stored_newest(db: Path, symbol: str, interval: str) -> Candle | None:
     if row is None:
         return None
     out = dict(row)
-    out.pop("doc")  # the row's JSON (checked in tests/test_store.py), not a candle field
     out["final"] = bool(out["final"])
     return out
 

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import msgspec
 import pytest
 
 from processors.pipeline import CandlePipeline
@@ -490,48 +489,11 @@ async def test_sqlite_file_layout(tmp_path: Path) -> None:
                 pk = sorted((row[5], row[1]) for row in info if row[5] > 0)
                 assert pk == [(1, "symbol"), (2, "timestamp")], table
                 columns = [row[1] for row in info]
-                assert columns == [*Candle.__struct_fields__, "doc"], table
+                assert columns == list(Candle.__struct_fields__), table
             assert conn.execute("SELECT symbol FROM speed_layer_ohlcv_1min").fetchall() == [
                 ("AAPL",)
             ]
         conn.close()
-
-
-async def test_sqlite_query_json_is_each_candles_encoding(tmp_path: Path) -> None:
-    base = ms("2024-01-02T14:00")
-    candles = [make("AAPL", "15m", base + i * 900_000) for i in range(5)]
-    async with SQLiteStore(tmp_path / "json.db", INTERVALS, ManualClock(NOW_MS)) as store:
-        await store.upsert(candles)
-        newer = msgspec.structs.replace(candles[2], close=123.456, revision=candles[2].revision + 1)
-        await store.upsert([newer])
-        interval = INTERVALS.get("15m")
-        docs, stamps = await store.query_json("AAPL", interval, None, None, 10, "desc")
-        expected = await store.query("AAPL", interval, None, None, 10, "desc")
-        assert [msgspec.json.decode(d, type=Candle) for d in docs] == expected
-        assert docs == [msgspec.json.encode(c) for c in expected]
-        assert stamps == [c.timestamp for c in expected]
-        assert msgspec.json.decode(docs[2], type=Candle).close == 123.456
-
-
-async def test_sqlite_file_from_before_the_json_column(tmp_path: Path) -> None:
-    """A file written without the ``doc`` column gains it; its old rows are encoded on read."""
-    path = tmp_path / "old.db"
-    base = ms("2024-01-02T14:00")
-    old = [make("AAPL", "15m", base + i * 900_000) for i in range(3)]
-    async with SQLiteStore(path, INTERVALS, ManualClock(NOW_MS)) as store:
-        await store.upsert(old)
-    with sqlite3.connect(path) as conn:
-        for table in TABLE_NAMES.values():
-            conn.execute(f"ALTER TABLE {table} DROP COLUMN doc")
-    conn.close()
-    async with SQLiteStore(path, INTERVALS, ManualClock(NOW_MS)) as store:
-        interval = INTERVALS.get("15m")
-        docs, _ = await store.query_json("AAPL", interval)
-        assert docs == [msgspec.json.encode(c) for c in old]
-        fresh = make("AAPL", "15m", base + 3 * 900_000)
-        await store.upsert([fresh])
-        docs, _ = await store.query_json("AAPL", interval)
-        assert docs == [msgspec.json.encode(c) for c in [*old, fresh]]
 
 
 async def test_sqlite_data_survives_close_and_reopen(tmp_path: Path) -> None:

@@ -12,8 +12,6 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Literal, Self
 
-import msgspec
-
 from speedlayer.clock import Clock
 from speedlayer.intervals import Interval, IntervalSet
 from speedlayer.models import Bar, Candle
@@ -68,24 +66,6 @@ class Store(ABC):
         order: Order = "asc",
     ) -> list[Candle]:
         """Unexpired candles with ``start_ms <= timestamp < end_ms``, in ``order`` of time."""
-
-    async def query_json(
-        self,
-        symbol: str,
-        interval: Interval,
-        start_ms: int | None = None,
-        end_ms: int | None = None,
-        limit: int | None = None,
-        order: Order = "asc",
-    ) -> tuple[list[bytes], list[int]]:
-        """``query`` as each candle's JSON (``msgspec.json.encode(candle)``) and its timestamp.
-
-        The REST API joins these into its response; a backend that keeps candles encoded
-        (SQLite) returns them without building a ``Candle`` per row.
-        """
-        candles = await self.query(symbol, interval, start_ms, end_ms, limit, order)
-        encode = msgspec.json.encode
-        return [encode(c) for c in candles], [c.timestamp for c in candles]
 
     @abstractmethod
     async def get_candles(

@@ -14,7 +14,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from msgspec.json import encode
 from msgspec.structs import astuple
 
 from speedlayer.clock import Clock
@@ -24,15 +23,10 @@ from speedlayer.models import CANDLE_FIELDS, Bar, Candle
 from speedlayer.store.base import Order, Store
 
 T = TypeVar("T")
-INLINE_READ_ROWS = 1001  # range reads of up to this many rows run on the caller's thread
 _COLUMNS = ", ".join(CANDLE_FIELDS)
-# Each row also keeps its candle's JSON (``doc``, exactly what the API sends), so a range query
-# for the REST API reads one column instead of building a Candle per row and encoding it.
-_WRITE_FIELDS = (*CANDLE_FIELDS, "doc")
-_WRITE_COLUMNS = ", ".join(_WRITE_FIELDS)
-_PLACEHOLDERS = ", ".join("?" for _ in _WRITE_FIELDS)
+_PLACEHOLDERS = ", ".join("?" for _ in CANDLE_FIELDS)
 _UPDATES = ", ".join(
-    f"{f} = excluded.{f}" for f in _WRITE_FIELDS if f not in ("symbol", "timestamp")
+    f"{f} = excluded.{f}" for f in CANDLE_FIELDS if f not in ("symbol", "timestamp")
 )
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS {table} (
@@ -50,7 +44,6 @@ CREATE TABLE IF NOT EXISTS {table} (
     final     INTEGER NOT NULL,
     revision  INTEGER NOT NULL,
     ttl       INTEGER NOT NULL,
-    doc       BLOB,
     PRIMARY KEY (symbol, timestamp)
 ) WITHOUT ROWID
 """
@@ -104,9 +97,6 @@ class SQLiteStore(Store):
             with conn:
                 for table in self._tables.values():
                     conn.execute(_SCHEMA.format(table=table))
-                    columns = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
-                    if "doc" not in columns:  # a file from before the column existed
-                        conn.execute(f"ALTER TABLE {table} ADD COLUMN doc BLOB")
                     conn.execute(
                         f"CREATE INDEX IF NOT EXISTS {table}_forming ON {table} (timestamp) "
                         "WHERE final = 0"
@@ -152,14 +142,15 @@ class SQLiteStore(Store):
     async def upsert(self, candles: Sequence[Candle]) -> int:
         if not candles:
             return 0
+        # Rows are the candles' fields in declaration order, the order of the table's columns.
+        by_table: dict[str, list[tuple[object, ...]]] = {
+            table: [] for table in self._tables.values()
+        }
         tables = self._tables
+        for c in candles:
+            by_table[tables[c.interval]].append(astuple(c))
 
         def write() -> int:
-            # Rows: the candle's fields in declaration order (the table's column order) and its
-            # JSON. Built on the writer thread, off the event loop.
-            by_table: dict[str, list[tuple[object, ...]]] = {t: [] for t in tables.values()}
-            for c in candles:
-                by_table[tables[c.interval]].append((*astuple(c), encode(c)))
             conn = self._writer
             assert conn is not None
             changed = 0
@@ -169,7 +160,7 @@ class SQLiteStore(Store):
                         if not rows:
                             continue
                         cur = conn.executemany(
-                            f"INSERT INTO {table} ({_WRITE_COLUMNS}) VALUES ({_PLACEHOLDERS}) "
+                            f"INSERT INTO {table} ({_COLUMNS}) VALUES ({_PLACEHOLDERS}) "
                             f"ON CONFLICT (symbol, timestamp) DO UPDATE SET {_UPDATES} "
                             f"WHERE excluded.revision >= {table}.revision",
                             rows,
@@ -199,18 +190,17 @@ class SQLiteStore(Store):
 
     # -- reads ----------------------------------------------------------------------------------
 
-    def _range_sql(
+    async def query(
         self,
-        columns: str,
         symbol: str,
         interval: Interval,
-        start_ms: int | None,
-        end_ms: int | None,
-        limit: int | None,
-        order: Order,
-    ) -> tuple[str, list[object]]:
+        start_ms: int | None = None,
+        end_ms: int | None = None,
+        limit: int | None = None,
+        order: Order = "asc",
+    ) -> list[Candle]:
         table = self._tables[interval.name]
-        sql = f"SELECT {columns} FROM {table} WHERE symbol = ? AND ttl > ?"
+        sql = f"SELECT {_COLUMNS} FROM {table} WHERE symbol = ? AND ttl > ?"
         params: list[object] = [symbol, self.now_s()]
         if start_ms is not None:
             sql += " AND timestamp >= ?"
@@ -222,49 +212,7 @@ class SQLiteStore(Store):
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)
-        return sql, params
-
-    async def query(
-        self,
-        symbol: str,
-        interval: Interval,
-        start_ms: int | None = None,
-        end_ms: int | None = None,
-        limit: int | None = None,
-        order: Order = "asc",
-    ) -> list[Candle]:
-        sql, params = self._range_sql(_COLUMNS, symbol, interval, start_ms, end_ms, limit, order)
         return await self._read(lambda conn: [_row_to_candle(r) for r in conn.execute(sql, params)])
-
-    async def query_json(
-        self,
-        symbol: str,
-        interval: Interval,
-        start_ms: int | None = None,
-        end_ms: int | None = None,
-        limit: int | None = None,
-        order: Order = "asc",
-    ) -> tuple[list[bytes], list[int]]:
-        sql, params = self._range_sql(
-            "timestamp, doc", symbol, interval, start_ms, end_ms, limit, order
-        )
-        full, _ = self._range_sql(_COLUMNS, symbol, interval, start_ms, end_ms, limit, order)
-
-        def read(conn: sqlite3.Connection) -> tuple[list[bytes], list[int]]:
-            rows = conn.execute(sql, params).fetchall()
-            docs = [row[1] for row in rows]
-            if None in docs:  # rows written before the doc column existed: encode them here
-                candles = [_row_to_candle(r) for r in conn.execute(full, params)]
-                return [encode(c) for c in candles], [c.timestamp for c in candles]
-            return docs, [row[0] for row in rows]
-
-        if limit is not None and limit <= INLINE_READ_ROWS:
-            # A page this small reads in tens of microseconds: less than handing it to a reader
-            # thread and back would cost the event loop.
-            if self._reader_pool is None:
-                raise StoreError("SQLite store is not started")
-            return self._with_reader(read)
-        return await self._read(read)
 
     async def get_candles(
         self, interval: Interval, keys: Sequence[tuple[str, int]]
