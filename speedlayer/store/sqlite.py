@@ -23,6 +23,7 @@ from speedlayer.models import CANDLE_FIELDS, Bar, Candle
 from speedlayer.store.base import Order, Store
 
 T = TypeVar("T")
+INLINE_READ_ROWS = 1001  # range reads of up to this many rows run on the caller's thread
 _COLUMNS = ", ".join(CANDLE_FIELDS)
 _PLACEHOLDERS = ", ".join("?" for _ in CANDLE_FIELDS)
 _UPDATES = ", ".join(
@@ -212,7 +213,17 @@ class SQLiteStore(Store):
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)
-        return await self._read(lambda conn: [_row_to_candle(r) for r in conn.execute(sql, params)])
+
+        def read(conn: sqlite3.Connection) -> list[Candle]:
+            return [_row_to_candle(r) for r in conn.execute(sql, params)]
+
+        if limit is not None and limit <= INLINE_READ_ROWS:
+            # A page this small reads in well under a millisecond: less than handing it to a
+            # reader thread and back costs the event loop.
+            if self._reader_pool is None:
+                raise StoreError("SQLite store is not started")
+            return self._with_reader(read)
+        return await self._read(read)
 
     async def get_candles(
         self, interval: Interval, keys: Sequence[tuple[str, int]]
