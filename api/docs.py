@@ -366,7 +366,9 @@ def asyncapi_document(settings: Settings, host: str, secure: bool) -> dict[str, 
                 "title": "WebSocket",
                 "servers": [{"$ref": "#/servers/websocket"}],
                 "description": (
-                    "One JSON object per text frame. Client messages have `action`, server "
+                    "One JSON object per text frame; with `?batch=1` each server frame is a "
+                    "JSON array of such messages instead (in order, up to 1,000 per frame: "
+                    "for monitors of many symbols). Client messages have `action`, server "
                     "messages have `type`. Subscriptions are symbol x interval pairs (the "
                     "cross product of `symbols` and `intervals`). Client messages larger than "
                     f"{settings.live_max_message_bytes} bytes are answered with an `error`. "
@@ -381,7 +383,17 @@ def asyncapi_document(settings: Settings, host: str, secure: bool) -> dict[str, 
                     "ws": {
                         "method": "GET",
                         "query": _object(
-                            {"api_key": {"type": "string", "description": "API key (if auth on)"}},
+                            {
+                                "api_key": {
+                                    "type": "string",
+                                    "description": "API key (if auth on)",
+                                },
+                                "batch": {
+                                    "type": "string",
+                                    "enum": ["0", "1", "false", "true"],
+                                    "description": "1: every server frame is an array of messages",
+                                },
+                            },
                             [],
                         ),
                     }

@@ -12,6 +12,10 @@ oldest first: the last N stored, the forming one included), ``candle`` (one upda
 fields at the top level plus ``seq``), ``error`` (``message``, and ``request`` when the message
 parsed), ``pong``. See api/live.py for the snapshot-then-live guarantee.
 
+Batching: ``/ws?batch=1`` sends every frame as a JSON array of the messages above, in order (up to
+``BATCH_MESSAGES`` per frame): one frame per burst instead of one per candle, for monitors that
+follow many symbols (a full-market burst is ~80,000 candle updates).
+
 Closes: 1013 when ``live_max_connections`` are connected; 1008 ``slow consumer`` when the client's
 queue overflowed and 1001 when the server shuts down, each after an ``error`` message with the
 same reason (queued behind what the client has not read yet).
@@ -44,6 +48,8 @@ log = logging.getLogger(__name__)
 router = APIRouter()
 
 CLOSE_TIMEOUT_S = 10.0  # how long a close frame may wait behind a client's unread data
+BATCH_MESSAGES = 1000  # messages per frame at most with ?batch=1
+_BATCH_VALUES = {"0": False, "false": False, "1": True, "true": True}
 _decode = msgspec.json.Decoder().decode
 
 
@@ -52,6 +58,11 @@ async def candle_socket(websocket: WebSocket) -> None:
     resources: Resources = websocket.app.state.resources
     hub = resources.hub
     await websocket.accept()
+    batch = _BATCH_VALUES.get(websocket.query_params.get("batch", "0").lower())
+    if batch is None:
+        await websocket.send_text(Message("error", {"message": "batch must be 0 or 1"}).text)
+        await websocket.close(1008, "batch must be 0 or 1")
+        return
     if hub is None:
         await websocket.close(1011, "live feeds are not available on this server")
         return
@@ -61,16 +72,19 @@ async def candle_socket(websocket: WebSocket) -> None:
         await websocket.close(1013, f"too many connections (limit {limit}); try again later")
         return
     try:
-        await _Session(websocket, hub, client).run()
+        await _Session(websocket, hub, client, batch).run()
     finally:
         hub.disconnect(client)
 
 
 class _Session:
-    def __init__(self, websocket: WebSocket, hub: CandleHub, client: LiveClient) -> None:
+    def __init__(
+        self, websocket: WebSocket, hub: CandleHub, client: LiveClient, batch: bool = False
+    ) -> None:
         self.websocket = websocket
         self.hub = hub
         self.client = client
+        self.batch = batch
         self.settings = hub.settings
         self.disconnected = False
 
@@ -95,7 +109,8 @@ class _Session:
             # A slow client's unread data is ahead of these: wait a little for it to read.
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(CLOSE_TIMEOUT_S):
-                    await self.websocket.send_text(Message("error", {"message": reason}).text)
+                    text = Message("error", {"message": reason}).text
+                    await self.websocket.send_text(f"[{text}]" if self.batch else text)
                     await self.websocket.close(code, reason)
 
     async def _write(self) -> None:
@@ -105,9 +120,15 @@ class _Session:
             items = await self.client.take()
             if not items:
                 return
-            for item in items:
-                await send(item.text)
-                hub.delivered += 1
+            if self.batch:
+                for i in range(0, len(items), BATCH_MESSAGES):
+                    chunk = items[i : i + BATCH_MESSAGES]
+                    await send("[" + ",".join([item.text for item in chunk]) + "]")
+                    hub.delivered += len(chunk)
+            else:
+                for item in items:
+                    await send(item.text)
+                    hub.delivered += 1
             self.client.sent += len(items)
 
     async def _read(self) -> None:

@@ -9,7 +9,7 @@ the API's live hub. The simulator runs at ``--speed`` simulated minutes per seco
 every 10 s, time enough for each burst to clear).
 
 A monitor client, in its own process, subscribes to every symbol at every interval (the ``*``
-wildcard) and timestamps every candle message. Per bar:
+wildcard, with batched frames: ``/ws?batch=1``) and timestamps every candle message. Per bar:
 
     latency = (receipt of the last of the bar's candle updates, one per interval)
               - (the simulator's write of the frame holding the bar)
@@ -18,10 +18,10 @@ Per burst: p50, p99 and max of that latency over the burst's bars, and ``stored_
 from the simulator's write of the burst's last frame until the pipeline finished storing and
 publishing the burst's last batch.
 
-Phase ``burst``: the monitor alone. Phase ``fanout``: ``--clients`` clients more (in
+Phase ``burst``: the monitor alone. Phase ``fanout``: ``--clients`` clients instead (in
 ``--procs`` processes), each subscribed to 10 random symbols x 1m,15m as in bench/ws_fanout.py;
-reported: delivered messages/s, p99 from the hub's receipt to the client's, clients dropped,
-and the monitor's per-bar latency under that load. Clients share the machine's cores with the
+reported: delivered messages/s, p99 from the hub's receipt to the client's, clients dropped, and
+the stored-after-last-bar time under that load. Clients share the machine's cores with the
 server, so their own scheduling is in the numbers.
 """
 
@@ -60,7 +60,8 @@ async def _monitor(url: str, end_at: float, results: Any) -> None:
     from websockets.asyncio.client import connect
 
     samples: list[tuple[str, str, int, float]] = []
-    async with connect(url, max_queue=None, open_timeout=30) as ws:
+    # Batched frames (?batch=1): one frame per burst chunk rather than one per candle update.
+    async with connect(url + "?batch=1", max_queue=None, open_timeout=30) as ws:
         await ws.send(json.dumps({"action": "subscribe", "symbols": ["*"], "intervals": INTERVALS}))
         while time.time() < end_at:
             try:
@@ -68,9 +69,9 @@ async def _monitor(url: str, end_at: float, results: Any) -> None:
             except TimeoutError:
                 break
             now = time.time()
-            if raw[:16] == '{"type":"candle"':
-                msg = orjson.loads(raw)
-                samples.append((msg["symbol"], msg["interval"], msg["timestamp"], now))
+            for msg in orjson.loads(raw):
+                if msg["type"] == "candle":
+                    samples.append((msg["symbol"], msg["interval"], msg["timestamp"], now))
     results.put(samples)
 
 
@@ -78,11 +79,12 @@ async def _monitor(url: str, end_at: float, results: Any) -> None:
 
 
 def burst_figures(
-    stack: Stack, samples: list[tuple[str, str, int, float]], minutes: list[int]
+    stack: Stack, samples: list[tuple[str, str, int, float]] | None, minutes: list[int]
 ) -> list[dict[str, Any]]:
-    """Per burst minute: the per-bar latency distribution and the stored-after-last-bar time."""
+    """Per burst minute: the per-bar latency distribution (with a monitor's ``samples``) and the
+    stored-after-last-bar time."""
     arrivals: dict[tuple[str, str, int], list[float]] = defaultdict(list)
-    for symbol, interval, timestamp, at in samples:
+    for symbol, interval, timestamp, at in samples or ():
         arrivals[(symbol, interval, timestamp)].append(at)
     for times in arrivals.values():
         times.sort()
@@ -93,7 +95,7 @@ def burst_figures(
             continue
         latencies = []
         missing = 0
-        for symbol, at in sent.items():
+        for symbol, at in sent.items() if samples is not None else ():
             worst = 0.0
             for interval in INTERVALS:
                 span = INTERVAL_MS[interval] * MINUTE_MS
@@ -113,8 +115,12 @@ def burst_figures(
                 "minute": minute,
                 "bars": len(sent),
                 "bars_without_all_updates": missing,
-                "latency_p50_ms": round(percentile(latencies, 0.50) * 1000, 1),
-                "latency_p99_ms": round(percentile(latencies, 0.99) * 1000, 1),
+                "latency_p50_ms": round(percentile(latencies, 0.50) * 1000, 1)
+                if latencies
+                else None,
+                "latency_p99_ms": round(percentile(latencies, 0.99) * 1000, 1)
+                if latencies
+                else None,
                 "latency_max_ms": round(latencies[-1] * 1000, 1) if latencies else None,
                 "send_spread_ms": round((last_sent - min(sent.values())) * 1000, 1),
                 "stored_after_last_bar_ms": round((max(done) - last_sent) * 1000, 1)
@@ -126,12 +132,12 @@ def burst_figures(
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    def worst(key: str) -> float:
-        return max((row[key] for row in rows if row[key] is not None), default=0.0)
+    def worst(key: str) -> float | None:
+        return max((row[key] for row in rows if row[key] is not None), default=None)
 
-    def middle(key: str) -> float:
+    def middle(key: str) -> float | None:
         values = sorted(row[key] for row in rows if row[key] is not None)
-        return values[len(values) // 2] if values else 0.0
+        return values[len(values) // 2] if values else None
 
     return {
         "bursts": len(rows),
@@ -150,7 +156,7 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 async def _phase(
-    stack: Stack, bursts: int, clients: int, procs: int, per_client: int
+    stack: Stack, bursts: int, clients: int, procs: int, per_client: int, monitor: bool
 ) -> dict[str, Any]:
     sim = stack.sim
     ctx = mp.get_context("spawn")
@@ -159,8 +165,9 @@ async def _phase(
     start_at = time.time() + warmup_s
     end_at = start_at + bursts * minute_s + 2
     monitor_results = ctx.Queue()
-    monitor = ctx.Process(target=_monitor_process, args=(stack.ws_url, end_at, monitor_results))
-    monitor.start()
+    watcher = ctx.Process(target=_monitor_process, args=(stack.ws_url, end_at, monitor_results))
+    if monitor:
+        watcher.start()
     client_results = ctx.Queue()
     workers = []
     if clients:
@@ -191,9 +198,9 @@ async def _phase(
     while time.time() < end_at + 3:
         peak = max(peak, hub.clients)
         await asyncio.sleep(0.5)
-    samples = await asyncio.to_thread(monitor_results.get, True, 120)
+    samples = await asyncio.to_thread(monitor_results.get, True, 120) if monitor else None
     collected = [await asyncio.to_thread(client_results.get, True, 120) for _ in workers]
-    for proc in [monitor, *workers]:
+    for proc in [watcher, *workers] if monitor else workers:
         await asyncio.to_thread(proc.join, 30)
     # The bursts whose first frame went out inside the window.
     began: dict[int, float] = {}
@@ -239,9 +246,9 @@ async def run_async(
         log.info("waiting for the first full burst ...")
         await until(lambda: stack.runner.bars_in >= symbols // 2, 0.2)
         out: dict[str, Any] = {"symbols": symbols, "speed": speed}
-        out["burst"] = await _phase(stack, bursts, 0, procs, per_client)
+        out["burst"] = await _phase(stack, bursts, 0, procs, per_client, monitor=True)
         if clients:
-            out["fanout"] = await _phase(stack, bursts, clients, procs, per_client)
+            out["fanout"] = await _phase(stack, bursts, clients, procs, per_client, monitor=False)
         return out
 
 

@@ -191,7 +191,7 @@ def _details(runs: dict[str, Any]) -> list[str]:
             f"{fig['symbols']:,} symbols, simulator at {fig['speed']} simulated minutes per "
             f"second. Run {run['machine']['date']}, {run['seconds']} s. Latency per bar: from "
             "the simulator's write of its frame to the monitor's receipt of the last of its "
-            "7 candle updates.",
+            "7 candle updates (the burst phase's monitor; the fan-out phase has none).",
             "",
             "| phase | minute | bars | p50 | p99 | max | send spread | stored after last bar |",
             "|---|---|---:|---:|---:|---:|---:|---:|",
@@ -200,10 +200,18 @@ def _details(runs: dict[str, Any]) -> list[str]:
             if phase not in fig:
                 continue
             for row in fig[phase]["per_burst"]:
+                cells = [
+                    _fmt(row[key], " ms")
+                    for key in (
+                        "latency_p50_ms",
+                        "latency_p99_ms",
+                        "latency_max_ms",
+                        "send_spread_ms",
+                        "stored_after_last_bar_ms",
+                    )
+                ]
                 lines.append(
-                    f"| {phase} | {row['minute']} | {row['bars']:,} | {row['latency_p50_ms']} ms "
-                    f"| {row['latency_p99_ms']} ms | {row['latency_max_ms']} ms | "
-                    f"{row['send_spread_ms']} ms | {row['stored_after_last_bar_ms']} ms |"
+                    f"| {phase} | {row['minute']} | {row['bars']:,} | " + " | ".join(cells) + " |"
                 )
         if "fanout" in fig:
             fan = fig["fanout"]["fanout"]

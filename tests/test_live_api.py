@@ -250,6 +250,7 @@ class WsClient:
         self.ws = ws
         self.messages: list[dict[str, Any]] = []
         self.received_at: list[float] = []
+        self.frames: list[int] = []  # messages per frame (a batched frame holds several)
         self.closed: ConnectionClosed | None = None
         self.task = asyncio.create_task(self._run())
 
@@ -260,8 +261,11 @@ class WsClient:
     async def _run(self) -> None:
         try:
             async for raw in self.ws:
-                self.messages.append(orjson.loads(raw))
-                self.received_at.append(time.time())
+                parsed = orjson.loads(raw)
+                batch = parsed if isinstance(parsed, list) else [parsed]
+                self.messages.extend(batch)
+                self.received_at.extend([time.time()] * len(batch))
+                self.frames.append(len(batch) if isinstance(parsed, list) else 0)
         except ConnectionClosed as exc:
             self.closed = exc
 
@@ -468,6 +472,40 @@ async def test_unsubscribe_stops_updates(shared: LiveStack) -> None:
         assert any(c.symbol == drop for c in shared.tap.candles[published_before:])
     finally:
         await client.close()
+
+
+async def test_batched_frames_carry_the_same_messages(shared: LiveStack) -> None:
+    """``?batch=1``: every frame is a JSON array; flattened, the same messages as one per frame."""
+    symbols = shared.active_symbols(4)
+    plain = await WsClient.open(shared.ws_url)
+    batched = await WsClient.open(shared.ws_url + "?batch=1")
+    try:
+        for client in (plain, batched):
+            await client.reply(sub(symbols, ["1m", "5m", "15m"]), "subscribed")
+        await plain.wait_for(lambda ms: len([m for m in ms if m["type"] == "candle"]) >= 30, 20)
+        first = max(m["seq"] for m in plain.of_type("candle")[:1] + batched.of_type("candle")[:1])
+        last = plain.of_type("candle")[-1]["seq"]
+        await batched.wait_for(lambda ms: any(m.get("seq", 0) >= last for m in ms), 10)
+
+        def window(client: WsClient) -> list[dict[str, Any]]:
+            return [m for m in client.of_type("candle") if first <= m["seq"] <= last]
+
+        assert window(batched) == window(plain) and len(window(plain)) >= 10
+        assert all(n == 0 for n in plain.frames)
+        assert batched.frames and all(n >= 1 for n in batched.frames)
+        assert max(batched.frames) > 1  # a minute's updates for 12 pairs share frames
+        assert await batched.reply({"action": "ping", "id": 7}, "pong") == {"type": "pong", "id": 7}
+    finally:
+        await plain.close()
+        await batched.close()
+
+
+async def test_batch_parameter_must_be_0_or_1(shared: LiveStack) -> None:
+    client = await WsClient.open(shared.ws_url + "?batch=yes")
+    await client.wait_for(lambda ms: ms, 5)
+    assert client.messages[0] == {"type": "error", "message": "batch must be 0 or 1"}
+    await asyncio.wait_for(client.task, 5)
+    assert client.ws.close_code == 1008
 
 
 async def test_ping_pong(shared: LiveStack) -> None:
