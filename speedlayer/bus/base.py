@@ -28,6 +28,7 @@ from speedlayer.errors import SpeedlayerError
 
 RAW_TOPIC = "market-data-raw"
 Overflow = Literal["block", "drop"]
+InitialPosition = Literal["LATEST", "TRIM_HORIZON"]
 
 
 def candle_topic(interval: str) -> str:
@@ -86,6 +87,19 @@ class Subscription:
                 self._marks.setdefault(key, position)
             raise
 
+    async def offer(self, item: tuple[Any, ...]) -> bool:
+        """Queue one ``(topic, batch[, (position key, position)])`` by the overflow policy:
+        ``block`` waits for room, ``drop`` closes a full subscription as a slow consumer.
+        False when the subscription was dropped instead."""
+        if self.overflow == "block":
+            await self.queue.put(item)
+        elif self.queue.full():
+            self.close("slow consumer: queue full")
+            return False
+        else:
+            self.queue.put_nowait(item)
+        return True
+
     def close(self, reason: str = "closed") -> None:
         """Stop receiving; a pending ``get`` ends with SubscriptionClosed(reason)."""
         if self.closed_reason is not None:
@@ -135,7 +149,6 @@ class Bus(ABC):
     async def publish(self, topic: str, batch: Sequence[Any]) -> None:
         """Deliver one batch to every subscription of ``topic``."""
 
-    @abstractmethod
     def subscribe(
         self,
         topics: Sequence[str],
@@ -150,6 +163,13 @@ class Bus(ABC):
         subscription with the same name resumes where the last one stopped. The in-process bus
         has no history, so it ignores the name.
         """
+        sub = Subscription(self, topics, maxsize, overflow)
+        self._open(sub, consumer)
+        return sub
+
+    @abstractmethod
+    def _open(self, subscription: Subscription, consumer: str) -> None:
+        """Start feeding a new subscription (BusError when the bus is not started)."""
 
     @abstractmethod
     def _unsubscribe(self, subscription: Subscription) -> None: ...
@@ -157,3 +177,67 @@ class Bus(ABC):
     async def _commit(self, subscription: Subscription, marks: dict[Any, Any]) -> None:
         """Store the positions of ``subscription`` (buses with durable positions override)."""
         return None
+
+
+class ConsumerBus(Bus):
+    """The part shared by buses whose subscriptions are fed by consumer tasks reading a durable
+    log (Kinesis, Kafka): where a consumer without a stored position starts, the consumer tasks
+    of each subscription, the hand-over of batches to the subscription's queue, and publishers
+    waiting until new subscriptions to their topic hold their positions (so nothing published
+    after ``subscribe()`` returned is missed)."""
+
+    def __init__(self, initial_position: InitialPosition) -> None:
+        if initial_position not in ("LATEST", "TRIM_HORIZON"):
+            raise ValueError(
+                f"initial_position must be LATEST or TRIM_HORIZON: {initial_position!r}"
+            )
+        self.initial_position: InitialPosition = initial_position
+        self._tasks: dict[Subscription, list[asyncio.Task[None]]] = {}
+        self._stopping: list[asyncio.Task[None]] = []
+        self._starting: dict[str, list[asyncio.Event]] = {}
+        self.dropped_subscriptions = 0
+
+    @abstractmethod
+    def _start_consumers(
+        self, subscription: Subscription, consumer: str
+    ) -> list[asyncio.Task[None]]:
+        """The tasks that feed a new subscription (BusError when the bus is not started)."""
+
+    def _open(self, subscription: Subscription, consumer: str) -> None:
+        self._tasks[subscription] = self._start_consumers(subscription, consumer)
+
+    def _unsubscribe(self, subscription: Subscription) -> None:
+        for task in self._tasks.pop(subscription, []):
+            task.cancel()
+            self._stopping.append(task)
+
+    async def _close_subscriptions(self) -> None:
+        """Close every subscription and wait until its consumer tasks have ended."""
+        for sub in list(self._tasks):
+            sub.close("bus stopped")
+        stopping, self._stopping = self._stopping, []
+        await asyncio.gather(*stopping, return_exceptions=True)
+
+    def _starting_event(self, topics: Sequence[str]) -> asyncio.Event:
+        """An event for a new consumer to set once it holds its positions on ``topics``; until
+        then a ``publish`` to them waits (``_wait_for_consumers``)."""
+        ready = asyncio.Event()
+        for topic in topics:
+            self._starting.setdefault(topic, []).append(ready)
+        return ready
+
+    async def _wait_for_consumers(self, topic: str) -> None:
+        starting = self._starting.get(topic)
+        if starting:
+            await asyncio.gather(*(event.wait() for event in starting))
+            self._starting[topic] = [e for e in starting if not e.is_set()]
+
+    async def _hand_over(
+        self, sub: Subscription, topic: str, items: list[Any], mark: tuple[Any, Any] | None = None
+    ) -> bool:
+        """Put one batch on the subscription's queue (with its position ``mark`` for a
+        subscription that commits by itself); False when the subscription was dropped instead."""
+        if await sub.offer((topic, items) if mark is None else (topic, items, mark)):
+            return True
+        self.dropped_subscriptions += 1
+        return False

@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -41,7 +41,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError, for_code
 
 from speedlayer.aws import Backoff
-from speedlayer.bus.base import RAW_TOPIC, Bus, Overflow, Subscription, candle_topic
+from speedlayer.bus.base import RAW_TOPIC, ConsumerBus, InitialPosition, Subscription, candle_topic
 from speedlayer.bus.wire import BusError, decode_item, encode_item
 from speedlayer.intervals import DEFAULT_INTERVALS
 
@@ -59,7 +59,7 @@ def is_retriable(exc: BaseException) -> bool:
     )
 
 
-class KafkaBus(Bus):
+class KafkaBus(ConsumerBus):
     def __init__(
         self,
         bootstrap_servers: str | Sequence[str] = "127.0.0.1:9092",
@@ -78,13 +78,9 @@ class KafkaBus(Bus):
         session_timeout_ms: int = 10_000,
         heartbeat_interval_ms: int = 1_000,
         metadata_max_age_ms: int = 30_000,
-        initial_position: Literal["LATEST", "TRIM_HORIZON"] = "LATEST",
+        initial_position: InitialPosition = "LATEST",
     ) -> None:
-        if initial_position not in ("LATEST", "TRIM_HORIZON"):
-            raise ValueError(
-                f"initial_position must be LATEST or TRIM_HORIZON: {initial_position!r}"
-            )
-        self.initial_position = initial_position
+        super().__init__(initial_position)
         if isinstance(bootstrap_servers, str):
             bootstrap_servers = [s.strip() for s in bootstrap_servers.split(",") if s.strip()]
         self.bootstrap_servers = list(bootstrap_servers)
@@ -106,10 +102,7 @@ class KafkaBus(Bus):
         self._admin: AIOKafkaAdminClient | None = None
         self._known_topics: set[str] = set()
         self._topic_lock = asyncio.Lock()
-        self._tasks: dict[Subscription, asyncio.Task[None]] = {}
         self._consumers: dict[Subscription, AIOKafkaConsumer] = {}
-        self._stopping: list[asyncio.Task[None]] = []
-        self._starting: dict[str, list[asyncio.Event]] = {}
         # counters (tests, metrics)
         self.records_sent = 0
         self.records_retried = 0
@@ -117,7 +110,6 @@ class KafkaBus(Bus):
         self.records_received = 0
         self.undecodable_records = 0
         self.commits = 0
-        self.dropped_subscriptions = 0
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -148,10 +140,7 @@ class KafkaBus(Bus):
         self._producer, self._admin = producer, admin
 
     async def stop(self) -> None:
-        for sub in list(self._tasks):
-            sub.close("bus stopped")
-        stopping, self._stopping = self._stopping, []
-        await asyncio.gather(*stopping, return_exceptions=True)
+        await self._close_subscriptions()
         producer, self._producer = self._producer, None
         admin, self._admin = self._admin, None
         if producer is not None:
@@ -236,10 +225,7 @@ class KafkaBus(Bus):
         if not batch:
             return
         self.producer  # noqa: B018 - raises BusError when the bus is not started
-        starting = self._starting.get(topic)
-        if starting:  # subscriptions still being assigned their partitions
-            await asyncio.gather(*(event.wait() for event in starting))
-            self._starting[topic] = [e for e in starting if not e.is_set()]
+        await self._wait_for_consumers(topic)  # subscriptions still being assigned partitions
         if self.create_topics:
             await self.ensure_topics([topic])
         name = self.topic_name(topic)
@@ -314,29 +300,10 @@ class KafkaBus(Bus):
 
     # -- subscribe ------------------------------------------------------------------------------
 
-    def subscribe(
-        self,
-        topics: Sequence[str],
-        *,
-        maxsize: int = 1024,
-        overflow: Overflow = "block",
-        consumer: str = "speedlayer",
-    ) -> Subscription:
+    def _start_consumers(self, sub: Subscription, consumer: str) -> list[asyncio.Task[None]]:
         self.producer  # noqa: B018 - raises BusError when the bus is not started
-        sub = Subscription(self, topics, maxsize, overflow)
-        ready = asyncio.Event()
-        for topic in sub.topics:
-            self._starting.setdefault(topic, []).append(ready)
-        self._tasks[sub] = asyncio.get_running_loop().create_task(
-            self._consume(sub, consumer, ready)
-        )
-        return sub
-
-    def _unsubscribe(self, subscription: Subscription) -> None:
-        task = self._tasks.pop(subscription, None)
-        if task is not None:
-            task.cancel()
-            self._stopping.append(task)
+        ready = self._starting_event(sub.topics)
+        return [asyncio.get_running_loop().create_task(self._consume(sub, consumer, ready))]
 
     async def _consume(self, sub: Subscription, group: str, ready: asyncio.Event) -> None:
         names = {self.topic_name(t): t for t in sub.topics}
@@ -409,26 +376,6 @@ class KafkaBus(Bus):
             # The group rebalanced (or the broker stayed away): the partition's new owner
             # resumes from the last committed offset; the batch is delivered again.
             log.warning("%s", exc)
-
-    async def _hand_over(
-        self,
-        sub: Subscription,
-        topic: str,
-        items: list[Any],
-        mark: tuple[TopicPartition, int] | None = None,
-    ) -> bool:
-        """Put one batch on the subscription's queue (with its position when the subscriber
-        commits by itself); False when the subscription was dropped instead."""
-        item: tuple[Any, ...] = (topic, items) if mark is None else (topic, items, mark)
-        if sub.overflow == "block":
-            await sub.queue.put(item)
-        elif sub.queue.full():
-            self.dropped_subscriptions += 1
-            sub.close("slow consumer: queue full")
-            return False
-        else:
-            sub.queue.put_nowait(item)
-        return True
 
 
 class _Positions(ConsumerRebalanceListener):  # type: ignore[misc]

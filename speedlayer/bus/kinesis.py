@@ -41,7 +41,7 @@ import logging
 import random
 import time
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 
@@ -54,7 +54,7 @@ from speedlayer.aws import (
     make_session,
     table_spec,
 )
-from speedlayer.bus.base import RAW_TOPIC, Bus, Overflow, Subscription, candle_topic
+from speedlayer.bus.base import RAW_TOPIC, ConsumerBus, InitialPosition, Subscription, candle_topic
 from speedlayer.bus.wire import BusError, decode_item, encode_item
 from speedlayer.intervals import DEFAULT_INTERVALS
 from speedlayer.models import Bar, Candle
@@ -97,7 +97,7 @@ def plan_requests(items: Sequence[Bar | Candle]) -> list[list[tuple[str, bytes]]
     return requests
 
 
-class KinesisBus(Bus):
+class KinesisBus(ConsumerBus):
     def __init__(
         self,
         *,
@@ -114,14 +114,10 @@ class KinesisBus(Bus):
         shard_refresh_s: float = 10.0,
         retry_timeout_s: float = 60.0,
         active_timeout_s: float = 120.0,
-        initial_position: Literal["LATEST", "TRIM_HORIZON"] = "LATEST",
+        initial_position: InitialPosition = "LATEST",
         create_checkpoint_table: bool = True,
     ) -> None:
-        if initial_position not in ("LATEST", "TRIM_HORIZON"):
-            raise ValueError(
-                f"initial_position must be LATEST or TRIM_HORIZON: {initial_position!r}"
-            )
-        self.initial_position = initial_position
+        super().__init__(initial_position)
         self.create_checkpoint_table = create_checkpoint_table
         self.endpoint_url = endpoint_url
         self.dynamodb_endpoint_url = dynamodb_endpoint_url
@@ -139,16 +135,12 @@ class KinesisBus(Bus):
         self._kinesis: Any = None
         self._dynamodb: Any = None
         self._stack: contextlib.AsyncExitStack | None = None
-        self._tasks: dict[Subscription, list[asyncio.Task[None]]] = {}
-        self._stopping: list[asyncio.Task[None]] = []
-        self._starting: dict[str, list[asyncio.Event]] = {}
         # counters (tests, metrics)
         self.put_requests = 0
         self.records_put = 0
         self.records_retried = 0
         self.expired_iterators = 0
         self.checkpoints_written = 0
-        self.dropped_subscriptions = 0
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -177,10 +169,7 @@ class KinesisBus(Bus):
             raise
 
     async def stop(self) -> None:
-        for sub in list(self._tasks):
-            sub.close("bus stopped")
-        stopping, self._stopping = self._stopping, []
-        await asyncio.gather(*stopping, return_exceptions=True)
+        await self._close_subscriptions()
         stack, self._stack = self._stack, None
         self._kinesis = self._dynamodb = None
         if stack is not None:
@@ -308,10 +297,7 @@ class KinesisBus(Bus):
         if not batch:
             return
         stream = self.stream_name(topic)
-        starting = self._starting.get(topic)
-        if starting:  # subscriptions still getting their LATEST iterators
-            await asyncio.gather(*(event.wait() for event in starting))
-            self._starting[topic] = [e for e in starting if not e.is_set()]
+        await self._wait_for_consumers(topic)  # subscriptions still getting their iterators
         for request in plan_requests(batch):
             await self._put_records(stream, request)
 
@@ -346,29 +332,15 @@ class KinesisBus(Bus):
 
     # -- subscribe ------------------------------------------------------------------------------
 
-    def subscribe(
-        self,
-        topics: Sequence[str],
-        *,
-        maxsize: int = 1024,
-        overflow: Overflow = "block",
-        consumer: str = "speedlayer",
-    ) -> Subscription:
+    def _start_consumers(self, sub: Subscription, consumer: str) -> list[asyncio.Task[None]]:
         self.kinesis  # noqa: B018 - raises BusError when the bus is not started
-        sub = Subscription(self, topics, maxsize, overflow)
         loop = asyncio.get_running_loop()
-        tasks = []
-        for topic in sub.topics:
-            ready = asyncio.Event()
-            self._starting.setdefault(topic, []).append(ready)
-            tasks.append(loop.create_task(self._consume_stream(sub, topic, consumer, ready)))
-        self._tasks[sub] = tasks
-        return sub
-
-    def _unsubscribe(self, subscription: Subscription) -> None:
-        for task in self._tasks.pop(subscription, []):
-            task.cancel()
-            self._stopping.append(task)
+        return [
+            loop.create_task(
+                self._consume_stream(sub, topic, consumer, self._starting_event([topic]))
+            )
+            for topic in sub.topics
+        ]
 
     async def _consume_stream(
         self, sub: Subscription, topic: str, consumer: str, ready: asyncio.Event
@@ -500,34 +472,13 @@ class KinesisBus(Bus):
                     if items and not await self._hand_over(sub, topic, items):
                         return  # the subscription was dropped
                     await self._checkpoint(lease, shard_id, sequence)  # after the hand-over
-                elif not await self._hand_over(sub, topic, items, (lease, shard_id), sequence):
+                elif not await self._hand_over(sub, topic, items, ((lease, shard_id), sequence)):
                     return
             iterator = resp.get("NextShardIterator")
             if iterator is None:  # a closed shard read to its end: its children come next
                 if sub.auto_commit:
                     await self._checkpoint(lease, shard_id, SHARD_END)
-                elif not await self._hand_over(sub, topic, [], (lease, shard_id), SHARD_END):
+                elif not await self._hand_over(sub, topic, [], ((lease, shard_id), SHARD_END)):
                     return
             elif not records:
                 await asyncio.sleep(self.poll_interval_s)
-
-    async def _hand_over(
-        self,
-        sub: Subscription,
-        topic: str,
-        items: list[Any],
-        key: tuple[str, str] | None = None,
-        position: str | None = None,
-    ) -> bool:
-        """Put one batch on the subscription's queue (with its shard position for a subscription
-        that commits itself); False when the subscription was dropped instead."""
-        item: tuple[Any, ...] = (topic, items) if key is None else (topic, items, (key, position))
-        if sub.overflow == "block":
-            await sub.queue.put(item)
-        elif sub.queue.full():
-            self.dropped_subscriptions += 1
-            sub.close("slow consumer: queue full")
-            return False
-        else:
-            sub.queue.put_nowait(item)
-        return True

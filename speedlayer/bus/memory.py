@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from speedlayer.bus.base import Bus, Overflow, Subscription
+from speedlayer.bus.base import Bus, Subscription
 
 
 class MemoryBus(Bus):
@@ -23,18 +23,10 @@ class MemoryBus(Bus):
                 sub.close("bus stopped")
         self._subscriptions.clear()
 
-    def subscribe(
-        self,
-        topics: Sequence[str],
-        *,
-        maxsize: int = 1024,
-        overflow: Overflow = "block",
-        consumer: str = "speedlayer",  # no history to resume from: ignored
-    ) -> Subscription:
-        sub = Subscription(self, topics, maxsize, overflow)
-        for topic in sub.topics:
-            self._subscriptions.setdefault(topic, []).append(sub)
-        return sub
+    def _open(self, subscription: Subscription, consumer: str) -> None:
+        # no history to resume from: the consumer name is ignored
+        for topic in subscription.topics:
+            self._subscriptions.setdefault(topic, []).append(subscription)
 
     def _unsubscribe(self, subscription: Subscription) -> None:
         for topic in subscription.topics:
@@ -48,10 +40,5 @@ class MemoryBus(Bus):
         self.published += 1
         item = (topic, list(batch))
         for sub in list(self._subscriptions.get(topic, ())):
-            if sub.overflow == "block":
-                await sub.queue.put(item)
-            elif sub.queue.full():
+            if not await sub.offer(item):
                 self.dropped_subscriptions += 1
-                sub.close("slow consumer: queue full")
-            else:
-                sub.queue.put_nowait(item)
