@@ -45,23 +45,22 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, cast
 
-from speedlayer.aws import (
-    AWS_ERRORS,
-    Backoff,
-    client_config,
-    error_code,
-    is_throttle,
-    make_session,
-    table_spec,
-)
+from speedlayer.aws import AWS_ERRORS, call, client_config, error_code, is_throttle, make_session
 from speedlayer.errors import SpeedlayerError
+from speedlayer.kinesis_shards import (
+    SHARD_END,
+    CheckpointTable,
+    Shard,
+    follow_shards,
+    list_shards,
+    start_position,
+)
 
 log = logging.getLogger(__name__)
 
 AsyncHandler = Callable[[dict[str, Any]], Awaitable[Any]]
 SyncHandler = Callable[[dict[str, Any], Any], Any]
 StartingPosition = Literal["TRIM_HORIZON", "LATEST"]
-SHARD_END = "SHARD_END"
 ACCOUNT = "000000000000"
 
 
@@ -209,7 +208,7 @@ class LambdaRunner:
         self._executor: ThreadPoolExecutor | None = None
         self._stack: contextlib.AsyncExitStack | None = None
         self._kinesis: Any = None
-        self._dynamodb: Any = None
+        self._checkpoints: CheckpointTable | None = None
         self._task: asyncio.Task[None] | None = None
         self._idle: dict[str, bool] = {}
         self._idle_changed = asyncio.Event()
@@ -228,13 +227,20 @@ class LambdaRunner:
                 )
             )
             ddb = make_session(self.region, self.dynamodb_endpoint_url, self.credentials)
-            self._dynamodb = await stack.enter_async_context(
+            dynamodb = await stack.enter_async_context(
                 ddb.client(
                     "dynamodb", endpoint_url=self.dynamodb_endpoint_url, config=client_config(16)
                 )
             )
-            await self._ensure_checkpoint_table()
+            self._checkpoints = CheckpointTable(
+                dynamodb,
+                self.checkpoint_table,
+                timeout_s=self.aws_retry_timeout_s,
+                error=RunnerError,
+            )
+            await self._checkpoints.ensure(60)
         except BaseException as exc:
+            self._checkpoints = None
             await stack.aclose()
             if isinstance(exc, AWS_ERRORS):
                 raise RunnerError(f"cannot start the Lambda runner: {exc}") from exc
@@ -294,68 +300,18 @@ class LambdaRunner:
 
     # -- AWS calls ------------------------------------------------------------------------------
 
-    async def _call(
-        self, client: Any, op: str, ok_codes: frozenset[str] = frozenset(), **kwargs: Any
-    ) -> Any:
-        backoff = Backoff(self.aws_retry_timeout_s)
-        while True:
-            try:
-                return await getattr(client, op)(**kwargs)
-            except AWS_ERRORS as exc:
-                if error_code(exc) in ok_codes:
-                    return None
-                if is_throttle(exc) and await backoff.sleep():
-                    continue
-                raise RunnerError(f"{op} failed: {exc}") from exc
-
-    async def _ensure_checkpoint_table(self) -> None:
-        await self._call(
-            self._dynamodb,
-            "create_table",
-            frozenset({"ResourceInUseException"}),
-            TableName=self.checkpoint_table,
-            **table_spec(("lease", "S"), ("shard", "S")),
-        )
-        backoff = Backoff(60, initial_s=0.1, cap_s=1.0)
-        while True:
-            desc = await self._call(
-                self._dynamodb, "describe_table", TableName=self.checkpoint_table
-            )
-            if desc["Table"]["TableStatus"] == "ACTIVE":
-                return
-            if not await backoff.sleep():
-                raise RunnerError(f"checkpoint table {self.checkpoint_table} is not ACTIVE")
+    @property
+    def _checkpoint_table(self) -> CheckpointTable:
+        if self._checkpoints is None:
+            raise RunnerError("the runner is not started")
+        return self._checkpoints
 
     async def checkpoints(self) -> dict[str, str]:
         """Shard id -> the last sequence number done (or SHARD_END)."""
-        found: dict[str, str] = {}
-        kwargs: dict[str, Any] = {
-            "TableName": self.checkpoint_table,
-            "KeyConditionExpression": "#l = :l",
-            "ExpressionAttributeNames": {"#l": "lease"},
-            "ExpressionAttributeValues": {":l": {"S": self.lease}},
-            "ConsistentRead": True,
-        }
-        while True:
-            page = await self._call(self._dynamodb, "query", **kwargs)
-            for item in page.get("Items", []):
-                found[item["shard"]["S"]] = item["sequence"]["S"]
-            if not page.get("LastEvaluatedKey"):
-                return found
-            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return await self._checkpoint_table.read(self.lease)
 
     async def _checkpoint(self, shard_id: str, sequence: str) -> None:
-        await self._call(
-            self._dynamodb,
-            "put_item",
-            TableName=self.checkpoint_table,
-            Item={
-                "lease": {"S": self.lease},
-                "shard": {"S": shard_id},
-                "sequence": {"S": sequence},
-                "updated_ms": {"N": str(time.time_ns() // 1_000_000)},
-            },
-        )
+        await self._checkpoint_table.write(self.lease, shard_id, sequence)
         self.stats.checkpoints += 1
 
     async def _iterator(self, shard_id: str, kind: str, sequence: str | None = None) -> str:
@@ -366,70 +322,37 @@ class LambdaRunner:
         }
         if sequence is not None:
             kwargs["StartingSequenceNumber"] = sequence
-        resp = await self._call(self._kinesis, "get_shard_iterator", **kwargs)
+        resp = await call(
+            self._kinesis,
+            "get_shard_iterator",
+            timeout_s=self.aws_retry_timeout_s,
+            error=RunnerError,
+            **kwargs,
+        )
         return str(resp["ShardIterator"])
-
-    async def _list_shards(self) -> list[dict[str, Any]]:
-        shards: list[dict[str, Any]] = []
-        kwargs: dict[str, Any] = {"StreamName": self.stream}
-        while True:
-            resp = await self._call(self._kinesis, "list_shards", **kwargs)
-            shards.extend(resp.get("Shards", []))
-            token = resp.get("NextToken")
-            if not token:
-                return shards
-            kwargs = {"NextToken": token}
 
     # -- the mapping ----------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        running: dict[str, asyncio.Task[None]] = {}
-        try:
-            checkpoints = await self.checkpoints()
-            finished = {sid for sid, seq in checkpoints.items() if seq == SHARD_END}
-            while True:
-                shards = await self._list_shards()
-                ids = {shard["ShardId"] for shard in shards}
-                for shard in shards:
-                    sid = shard["ShardId"]
-                    if sid in running or sid in finished:
-                        continue
-                    parents = [
-                        p
-                        for p in (shard.get("ParentShardId"), shard.get("AdjacentParentShardId"))
-                        if p and p in ids
-                    ]
-                    if all(p in finished for p in parents):
-                        self._idle[sid] = False
-                        running[sid] = asyncio.create_task(
-                            self._shard(sid, checkpoints.get(sid), bool(parents))
-                        )
-                if running:
-                    await asyncio.wait(
-                        running.values(),
-                        timeout=self.shard_refresh_s,
-                        return_when=asyncio.FIRST_COMPLETED,
-                    )
-                else:
-                    await asyncio.sleep(self.shard_refresh_s)
-                for sid, task in list(running.items()):
-                    if task.done():
-                        del running[sid]
-                        task.result()  # an unrecoverable shard error stops the runner
-                        finished.add(sid)
-                        self._set_idle(sid, True)
-        finally:
-            for task in running.values():
-                task.cancel()
-            await asyncio.gather(*running.values(), return_exceptions=True)
+        checkpoints = await self.checkpoints()
+
+        async def start(shard: Shard, parents: list[str]) -> asyncio.Task[None]:
+            sid = shard["ShardId"]
+            self._idle[sid] = False
+            return asyncio.create_task(self._shard(sid, checkpoints.get(sid), bool(parents)))
+
+        await follow_shards(
+            lambda: list_shards(
+                self._kinesis, self.stream, timeout_s=self.aws_retry_timeout_s, error=RunnerError
+            ),
+            start,
+            checkpoints,
+            self.shard_refresh_s,
+            on_finished=lambda sid: self._set_idle(sid, True),
+        )
 
     async def _shard(self, shard_id: str, checkpoint: str | None, has_parent: bool) -> None:
-        if checkpoint is not None:
-            iterator = await self._iterator(shard_id, "AFTER_SEQUENCE_NUMBER", checkpoint)
-        elif has_parent:
-            iterator = await self._iterator(shard_id, "TRIM_HORIZON")
-        else:
-            iterator = await self._iterator(shard_id, self.starting_position)
+        iterator = await self._resume_iterator(shard_id, checkpoint, has_parent)
         limit = self.batch_size
         attempts = 0
         delay = self.retry_initial_s
@@ -493,10 +416,9 @@ class LambdaRunner:
     async def _resume_iterator(
         self, shard_id: str, checkpoint: str | None, has_parent: bool
     ) -> str:
-        if checkpoint is not None:
-            return await self._iterator(shard_id, "AFTER_SEQUENCE_NUMBER", checkpoint)
+        position = start_position(checkpoint, has_parent, self.starting_position)
         return await self._iterator(
-            shard_id, "TRIM_HORIZON" if has_parent else self.starting_position
+            shard_id, position["ShardIteratorType"], position.get("StartingSequenceNumber")
         )
 
     async def _invoke(

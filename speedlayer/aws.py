@@ -11,6 +11,7 @@ import asyncio
 import os
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aioboto3
@@ -61,6 +62,73 @@ class Backoff:
         await asyncio.sleep(min(random.uniform(0, self.delay), remaining))
         self.delay = min(self.delay * 2, self.cap)
         return True
+
+
+async def call(
+    client: Any,
+    op: str,
+    *,
+    timeout_s: float,
+    error: Callable[[str], Exception],
+    ok_codes: frozenset[str] = frozenset(),
+    **kwargs: Any,
+) -> Any:
+    """One API call with throttling retried until ``timeout_s``; None when the error code is in
+    ``ok_codes``; any other failure is raised as ``error("<op> failed: <cause>")``."""
+    backoff = Backoff(timeout_s)
+    while True:
+        try:
+            return await getattr(client, op)(**kwargs)
+        except AWS_ERRORS as exc:
+            if error_code(exc) in ok_codes:
+                return None
+            if is_throttle(exc) and await backoff.sleep():
+                continue
+            raise error(f"{op} failed: {exc}") from exc
+
+
+async def ensure_table(
+    client: Any,
+    table: str,
+    hash_key: tuple[str, str],
+    range_key: tuple[str, str],
+    *,
+    timeout_s: float,
+    active_timeout_s: float,
+    error: Callable[[str], Exception],
+) -> None:
+    """Create an on-demand DynamoDB table unless it exists, then wait until it is ACTIVE."""
+    await call(
+        client,
+        "create_table",
+        timeout_s=timeout_s,
+        error=error,
+        ok_codes=frozenset({"ResourceInUseException"}),
+        TableName=table,
+        **table_spec(hash_key, range_key),
+    )
+    await wait_table_active(
+        client, table, timeout_s=timeout_s, active_timeout_s=active_timeout_s, error=error
+    )
+
+
+async def wait_table_active(
+    client: Any,
+    table: str,
+    *,
+    timeout_s: float,
+    active_timeout_s: float,
+    error: Callable[[str], Exception],
+) -> None:
+    backoff = Backoff(active_timeout_s, initial_s=0.1, cap_s=1.0)
+    while True:
+        desc = await call(
+            client, "describe_table", timeout_s=timeout_s, error=error, TableName=table
+        )
+        if desc["Table"]["TableStatus"] == "ACTIVE":
+            return
+        if not await backoff.sleep():
+            raise error(f"table {table} did not become ACTIVE")
 
 
 def table_spec(hash_key: tuple[str, str], range_key: tuple[str, str]) -> dict[str, Any]:

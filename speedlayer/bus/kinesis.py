@@ -39,7 +39,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -48,15 +47,23 @@ import msgspec
 from speedlayer.aws import (
     AWS_ERRORS,
     Backoff,
+    call,
     client_config,
     error_code,
     is_throttle,
     make_session,
-    table_spec,
 )
 from speedlayer.bus.base import RAW_TOPIC, ConsumerBus, InitialPosition, Subscription, candle_topic
 from speedlayer.bus.wire import BusError, decode_item, encode_item
 from speedlayer.intervals import DEFAULT_INTERVALS
+from speedlayer.kinesis_shards import (
+    SHARD_END,
+    CheckpointTable,
+    Shard,
+    follow_shards,
+    list_shards,
+    start_position,
+)
 from speedlayer.models import Bar, Candle
 
 __all__ = ["BusError", "KinesisBus", "decode_item", "encode_item", "plan_requests"]
@@ -66,7 +73,6 @@ log = logging.getLogger(__name__)
 MAX_RECORDS = 500
 MAX_REQUEST_BYTES = 5 * 1024 * 1024
 MAX_RECORD_BYTES = 1024 * 1024
-SHARD_END = "SHARD_END"
 
 
 def plan_requests(items: Sequence[Bar | Candle]) -> list[list[tuple[str, bytes]]]:
@@ -134,6 +140,7 @@ class KinesisBus(ConsumerBus):
         self.active_timeout_s = active_timeout_s
         self._kinesis: Any = None
         self._dynamodb: Any = None
+        self._checkpoints: CheckpointTable | None = None
         self._stack: contextlib.AsyncExitStack | None = None
         # counters (tests, metrics)
         self.put_requests = 0
@@ -159,10 +166,16 @@ class KinesisBus(ConsumerBus):
                 dynamodb.client("dynamodb", endpoint_url=ddb_url, config=client_config(32))
             )
             self._stack = stack
+            self._checkpoints = CheckpointTable(
+                self._dynamodb,
+                self.checkpoint_table,
+                timeout_s=self.retry_timeout_s,
+                error=BusError,
+            )
             if self.create_checkpoint_table:
-                await self._ensure_checkpoint_table()
+                await self._checkpoints.ensure(self.active_timeout_s)
         except BaseException as exc:
-            self._kinesis = self._dynamodb = self._stack = None
+            self._kinesis = self._dynamodb = self._checkpoints = self._stack = None
             await stack.aclose()
             if isinstance(exc, AWS_ERRORS):
                 raise BusError(f"cannot start the Kinesis bus: {exc}") from exc
@@ -171,7 +184,7 @@ class KinesisBus(ConsumerBus):
     async def stop(self) -> None:
         await self._close_subscriptions()
         stack, self._stack = self._stack, None
-        self._kinesis = self._dynamodb = None
+        self._kinesis = self._dynamodb = self._checkpoints = None
         if stack is not None:
             await stack.aclose()
 
@@ -188,22 +201,21 @@ class KinesisBus(ConsumerBus):
             raise BusError("Kinesis bus is not started")
         return self._dynamodb
 
+    @property
+    def _checkpoint_store(self) -> CheckpointTable:
+        if self._checkpoints is None:
+            raise BusError("Kinesis bus is not started")
+        return self._checkpoints
+
     def stream_name(self, topic: str) -> str:
         return self.stream_prefix + topic
 
     async def _call(
         self, client: Any, op: str, ok_codes: frozenset[str] = frozenset(), **kwargs: Any
     ) -> Any:
-        backoff = Backoff(self.retry_timeout_s)
-        while True:
-            try:
-                return await getattr(client, op)(**kwargs)
-            except AWS_ERRORS as exc:
-                if error_code(exc) in ok_codes:
-                    return None
-                if is_throttle(exc) and await backoff.sleep():
-                    continue
-                raise BusError(f"{op} failed: {exc}") from exc
+        return await call(
+            client, op, timeout_s=self.retry_timeout_s, error=BusError, ok_codes=ok_codes, **kwargs
+        )
 
     # -- streams and the checkpoint table -------------------------------------------------------
 
@@ -231,23 +243,6 @@ class KinesisBus(ConsumerBus):
             if not await backoff.sleep():
                 raise BusError(f"Kinesis stream {name} did not become ACTIVE")
 
-    async def _ensure_checkpoint_table(self) -> None:
-        table = self.checkpoint_table
-        await self._call(
-            self.dynamodb,
-            "create_table",
-            frozenset({"ResourceInUseException"}),
-            TableName=table,
-            **table_spec(("lease", "S"), ("shard", "S")),
-        )
-        backoff = Backoff(self.active_timeout_s, initial_s=0.1, cap_s=1.0)
-        while True:
-            desc = await self._call(self.dynamodb, "describe_table", TableName=table)
-            if desc["Table"]["TableStatus"] == "ACTIVE":
-                return
-            if not await backoff.sleep():
-                raise BusError(f"checkpoint table {table} did not become ACTIVE")
-
     async def _commit(self, subscription: Subscription, marks: dict[Any, Any]) -> None:
         for (lease, shard_id), sequence in marks.items():
             await self._checkpoint(lease, shard_id, sequence)
@@ -260,35 +255,10 @@ class KinesisBus(ConsumerBus):
     async def checkpoints(self, consumer: str, topic: str) -> dict[str, str]:
         """The stored checkpoints of ``consumer`` on ``topic``: shard id -> sequence number
         (or ``SHARD_END`` for a shard read to its end)."""
-        lease = f"{consumer}/{self.stream_name(topic)}"
-        found: dict[str, str] = {}
-        kwargs: dict[str, Any] = {
-            "TableName": self.checkpoint_table,
-            "KeyConditionExpression": "#l = :l",
-            "ExpressionAttributeNames": {"#l": "lease"},
-            "ExpressionAttributeValues": {":l": {"S": lease}},
-            "ConsistentRead": True,
-        }
-        while True:
-            page = await self._call(self.dynamodb, "query", **kwargs)
-            for item in page.get("Items", []):
-                found[item["shard"]["S"]] = item["sequence"]["S"]
-            if not page.get("LastEvaluatedKey"):
-                return found
-            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return await self._checkpoint_store.read(f"{consumer}/{self.stream_name(topic)}")
 
     async def _checkpoint(self, lease: str, shard_id: str, sequence: str) -> None:
-        await self._call(
-            self.dynamodb,
-            "put_item",
-            TableName=self.checkpoint_table,
-            Item={
-                "lease": {"S": lease},
-                "shard": {"S": shard_id},
-                "sequence": {"S": sequence},
-                "updated_ms": {"N": str(time.time_ns() // 1_000_000)},
-            },
-        )
+        await self._checkpoint_store.write(lease, shard_id, sequence)
         self.checkpoints_written += 1
 
     # -- publish --------------------------------------------------------------------------------
@@ -347,48 +317,30 @@ class KinesisBus(ConsumerBus):
     ) -> None:
         stream = self.stream_name(topic)
         lease = f"{consumer}/{stream}"
-        running: dict[str, asyncio.Task[None]] = {}
+
+        async def start(shard: Shard, parents: list[str]) -> asyncio.Task[None]:
+            sid = shard["ShardId"]
+            has_parent = bool(shard.get("ParentShardId"))
+            sequence = checkpoints.get(sid)
+            iterator = await self._shard_iterator(stream, sid, sequence, has_parent)
+            return asyncio.create_task(
+                self._consume_shard(sub, topic, lease, stream, sid, sequence, has_parent, iterator)
+            )
+
         try:
             checkpoints = await self.checkpoints(consumer, topic)
             if checkpoints:
                 log.info("%s: consumer %s resumes after its checkpoints on %d shard(s)",
                          stream, consumer, len(checkpoints))  # fmt: skip
-            finished = {sid for sid, seq in checkpoints.items() if seq == SHARD_END}
-            while True:
-                shards = await self._list_shards(stream)
-                ids = {shard["ShardId"] for shard in shards}
-                for shard in shards:
-                    sid = shard["ShardId"]
-                    if sid in running or sid in finished:
-                        continue
-                    parents = [
-                        p
-                        for p in (shard.get("ParentShardId"), shard.get("AdjacentParentShardId"))
-                        if p and p in ids
-                    ]
-                    if all(p in finished for p in parents):
-                        has_parent = bool(shard.get("ParentShardId"))
-                        sequence = checkpoints.get(sid)
-                        iterator = await self._shard_iterator(stream, sid, sequence, has_parent)
-                        running[sid] = asyncio.create_task(
-                            self._consume_shard(
-                                sub, topic, lease, stream, sid, sequence, has_parent, iterator
-                            )
-                        )
-                ready.set()
-                if running:
-                    await asyncio.wait(
-                        running.values(),
-                        timeout=self.shard_refresh_s,
-                        return_when=asyncio.FIRST_COMPLETED,
-                    )
-                else:
-                    await asyncio.sleep(self.shard_refresh_s)
-                for sid, task in list(running.items()):
-                    if task.done():
-                        del running[sid]
-                        task.result()  # a failed shard fails the subscription
-                        finished.add(sid)
+            await follow_shards(
+                lambda: list_shards(
+                    self.kinesis, stream, timeout_s=self.retry_timeout_s, error=BusError
+                ),
+                start,
+                checkpoints,
+                self.shard_refresh_s,
+                on_listed=ready.set,
+            )
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -396,33 +348,12 @@ class KinesisBus(ConsumerBus):
             sub.close(f"kinesis consumer failed: {exc}")
         finally:
             ready.set()
-            for task in running.values():
-                task.cancel()
-            await asyncio.gather(*running.values(), return_exceptions=True)
-
-    async def _list_shards(self, stream: str) -> list[dict[str, Any]]:
-        shards: list[dict[str, Any]] = []
-        kwargs: dict[str, Any] = {"StreamName": stream}
-        while True:
-            resp = await self._call(self.kinesis, "list_shards", **kwargs)
-            shards.extend(resp.get("Shards", []))
-            token = resp.get("NextToken")
-            if not token:
-                return shards
-            kwargs = {"NextToken": token}  # AWS: NextToken alone on the following pages
 
     async def _shard_iterator(
         self, stream: str, shard_id: str, sequence: str | None, has_parent: bool
     ) -> str:
         kwargs: dict[str, Any] = {"StreamName": stream, "ShardId": shard_id}
-        if sequence is not None:
-            kwargs.update(
-                ShardIteratorType="AFTER_SEQUENCE_NUMBER", StartingSequenceNumber=sequence
-            )
-        elif has_parent:
-            kwargs.update(ShardIteratorType="TRIM_HORIZON")  # the parent was read to its end
-        else:
-            kwargs.update(ShardIteratorType=self.initial_position)
+        kwargs.update(start_position(sequence, has_parent, self.initial_position))
         resp = await self._call(self.kinesis, "get_shard_iterator", **kwargs)
         return str(resp["ShardIterator"])
 

@@ -67,11 +67,12 @@ from typing import Any, Literal
 from speedlayer.aws import (
     AWS_ERRORS,
     Backoff,
+    call,
     client_config,
+    ensure_table,
     error_code,
     is_throttle,
     make_session,
-    table_spec,
 )
 from speedlayer.clock import Clock
 from speedlayer.errors import StoreError
@@ -88,6 +89,10 @@ _NAMES = {"#s": "symbol", "#t": "timestamp", "#ttl": "ttl"}
 _BATCH_WRITE = 25
 _BATCH_GET = 100
 _PUT_CONDITION = "attribute_not_exists(#rev) OR #rev <= :rev"
+
+
+def _store_error(message: str) -> StoreError:
+    return StoreError(f"DynamoDB {message}")
 
 
 def encode_number(x: float) -> str:
@@ -244,17 +249,14 @@ class DynamoDBStore(Store):
 
     async def _call(self, op: str, ok_codes: frozenset[str] = frozenset(), **kwargs: Any) -> Any:
         """One API call with throttling retried; None when the error code is in ``ok_codes``."""
-        client = self.client
-        backoff = Backoff(self.retry_timeout_s)
-        while True:
-            try:
-                return await getattr(client, op)(**kwargs)
-            except AWS_ERRORS as exc:
-                if error_code(exc) in ok_codes:
-                    return None
-                if is_throttle(exc) and await backoff.sleep():
-                    continue
-                raise StoreError(f"DynamoDB {op} failed: {exc}") from exc
+        return await call(
+            self.client,
+            op,
+            timeout_s=self.retry_timeout_s,
+            error=_store_error,
+            ok_codes=ok_codes,
+            **kwargs,
+        )
 
     # -- tables ---------------------------------------------------------------------------------
 
@@ -262,26 +264,21 @@ class DynamoDBStore(Store):
         """Create the interval tables if missing, wait until ACTIVE, set up TTL (idempotent).
         Returns each table's TTL state (see ``ensure_ttl``)."""
         names = list(self.tables.values())
-        await asyncio.gather(*(self._create_table(name) for name in names))
-        await asyncio.gather(*(self._wait_active(name) for name in names))
-        return {name: await self.ensure_ttl(name) for name in names}
-
-    async def _create_table(self, name: str) -> None:
-        await self._call(
-            "create_table",
-            frozenset({"ResourceInUseException"}),
-            TableName=name,
-            **table_spec(("symbol", "S"), ("timestamp", "N")),
+        await asyncio.gather(
+            *(
+                ensure_table(
+                    self.client,
+                    name,
+                    ("symbol", "S"),
+                    ("timestamp", "N"),
+                    timeout_s=self.retry_timeout_s,
+                    active_timeout_s=self.active_timeout_s,
+                    error=_store_error,
+                )
+                for name in names
+            )
         )
-
-    async def _wait_active(self, name: str) -> None:
-        backoff = Backoff(self.active_timeout_s, initial_s=0.1, cap_s=1.0)
-        while True:
-            desc = await self._call("describe_table", TableName=name)
-            if desc["Table"]["TableStatus"] == "ACTIVE":
-                return
-            if not await backoff.sleep():
-                raise StoreError(f"DynamoDB table {name} did not become ACTIVE")
+        return {name: await self.ensure_ttl(name) for name in names}
 
     async def ensure_ttl(self, table: str) -> str:
         """Enable TTL on ``ttl``: describe first, then update. Returns the resulting state:
