@@ -174,6 +174,31 @@ def batch_response(records: Sequence[EventRecord], first_failed: int | None) -> 
     }
 
 
+class BatchHandler:
+    """The async core of a Lambda handler: its counters (tests, logs) and its answer."""
+
+    name = "handler"
+
+    def __init__(self) -> None:
+        self.invocations = 0
+        self.records = 0
+        self.skipped = 0
+        self.reported_failed = 0
+
+    def respond(
+        self, batch: DecodedBatch[Any], first_failed: int | None, began: float
+    ) -> dict[str, Any]:
+        """The partial batch response naming every record from ``first_failed`` on; counts the
+        invocation's records and logs its summary."""
+        response = batch_response(batch.records, first_failed)
+        failed = len(response["batchItemFailures"])
+        self.records += len(batch.records)
+        self.skipped += batch.skipped_total
+        self.reported_failed += failed
+        log_summary(self.name, batch, failed, began)
+        return response
+
+
 def remaining_s(context: Any, margin_s: float = 2.0) -> float | None:
     """Seconds left in this invocation (minus a margin) from a Lambda context, if it has one."""
     get = getattr(context, "get_remaining_time_in_millis", None)

@@ -28,12 +28,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from processors.kinesis_events import (
+    BatchHandler,
     LambdaHost,
     LambdaSettings,
-    batch_response,
     decode_candles,
     latest_per_key,
-    log_summary,
 )
 from speedlayer.clock import SystemClock
 from speedlayer.errors import StoreError
@@ -44,18 +43,16 @@ log = logging.getLogger(__name__)
 GROUP_SIZE = 200  # candles per store call: 8 BatchWriteItem requests of 25 in flight
 
 
-class DynamoDBWriter:
+class DynamoDBWriter(BatchHandler):
     """The async core: one Kinesis event in, the partial batch response out."""
 
+    name = "kinesis_to_dynamodb"
+
     def __init__(self, store: DynamoDBStore, *, group_size: int = GROUP_SIZE) -> None:
+        super().__init__()
         self.store = store
         self.group_size = group_size
-        # counters (tests, logs)
-        self.invocations = 0
-        self.records = 0
         self.candles_written = 0
-        self.skipped = 0
-        self.reported_failed = 0
 
     async def handle(self, event: Mapping[str, Any]) -> dict[str, Any]:
         began = time.perf_counter()
@@ -73,13 +70,7 @@ class DynamoDBWriter:
                             batch.records[first_failed].sequence, exc)  # fmt: skip
                 break
             self.candles_written += len(group)
-        response = batch_response(batch.records, first_failed)
-        failed = len(response["batchItemFailures"])
-        self.records += len(batch.records)
-        self.skipped += batch.skipped_total
-        self.reported_failed += failed
-        log_summary("kinesis_to_dynamodb", batch, failed, began)
-        return response
+        return self.respond(batch, first_failed, began)
 
 
 async def _build() -> DynamoDBWriter:

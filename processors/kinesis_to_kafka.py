@@ -23,11 +23,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from processors.kinesis_events import (
+    BatchHandler,
     LambdaHost,
     LambdaSettings,
-    batch_response,
     decode_candles,
-    log_summary,
     remaining_s,
 )
 from speedlayer.bus.base import candle_topic
@@ -38,21 +37,19 @@ from speedlayer.intervals import IntervalSet
 log = logging.getLogger(__name__)
 
 
-class KafkaForwarder:
+class KafkaForwarder(BatchHandler):
     """The async core: one Kinesis event in, the partial batch response out."""
+
+    name = "kinesis_to_kafka"
 
     def __init__(
         self, bus: KafkaBus, intervals: IntervalSet, *, retry_timeout_s: float | None = None
     ) -> None:
+        super().__init__()
         self.bus = bus
         self.intervals = intervals
         self.retry_timeout_s = retry_timeout_s
-        # counters (tests, logs)
-        self.invocations = 0
-        self.records = 0
         self.candles_sent = 0
-        self.skipped = 0
-        self.reported_failed = 0
 
     async def handle(
         self, event: Mapping[str, Any], time_left_s: float | None = None
@@ -83,13 +80,7 @@ class KafkaForwarder:
                                 batch.records[index].sequence, error)  # fmt: skip
                     break
             self.candles_sent += sum(1 for e in errors if e is None)
-        response = batch_response(batch.records, first_failed)
-        failed = len(response["batchItemFailures"])
-        self.records += len(batch.records)
-        self.skipped += batch.skipped_total
-        self.reported_failed += failed
-        log_summary("kinesis_to_kafka", batch, failed, began)
-        return response
+        return self.respond(batch, first_failed, began)
 
 
 async def _build() -> KafkaForwarder:
