@@ -14,10 +14,11 @@ Semantics (DESIGN.md section 2):
   re-publishes a final candle with a higher revision.
 
 State is bounded: a bucket is evicted once it is final and the event-time watermark (the latest
-bar end seen) has passed its end by ``lateness_ms``. The caller (the pipeline) writes every
-published candle to the store before evicting, so an evicted or pre-restart bucket can be rebuilt
-from the store's 1-minute table (``restore``) when a late bar for it arrives; ``known_until``
-tracks, per symbol, before which time the store may hold bars that are not in memory.
+bar end seen) has passed its end by ``lateness_ms``; each bar is held once, for as long as an open
+bucket may cover its minute. The caller (the pipeline) writes every published candle to the store
+before evicting, so an evicted or pre-restart bucket can be rebuilt from the store's 1-minute
+table (``restore``) when a late bar for it arrives; ``known_until`` tracks, per symbol, before
+which time the store may hold bars that are not in memory.
 """
 
 from __future__ import annotations
@@ -33,17 +34,17 @@ BucketKey = tuple[str, int]  # (symbol, bucket start ms)
 
 
 class _Bucket:
-    """Open bucket: its bars by minute, and the aggregates of those bars in time order.
-
-    A bucket knows its own key and expiry, so a batch can collect changed buckets by identity
-    and build their candles without looking anything up.
+    """Open bucket: the aggregates of its bars in time order (the bars themselves are kept once
+    per minute by the resampler). A bucket knows its own key and expiry, so a batch can collect
+    changed buckets by identity and build their candles without looking anything up.
     """
 
     __slots__ = (
-        "bars",
         "close",
+        "count",
         "final",
         "first_t",
+        "first_vw",
         "has_n",
         "has_vw",
         "high",
@@ -68,9 +69,10 @@ class _Bucket:
         self.interval = interval.name
         self.start = start
         self.ttl = interval.ttl(start)
-        self.bars: dict[int, Bar] = {}
+        self.count = 0
         self.first_t = 0
         self.last_t = -1
+        self.first_vw: float | None = None
         self.open = self.close = self.high = self.low = 0.0
         self.volume = self.pv = self.pv_volume = 0.0
         self.has_vw = False
@@ -81,17 +83,18 @@ class _Bucket:
 
     def append(self, bar: Bar) -> None:
         """Add a bar later than every bar held: the time-ordered sums extend exactly."""
-        if self.bars:
+        if self.count:
             if bar.h > self.high:
                 self.high = bar.h
             if bar.l < self.low:
                 self.low = bar.l
         else:
             self.first_t = bar.t
+            self.first_vw = bar.vw
             self.open = bar.o
             self.high = bar.h
             self.low = bar.l
-        self.bars[bar.t] = bar
+        self.count += 1
         self.last_t = bar.t
         self.close = bar.c
         self.volume += bar.v
@@ -104,12 +107,12 @@ class _Bucket:
             self.has_n = True
             self.trades += bar.n
 
-    def recompute(self) -> None:
-        """Rebuild the aggregates from the bars, in time order (the same sums ``append`` makes)."""
-        bars = self.bars
-        ordered = [bars[t] for t in sorted(bars)]
+    def recompute(self, ordered: list[Bar]) -> None:
+        """Rebuild the aggregates from all its bars, ``ordered`` by time (the sums ``append``
+        makes)."""
         first, last = ordered[0], ordered[-1]
-        self.first_t, self.open = first.t, first.o
+        self.count = len(ordered)
+        self.first_t, self.open, self.first_vw = first.t, first.o, first.vw
         self.last_t, self.close = last.t, last.c
         self.high = max([bar.h for bar in ordered])
         self.low = min([bar.l for bar in ordered])
@@ -131,22 +134,22 @@ class _Bucket:
     def state(self) -> tuple[object, ...]:
         return (
             self.open, self.high, self.low, self.close, self.volume, self.pv, self.pv_volume,
-            self.has_vw, self.trades, self.has_n, len(self.bars),
+            self.has_vw, self.trades, self.has_n, self.count, self.first_vw,
         )  # fmt: skip
 
     def candle(self) -> Candle:
-        bars = self.bars
-        if len(bars) == 1:
+        count = self.count
+        if count == 1:
             # A one-bar candle carries the bar's own VWAP (equal to the formula when v > 0, and
             # exact), so the 1-minute table records every bar exactly as it arrived.
-            vwap = bars[self.last_t].vw
+            vwap = self.first_vw
         elif self.has_vw and self.pv_volume > 0:
             vwap = self.pv / self.pv_volume
         else:
             vwap = None
         return Candle(
             self.symbol, self.interval, self.start, self.open, self.high, self.low, self.close,
-            self.volume, vwap, self.trades if self.has_n else None, len(bars),
+            self.volume, vwap, self.trades if self.has_n else None, count,
             self.final, self.revision, self.ttl,
         )  # fmt: skip
 
@@ -188,6 +191,8 @@ class Resampler:
         # Per interval: bucket start -> symbol -> bucket; and the starts holding non-final buckets.
         self._open: list[dict[int, dict[str, _Bucket]]] = [{} for _ in self.intervals]
         self._forming: list[set[int]] = [set() for _ in self.intervals]
+        # The bars of every open bucket, once: minute -> symbol -> the latest bar.
+        self._bars: dict[int, dict[str, Bar]] = {}
         # Per symbol: the store may hold bars before this time that are not in memory.
         self._known_until: dict[str, int] = {}
         self._watermark_ms = 0
@@ -240,7 +245,10 @@ class Resampler:
         ``stored`` maps (interval name, start) to the stored candle, where there is one.
         """
         now = self.clock.now_ms()
-        ordered = sorted(bars, key=lambda bar: bar.t)
+        symbol = request.symbol
+        held = self._bars
+        for bar in bars:  # what memory holds for a minute is at least as new as the store's
+            held.setdefault(bar.t, {}).setdefault(symbol, bar)
         for interval, start in request.buckets:
             index = self.intervals.index(interval)
             group = self._open[index].setdefault(start, {})
@@ -258,12 +266,24 @@ class Resampler:
                 revision=candle.revision if candle else 0,
                 final=candle.final if candle else end + self.grace_ms <= now,
             )
-            for bar in ordered:
-                if start <= bar.t < end:
-                    bucket.append(bar)
+            ordered = self._bucket_bars(symbol, start, end)
+            if ordered:
+                bucket.recompute(ordered)
             group[request.symbol] = bucket
             if not bucket.final:
                 self._forming[index].add(start)
+
+    def _bucket_bars(self, symbol: str, start: int, end: int) -> list[Bar]:
+        """The bars held for ``symbol`` in [start, end), in time order."""
+        held = self._bars
+        out = []
+        for t in range(start, end, MINUTE_MS):
+            group = held.get(t)
+            if group is not None:
+                bar = group.get(symbol)
+                if bar is not None:
+                    out.append(bar)
+        return out
 
     # -- processing -----------------------------------------------------------------------------
 
@@ -285,19 +305,18 @@ class Resampler:
         changed: dict[_Bucket, None] = {}  # insertion-ordered set, by identity
         result = BatchResult()
         watermark = self._watermark_ms
-        minute_buckets = self._open[0]
+        held = self._bars
         for bar in bars:
             symbol = bar.symbol
             t = bar.t
-            group = minute_buckets.get(t)
-            previous = None
-            if group is not None:
-                held = group.get(symbol)
-                if held is not None:
-                    previous = held.bars.get(t)
-                    if previous is not None and previous == bar:
-                        result.duplicates += 1
-                        continue
+            minute = held.get(t)
+            if minute is None:
+                minute = held[t] = {}
+            previous = minute.get(symbol)
+            if previous is not None and previous == bar:
+                result.duplicates += 1
+                continue
+            minute[symbol] = bar
             result.accepted += 1
             if symbol not in known:
                 known[symbol] = -1
@@ -318,8 +337,7 @@ class Resampler:
                     bucket.append(bar)
                 else:
                     before = bucket.state()
-                    bucket.bars[t] = bar
-                    bucket.recompute()
+                    bucket.recompute(self._bucket_bars(symbol, start, start + interval_ms))
                     if bucket.state() == before:
                         continue
                 bucket.revision += 1
@@ -344,7 +362,7 @@ class Resampler:
             for start in sorted(due):
                 starts.discard(start)
                 for bucket in self._open[index].get(start, {}).values():
-                    if not bucket.final and bucket.bars:
+                    if not bucket.final and bucket.count:
                         bucket.final = True
                         bucket.revision += 1
                         changed[bucket] = None
@@ -375,6 +393,11 @@ class Resampler:
                     if known.get(symbol, -1) < end:
                         known[symbol] = end
                 evicted += len(victims)
+        # Keep the bars of the minutes an open bucket may still cover.
+        oldest = min((min(groups) for groups in self._open if groups), default=None)
+        held = self._bars
+        for t in [t for t in held if oldest is None or t < oldest]:
+            del held[t]
         return evicted
 
     @property
