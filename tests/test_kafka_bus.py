@@ -9,29 +9,20 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer
 
-from speedlayer.bus.base import RAW_TOPIC, Subscription, SubscriptionClosed, candle_topic
+from speedlayer.bus.base import RAW_TOPIC, SubscriptionClosed, candle_topic
 from speedlayer.bus.kafka import KafkaBus
 from speedlayer.bus.wire import BusError, decode_item
 from speedlayer.models import Bar, Candle
+from tests.bus_helpers import T0, assert_quiet, bars, collect, read_kafka_topic
 from tests.kafka_broker import KafkaBroker
 
-T0 = 1_704_206_220_000
 TOPICS = [RAW_TOPIC, candle_topic("5m")]
-
-
-def bars(symbols: Sequence[str], minutes: range) -> list[Bar]:
-    return [
-        Bar(s, T0 + m * 60_000, 10.0 + m, 11.0 + m, 9.0, 10.5, 100.0 + m, 10.1, m)
-        for m in minutes
-        for s in symbols
-    ]
 
 
 def candle(symbol: str, revision: int) -> Candle:
@@ -57,20 +48,6 @@ async def bus(kafka_bootstrap: str, prefix: str) -> AsyncIterator[KafkaBus]:
         yield b
 
 
-async def collect(sub: Subscription, n: int, within_s: float = 20) -> list[Any]:
-    out: list[Any] = []
-    async with asyncio.timeout(within_s):
-        while len(out) < n:
-            _topic, batch = await sub.get()
-            out.extend(batch)
-    return out
-
-
-async def nothing_more(sub: Subscription, wait_s: float = 1.0) -> None:
-    await asyncio.sleep(wait_s)
-    assert sub.queue.empty(), "unexpected records delivered"
-
-
 async def test_round_trip_bars_and_candles(bus: KafkaBus) -> None:
     sub = bus.subscribe(TOPICS, consumer=f"g-{uuid.uuid4().hex[:8]}")
     sent_bars = bars(["AAPL", "MSFT", "BRK.B"], range(5))
@@ -87,7 +64,7 @@ async def test_round_trip_bars_and_candles(bus: KafkaBus) -> None:
     )
     assert got[candle_topic("5m")] == sent_candles  # one symbol: one partition, in order
     assert all(type(x) is Bar for x in got[RAW_TOPIC])
-    await nothing_more(sub, 0.5)
+    await assert_quiet(sub, 0.5)
     assert bus.records_sent == len(sent_bars) + len(sent_candles)
     assert bus.send_errors == 0
 
@@ -132,7 +109,7 @@ async def test_restarted_consumer_resumes_from_committed_offsets(
         assert sorted(await collect(sub, len(first)), key=lambda b: (b.symbol, b.t)) == sorted(
             first, key=lambda b: (b.symbol, b.t)
         )
-        await nothing_more(sub, 0.3)  # the commit follows the hand-over
+        await assert_quiet(sub, 0.3)  # the commit follows the hand-over
     async with new_bus(kafka_bootstrap, prefix) as bus:  # the consumer is down
         await bus.publish(RAW_TOPIC, second)
     async with new_bus(kafka_bootstrap, prefix) as bus:
@@ -146,7 +123,7 @@ async def test_restarted_consumer_resumes_from_committed_offsets(
         await bus.publish(RAW_TOPIC, third)
         assert await collect(other, len(third)) == third
         assert await collect(sub, len(third)) == third
-        await nothing_more(other, 0.3)
+        await assert_quiet(other, 0.3)
 
 
 async def test_manual_commit_redelivers_what_was_not_finished(
@@ -171,7 +148,7 @@ async def test_manual_commit_redelivers_what_was_not_finished(
     async with new_bus(kafka_bootstrap, prefix) as bus:
         sub = bus.subscribe([RAW_TOPIC], consumer=group)
         assert await collect(sub, len(second)) == second
-        await nothing_more(sub, 0.5)
+        await assert_quiet(sub, 0.5)
 
 
 async def test_trim_horizon_group_reads_what_was_kept(kafka_bootstrap: str, prefix: str) -> None:
@@ -243,19 +220,9 @@ async def test_slow_drop_subscription_is_closed(bus: KafkaBus) -> None:
 
 async def read_all(bootstrap: str, topic_name: str, n: int, within_s: float = 20) -> list[Any]:
     """Read a topic from the beginning with a group-less consumer (decoded items)."""
-    consumer = AIOKafkaConsumer(
-        topic_name, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
-    )
-    await consumer.start()
-    out: list[Any] = []
-    try:
-        async with asyncio.timeout(within_s):
-            while len(out) < n:
-                for records in (await consumer.getmany(timeout_ms=200)).values():
-                    out.extend(decode_item(r.value) for r in records)
-    finally:
-        await consumer.stop()
-    return out
+    return [
+        decode_item(r.value) for r in await read_kafka_topic(bootstrap, topic_name, n, within_s)
+    ]
 
 
 # -- a broker of its own: stopped and started under a running publisher and consumer ----------

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from speedlayer.bus.base import RAW_TOPIC, Subscription, candle_topic
+from speedlayer.bus.base import RAW_TOPIC, candle_topic
 from speedlayer.bus.kinesis import (
     MAX_RECORDS,
     KinesisBus,
@@ -25,17 +25,9 @@ from speedlayer.bus.kinesis import (
 from speedlayer.bus.memory import MemoryBus
 from speedlayer.models import Bar, Candle
 from tests.aws_hooks import Counter, FirstCalls, error_response
+from tests.bus_helpers import T0, assert_quiet, bars, collect
 
-T0 = 1_704_206_220_000
 TOPICS = [RAW_TOPIC, candle_topic("5m")]
-
-
-def bars(symbols: Sequence[str], minutes: range) -> list[Bar]:
-    return [
-        Bar(s, T0 + m * 60_000, 10.0 + m, 11.0 + m, 9.0, 10.5, 100.0 + m, 10.1, m)
-        for m in minutes
-        for s in symbols
-    ]
 
 
 def new_bus(kinesalite_url: str, dynalite_url: str, prefix: str, **kw: Any) -> KinesisBus:
@@ -62,15 +54,6 @@ async def bus(kinesalite_url: str, dynalite_url: str, prefix: str) -> AsyncItera
         yield b
 
 
-async def collect(sub: Subscription, n: int, within_s: float = 15) -> list[Any]:
-    out: list[Any] = []
-    async with asyncio.timeout(within_s):
-        while len(out) < n:
-            _topic, batch = await sub.get()
-            out.extend(batch)
-    return out
-
-
 async def eventually(
     fetch: Callable[[], Awaitable[Any]], ok: Callable[[Any], bool], within_s: float = 10
 ) -> None:
@@ -79,11 +62,6 @@ async def eventually(
             return
         await asyncio.sleep(0.02)
     raise AssertionError("condition not reached in time")
-
-
-async def assert_quiet(sub: Subscription, seconds: float = 0.5) -> None:
-    await asyncio.sleep(seconds)
-    assert sub.queue.empty(), "unexpected extra records"
 
 
 def per_symbol(items: Sequence[Bar]) -> dict[str, list[int]]:

@@ -22,7 +22,6 @@ from typing import Any
 import boto3  # type: ignore[import-untyped]
 import msgspec
 import pytest
-from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaConnectionError, RecordTooLargeError
 
 import processors.kinesis_to_dynamodb as to_dynamodb
@@ -39,6 +38,7 @@ from speedlayer.intervals import DEFAULT_INTERVALS, IntervalSet
 from speedlayer.models import Bar, Candle
 from speedlayer.store.dynamodb import DynamoDBStore
 from tests.aws_hooks import Counter, FirstCalls, error_response, ok_response, request_body
+from tests.bus_helpers import read_kafka_topic
 from tests.conftest import SPEEDLAYER
 
 INTERVALS = IntervalSet(DEFAULT_INTERVALS)
@@ -171,22 +171,8 @@ async def kafka(kafka_bootstrap: str) -> AsyncIterator[KafkaBus]:
 
 async def read_topic(bus: KafkaBus, topic: str, n: int, within_s: float = 30) -> list[Any]:
     """Every record of a topic from the beginning, as (key, item), until ``n`` were read."""
-    consumer = AIOKafkaConsumer(
-        bus.topic_name(topic),
-        bootstrap_servers=bus.bootstrap_servers,
-        auto_offset_reset="earliest",
-        group_id=None,
-    )
-    await consumer.start()
-    out: list[Any] = []
-    try:
-        async with asyncio.timeout(within_s):
-            while len(out) < n:
-                for records in (await consumer.getmany(timeout_ms=200)).values():
-                    out.extend((r.key.decode(), decode_item(r.value)) for r in records)
-    finally:
-        await consumer.stop()
-    return out
+    records = await read_kafka_topic(bus.bootstrap_servers, bus.topic_name(topic), n, within_s)
+    return [(r.key.decode(), decode_item(r.value)) for r in records]
 
 
 # -- the shared event decoding ------------------------------------------------------------------
