@@ -45,9 +45,19 @@ class FirstCalls:
 
     def __call__(self, params: dict[str, Any], **_: Any) -> Any:
         self.calls += 1
-        if self.calls <= self.n:
+        if self.answers(self.calls):
             return self.respond(params)
         return None
+
+    def answers(self, call: int) -> bool:
+        return call <= self.n
+
+
+class NthCall(FirstCalls):
+    """A before-call hook answering only the ``n``-th call with ``respond(params)``."""
+
+    def answers(self, call: int) -> bool:
+        return call == self.n
 
 
 class Counter:

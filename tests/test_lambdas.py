@@ -37,7 +37,14 @@ from speedlayer.clock import ManualClock
 from speedlayer.intervals import DEFAULT_INTERVALS, IntervalSet
 from speedlayer.models import Bar, Candle
 from speedlayer.store.dynamodb import DynamoDBStore
-from tests.aws_hooks import Counter, FirstCalls, error_response, ok_response, request_body
+from tests.aws_hooks import (
+    Counter,
+    FirstCalls,
+    NthCall,
+    error_response,
+    ok_response,
+    request_body,
+)
 from tests.bus_helpers import read_kafka_topic
 from tests.conftest import SPEEDLAYER
 
@@ -362,7 +369,7 @@ async def test_dynamodb_handler_reports_exactly_the_records_from_the_first_faile
     in shard order; redelivering just those (as Lambda does) completes the table."""
     sent = [candle(f"S{i:03d}", "15m", 0, 1) for i in range(100)]  # 100 keys, one record each
     event = candle_event(sent)
-    hook = _Nth(3, lambda p: error_response("ValidationException", status=400))
+    hook = NthCall(3, lambda p: error_response("ValidationException", status=400))
     store.client.meta.events.register("before-call.dynamodb.BatchWriteItem", hook)
     writer = DynamoDBWriter(store, group_size=25)
     response = await writer.handle(event)
@@ -375,19 +382,6 @@ async def test_dynamodb_handler_reports_exactly_the_records_from_the_first_faile
                          in set(failures(response))]}  # fmt: skip
     assert await writer.handle(retry) == {"batchItemFailures": []}
     assert await stored(store, want) == want
-
-
-class _Nth:
-    """A before-call hook answering only the ``n``-th call with ``respond(params)``."""
-
-    def __init__(self, n: int, respond: Any) -> None:
-        self.n = n
-        self.respond = respond
-        self.calls = 0
-
-    def __call__(self, params: dict[str, Any], **_: Any) -> Any:
-        self.calls += 1
-        return self.respond(params) if self.calls == self.n else None
 
 
 def test_dynamodb_entry_point_reuses_its_clients(
@@ -532,7 +526,7 @@ async def test_runner_moves_a_stream_into_dynamodb_and_kafka(
     for start in range(0, len(sent), 120):
         await kinesis.publish(candle_topic("15m"), sent[start : start + 120])
     # The third BatchWriteItem fails for good once: the runner must resume at the failed records.
-    hook = _Nth(3, lambda p: error_response("ValidationException", status=400))
+    hook = NthCall(3, lambda p: error_response("ValidationException", status=400))
     store.client.meta.events.register("before-call.dynamodb.BatchWriteItem", hook)
     writer = DynamoDBWriter(store, group_size=25)
     forwarder = KafkaForwarder(kafka, INTERVALS)
