@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -126,6 +127,22 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+
+
+def stop_by_sigterm(
+    proc: subprocess.Popen[bytes], failure: Callable[[], str], timeout: float = 20
+) -> int:
+    """SIGTERM, as a service manager stops a service; the exit code. A process still running
+    after ``timeout`` is killed and the test fails with the message ``failure()``."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+            raise AssertionError(failure()) from None
+    return proc.returncode
 
 
 def dynalite_command(port: int, *extra: str) -> list[str]:

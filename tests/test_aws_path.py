@@ -71,6 +71,7 @@ from tests.conftest import (
     kinesalite_command,
     run_cli,
     start_emulator,
+    stop_by_sigterm,
     stop_process,
 )
 
@@ -221,15 +222,7 @@ class Service:
     def stop(self) -> int:
         """SIGTERM (a clean shutdown); the exit code."""
         assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-                raise AssertionError(f"{self.name} ignored SIGTERM:\n{self.text()}") from None
-        return self.proc.returncode
+        return stop_by_sigterm(self.proc, lambda: f"{self.name} ignored SIGTERM:\n{self.text()}")
 
     def cleanup(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

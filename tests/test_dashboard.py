@@ -37,7 +37,7 @@ from playwright.sync_api import WebSocket as PageWebSocket
 from api import dashboard
 from api.app import create_app
 from speedlayer.config import Settings
-from tests.conftest import ROOT, SPEEDLAYER, free_port
+from tests.conftest import ROOT, SPEEDLAYER, free_port, stop_by_sigterm
 
 CHROMIUM = Path(os.environ.get("SPEEDLAYER_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
@@ -104,15 +104,7 @@ class UpServer:
     def stop(self) -> int:
         """SIGTERM, as a service manager stops it; the exit code."""
         assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                raise AssertionError("speedlayer up did not stop on SIGTERM") from None
-        return self.proc.returncode
+        return stop_by_sigterm(self.proc, lambda: "speedlayer up did not stop on SIGTERM")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
