@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, cast
 
-from speedlayer.aws import AWS_ERRORS, call, client_config, error_code, is_throttle, make_session
+from speedlayer.aws import AWS_ERRORS, call, error_code, is_throttle, open_client
 from speedlayer.errors import SpeedlayerError
 from speedlayer.kinesis_shards import (
     SHARD_END,
@@ -220,17 +220,11 @@ class LambdaRunner:
             return
         stack = contextlib.AsyncExitStack()
         try:
-            kinesis = make_session(self.region, self.kinesis_endpoint_url, self.credentials)
-            self._kinesis = await stack.enter_async_context(
-                kinesis.client(
-                    "kinesis", endpoint_url=self.kinesis_endpoint_url, config=client_config(16)
-                )
+            self._kinesis = await open_client(
+                stack, "kinesis", self.region, self.kinesis_endpoint_url, self.credentials, 16
             )
-            ddb = make_session(self.region, self.dynamodb_endpoint_url, self.credentials)
-            dynamodb = await stack.enter_async_context(
-                ddb.client(
-                    "dynamodb", endpoint_url=self.dynamodb_endpoint_url, config=client_config(16)
-                )
+            dynamodb = await open_client(
+                stack, "dynamodb", self.region, self.dynamodb_endpoint_url, self.credentials, 16
             )
             self._checkpoints = CheckpointTable(
                 dynamodb,

@@ -8,6 +8,7 @@ until a bounded deadline (:class:`Backoff`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import time
@@ -160,6 +161,21 @@ def make_session(
             region_name=region,
         )
     return aioboto3.Session(region_name=region)
+
+
+async def open_client(
+    stack: contextlib.AsyncExitStack,
+    service: str,
+    region: str,
+    endpoint_url: str | None,
+    credentials: tuple[str, str] | None,
+    pool: int,
+) -> Any:
+    """An aiobotocore client of ``service``, closed with ``stack``."""
+    session = make_session(region, endpoint_url, credentials)
+    return await stack.enter_async_context(
+        session.client(service, endpoint_url=endpoint_url, config=client_config(pool))
+    )
 
 
 def client_config(pool: int) -> Any:

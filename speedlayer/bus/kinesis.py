@@ -48,10 +48,9 @@ from speedlayer.aws import (
     AWS_ERRORS,
     Backoff,
     call,
-    client_config,
     error_code,
     is_throttle,
-    make_session,
+    open_client,
 )
 from speedlayer.bus.base import RAW_TOPIC, ConsumerBus, InitialPosition, Subscription, candle_topic
 from speedlayer.bus.wire import BusError, decode_item, encode_item
@@ -156,14 +155,11 @@ class KinesisBus(ConsumerBus):
             return
         stack = contextlib.AsyncExitStack()
         try:
-            kinesis = make_session(self.region, self.endpoint_url, self.credentials)
-            self._kinesis = await stack.enter_async_context(
-                kinesis.client("kinesis", endpoint_url=self.endpoint_url, config=client_config(32))
+            self._kinesis = await open_client(
+                stack, "kinesis", self.region, self.endpoint_url, self.credentials, 32
             )
-            ddb_url = self.dynamodb_endpoint_url
-            dynamodb = make_session(self.region, ddb_url, self.credentials)
-            self._dynamodb = await stack.enter_async_context(
-                dynamodb.client("dynamodb", endpoint_url=ddb_url, config=client_config(32))
+            self._dynamodb = await open_client(
+                stack, "dynamodb", self.region, self.dynamodb_endpoint_url, self.credentials, 32
             )
             self._stack = stack
             self._checkpoints = CheckpointTable(

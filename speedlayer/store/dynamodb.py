@@ -68,11 +68,10 @@ from speedlayer.aws import (
     AWS_ERRORS,
     Backoff,
     call,
-    client_config,
     ensure_table,
     error_code,
     is_throttle,
-    make_session,
+    open_client,
 )
 from speedlayer.clock import Clock
 from speedlayer.errors import StoreError
@@ -214,15 +213,15 @@ class DynamoDBStore(Store):
     async def start(self) -> None:
         if self._client is not None:
             return
-        session = make_session(self.region, self.endpoint_url, self.credentials)
         stack = contextlib.AsyncExitStack()
         try:
-            self._client = await stack.enter_async_context(
-                session.client(
-                    "dynamodb",
-                    endpoint_url=self.endpoint_url,
-                    config=client_config(max(10, self.write_concurrency)),
-                )
+            self._client = await open_client(
+                stack,
+                "dynamodb",
+                self.region,
+                self.endpoint_url,
+                self.credentials,
+                max(10, self.write_concurrency),
             )
         except AWS_ERRORS as exc:
             await stack.aclose()
