@@ -63,10 +63,13 @@ aws-local: $(NODE_STAMP)
 
 # The embedded stack, live: Polygon simulator -> ingest -> resampler -> ./data/speedlayer.db -> API.
 # `make run SPEED=5` runs the simulated market at 5 minutes per second (0 = real time).
+# HISTORY: simulated minutes before start, all backfilled at start-up (the charts' history).
 SPEED   ?= 0
 SYMBOLS ?= 100
+HISTORY ?= 480
 run: setup
-	$(BIN)/speedlayer up --host $(HOST) --port $(PORT) --symbols $(SYMBOLS) --speed $(SPEED)
+	SPEEDLAYER_SIM_HISTORY_MIN=$(HISTORY) SPEEDLAYER_BACKFILL_LOOKBACK_MIN=$(HISTORY) \
+	  $(BIN)/speedlayer up --host $(HOST) --port $(PORT) --symbols $(SYMBOLS) --speed $(SPEED)
 
 lint: setup
 	$(BIN)/ruff check .

@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     backfill_lookback_min: int = Field(60, ge=0, description="history fetched at start-up")
     sim_symbols: int = Field(100, ge=1, le=20_000, description="simulated symbols")
     sim_speed: float = Field(0.0, ge=0, description="simulated minutes per second; 0 = real time")
+    sim_history_min: int = Field(
+        120, ge=0, le=100_000, description="simulated minutes before start, served by REST"
+    )
     sim_replay: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="files the simulator replays instead of synthetic data"
     )

@@ -66,6 +66,7 @@ async def start_source(stack: contextlib.AsyncExitStack, settings: Settings) -> 
                     symbols=settings.sim_symbols,
                     speed=settings.sim_speed,
                     replay=list(settings.sim_replay),
+                    history_minutes=settings.sim_history_min,
                 )
             )
         )
