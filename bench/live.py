@@ -40,7 +40,7 @@ from typing import Any
 
 from bench.common import percentile
 from bench.stack import Stack, embedded_stack, until
-from bench.ws_fanout import _client_process
+from bench.ws_fanout import start_clients
 
 log = logging.getLogger("bench.live")
 INTERVALS = ["1m", "5m", "15m", "30m", "1h", "2h", "4h"]
@@ -168,29 +168,14 @@ async def _phase(
     watcher = ctx.Process(target=_monitor_process, args=(stack.ws_url, end_at, monitor_results))
     if monitor:
         watcher.start()
-    client_results = ctx.Queue()
-    workers = []
+    workers: list[Any] = []
+    client_results: Any = None
     if clients:
         rng = random.Random(7)
         subs = [rng.sample(sim.symbols, per_client) for _ in range(clients)]
-        n = max(1, min(procs, clients))
-        workers = [
-            ctx.Process(
-                target=_client_process,
-                args=(
-                    stack.ws_url,
-                    subs[i::n],
-                    ["1m", "15m"],
-                    start_at,
-                    end_at,
-                    client_results,
-                    None,
-                ),
-            )
-            for i in range(n)
-        ]
-        for proc in workers:
-            proc.start()
+        workers, client_results = start_clients(
+            stack.ws_url, subs, ["1m", "15m"], start_at, end_at, procs
+        )
     hub = stack.hub
     await until(lambda: time.time() >= start_at, 0.2)
     dropped0, delivered0 = hub.dropped_slow, hub.delivered

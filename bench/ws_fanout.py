@@ -56,6 +56,31 @@ def _client_process(
     asyncio.run(_clients(url, subscriptions, intervals, start_at, end_at, results, compression))
 
 
+def start_clients(
+    url: str,
+    subscriptions: list[list[str]],
+    intervals: list[str],
+    start_at: float,
+    end_at: float,
+    procs: int,
+    compression: str | None = None,
+) -> tuple[list[Any], Any]:
+    """Client processes sharing ``subscriptions`` (one connection each); their results queue."""
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    n = max(1, min(procs, len(subscriptions)))
+    workers = [
+        ctx.Process(
+            target=_client_process,
+            args=(url, subscriptions[i::n], intervals, start_at, end_at, results, compression),
+        )
+        for i in range(n)
+    ]
+    for proc in workers:
+        proc.start()
+    return workers, results
+
+
 async def _clients(
     url: str,
     subscriptions: list[list[str]],
@@ -120,30 +145,19 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         await until(lambda: runner.bars_in >= args.symbols // 2, 0.5)
         rng = random.Random(7)
         symbols = stack.sim.symbols
-        ctx = mp.get_context("spawn")
         for n in counts:
             subs = [rng.sample(symbols, args.per_client) for _ in range(n)]
-            procs_n = max(1, min(args.procs, n))
             start_at = time.time() + args.warmup_s
             end_at = start_at + args.seconds
-            results = ctx.Queue()
-            procs = [
-                ctx.Process(
-                    target=_client_process,
-                    args=(
-                        stack.ws_url,
-                        subs[i::procs_n],
-                        intervals,
-                        start_at,
-                        end_at,
-                        results,
-                        "deflate" if args.deflate else None,  # browsers offer deflate
-                    ),
-                )
-                for i in range(procs_n)
-            ]
-            for proc in procs:
-                proc.start()
+            procs, results = start_clients(
+                stack.ws_url,
+                subs,
+                intervals,
+                start_at,
+                end_at,
+                args.procs,
+                "deflate" if args.deflate else None,  # browsers offer deflate
+            )
             dropped0, events0, bars0 = hub.dropped_slow, hub.events, runner.bars_in
             delivered0 = hub.delivered
             peak_clients = 0
