@@ -30,8 +30,6 @@ from speedlayer.clock import Clock
 from speedlayer.intervals import MINUTE_MS, Interval, IntervalSet
 from speedlayer.models import Bar, Candle
 
-BucketKey = tuple[str, int]  # (symbol, bucket start ms)
-
 
 class _Bucket:
     """Open bucket: the aggregates of its bars in time order (the bars themselves are kept once
@@ -43,7 +41,6 @@ class _Bucket:
         "close",
         "count",
         "final",
-        "first_t",
         "first_vw",
         "has_n",
         "has_vw",
@@ -70,7 +67,6 @@ class _Bucket:
         self.start = start
         self.ttl = interval.ttl(start)
         self.count = 0
-        self.first_t = 0
         self.last_t = -1
         self.first_vw: float | None = None
         self.open = self.close = self.high = self.low = 0.0
@@ -89,7 +85,6 @@ class _Bucket:
             if bar.l < self.low:
                 self.low = bar.l
         else:
-            self.first_t = bar.t
             self.first_vw = bar.vw
             self.open = bar.o
             self.high = bar.h
@@ -112,7 +107,7 @@ class _Bucket:
         makes)."""
         first, last = ordered[0], ordered[-1]
         self.count = len(ordered)
-        self.first_t, self.open, self.first_vw = first.t, first.o, first.vw
+        self.open, self.first_vw = first.o, first.vw
         self.last_t, self.close = last.t, last.c
         self.high = max([bar.h for bar in ordered])
         self.low = min([bar.l for bar in ordered])

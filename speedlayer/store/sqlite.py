@@ -23,7 +23,7 @@ from speedlayer.models import CANDLE_FIELDS, Bar, Candle
 from speedlayer.store.base import Order, Store
 
 T = TypeVar("T")
-INLINE_READ_ROWS = 1001  # range reads of up to this many rows run on the caller's thread
+INLINE_READ_ROWS = 201  # range reads of up to this many rows run on the caller's thread
 _COLUMNS = ", ".join(CANDLE_FIELDS)
 # A range read knows its symbol and interval: it reads the other columns only (fewer objects).
 _VALUE_COLUMNS = ", ".join(f for f in CANDLE_FIELDS if f not in ("symbol", "interval"))
@@ -224,8 +224,8 @@ class SQLiteStore(Store):
             ]
 
         if limit is not None and limit <= INLINE_READ_ROWS:
-            # A page this small reads in well under a millisecond: less than handing it to a
-            # reader thread and back costs the event loop.
+            # A page this small reads in a few hundred microseconds, about what handing it to a
+            # reader thread and back costs the event loop; larger reads go to the reader pool.
             if self._reader_pool is None:
                 raise StoreError("SQLite store is not started")
             return self._with_reader(read)
