@@ -78,9 +78,9 @@ def decode_cursor(cursor: str, interval: str, order: str) -> int:
 class CandleRange(BaseModel):
     """The query of ``GET /candles/{symbol}``, validated in one pass.
 
-    FastAPI validates declared query parameters one by one, which cost more than reading a
-    100-candle page (bench/rest.py); one model validation does the same checks with the same
-    messages, and the parameters are documented from this model.
+    FastAPI validates declared query parameters one by one, about 40 µs a request here (a fifth
+    of a 100-candle page's time, bench/rest.py); one model validation does the same checks with
+    the same messages, and the parameters are documented from this model.
     """
 
     interval: str = Field("1m", description=INTERVAL_DOC)
