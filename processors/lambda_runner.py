@@ -124,10 +124,8 @@ def build_event(
 
 def first_failure(response: Any, sequences: Sequence[str]) -> int | None:
     """Index of the lowest reported failure; 0 (the whole batch) for an answer Lambda rejects."""
-    if response is None:
-        return None
     if not isinstance(response, Mapping):
-        return None  # a handler returning something else: success, as on AWS
+        return None  # no answer, or something else: success, as on AWS
     failures = response.get("batchItemFailures")
     if failures is None:
         return None
@@ -308,20 +306,16 @@ class LambdaRunner:
         await self._checkpoint_table.write(self.lease, shard_id, sequence)
         self.stats.checkpoints += 1
 
-    async def _iterator(self, shard_id: str, kind: str, sequence: str | None = None) -> str:
-        kwargs: dict[str, Any] = {
-            "StreamName": self.stream,
-            "ShardId": shard_id,
-            "ShardIteratorType": kind,
-        }
-        if sequence is not None:
-            kwargs["StartingSequenceNumber"] = sequence
+    async def _iterator(self, shard_id: str, position: Mapping[str, Any]) -> str:
+        """GetShardIterator at ``position`` (``ShardIteratorType``, ``StartingSequenceNumber``)."""
         resp = await call(
             self._kinesis,
             "get_shard_iterator",
             timeout_s=self.aws_retry_timeout_s,
             error=RunnerError,
-            **kwargs,
+            StreamName=self.stream,
+            ShardId=shard_id,
+            **position,
         )
         return str(resp["ShardIterator"])
 
@@ -403,17 +397,17 @@ class LambdaRunner:
             self.stats.records_retried += len(records) - failed_at
             await asyncio.sleep(random.uniform(delay / 2, delay))
             delay = min(delay * 2, self.retry_cap_s)
-            next_iterator = await self._iterator(
-                shard_id, "AT_SEQUENCE_NUMBER", sequences[failed_at]
-            )
+            retry_at = {
+                "ShardIteratorType": "AT_SEQUENCE_NUMBER",
+                "StartingSequenceNumber": sequences[failed_at],
+            }
+            next_iterator = await self._iterator(shard_id, retry_at)
 
     async def _resume_iterator(
         self, shard_id: str, checkpoint: str | None, has_parent: bool
     ) -> str:
         position = start_position(checkpoint, has_parent, self.starting_position)
-        return await self._iterator(
-            shard_id, position["ShardIteratorType"], position.get("StartingSequenceNumber")
-        )
+        return await self._iterator(shard_id, position)
 
     async def _invoke(
         self, shard_id: str, records: list[dict[str, Any]], sequences: list[str]

@@ -16,9 +16,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
-from speedlayer.bus.base import Bus
+from speedlayer.bus.base import Bus, InitialPosition
 from speedlayer.clock import Clock
 from speedlayer.config import Settings
 from speedlayer.errors import ConfigError
@@ -27,8 +27,6 @@ from speedlayer.store.base import Store
 if TYPE_CHECKING:
     from speedlayer.bus.kinesis import KinesisBus
     from speedlayer.store.dynamodb import DynamoDBStore
-
-StartPosition = Literal["LATEST", "TRIM_HORIZON"]
 
 
 def dynamodb_endpoint(settings: Settings) -> str | None:
@@ -53,7 +51,7 @@ def dynamodb_store(settings: Settings, clock: Clock) -> DynamoDBStore:
     )
 
 
-def kinesis_bus(settings: Settings, initial_position: StartPosition = "LATEST") -> KinesisBus:
+def kinesis_bus(settings: Settings, initial_position: InitialPosition = "LATEST") -> KinesisBus:
     from speedlayer.bus.kinesis import KinesisBus
 
     return KinesisBus(
@@ -85,7 +83,7 @@ def make_store(settings: Settings, clock: Clock) -> Store:
     raise ConfigError(f"unknown store {settings.store!r}")
 
 
-def make_bus(settings: Settings, *, initial_position: StartPosition = "LATEST") -> Bus:
+def make_bus(settings: Settings, *, initial_position: InitialPosition = "LATEST") -> Bus:
     """The configured bus, not started (no I/O). ``initial_position`` is where a consumer with
     no stored position starts on buses that keep positions (Kinesis, Kafka)."""
     if settings.bus == "memory":
@@ -116,7 +114,7 @@ async def open_store(settings: Settings, clock: Clock) -> AsyncIterator[Store]:
 
 @contextlib.asynccontextmanager
 async def open_bus(
-    settings: Settings, *, initial_position: StartPosition = "LATEST"
+    settings: Settings, *, initial_position: InitialPosition = "LATEST"
 ) -> AsyncIterator[Bus]:
     """The configured bus, started; Kinesis streams are created first unless
     ``aws_create_resources`` is off."""

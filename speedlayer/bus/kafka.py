@@ -342,7 +342,7 @@ class KafkaBus(ConsumerBus):
                                         tp.topic, tp.partition, record.offset, exc)  # fmt: skip
                     self.records_received += len(items)
                     position = records[-1].offset + 1
-                    manual = not getattr(sub, "auto_commit", True)
+                    manual = not sub.auto_commit
                     if items and not await self._hand_over(
                         sub, names[tp.topic], items, (tp, position) if manual else None
                     ):
