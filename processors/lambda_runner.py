@@ -52,6 +52,7 @@ from speedlayer.kinesis_shards import (
     CheckpointTable,
     Shard,
     follow_shards,
+    has_parent,
     list_shards,
     start_position,
 )
@@ -327,7 +328,7 @@ class LambdaRunner:
         async def start(shard: Shard, parents: list[str]) -> asyncio.Task[None]:
             sid = shard["ShardId"]
             self._idle[sid] = False
-            return asyncio.create_task(self._shard(sid, checkpoints.get(sid), bool(parents)))
+            return asyncio.create_task(self._shard(sid, checkpoints.get(sid), has_parent(shard)))
 
         await follow_shards(
             lambda: list_shards(

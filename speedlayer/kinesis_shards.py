@@ -95,6 +95,12 @@ async def list_shards(
         kwargs = {"NextToken": token}  # AWS: NextToken alone on the following pages
 
 
+def has_parent(shard: Shard) -> bool:
+    """Whether the shard was split or merged from another: it then starts at its beginning (its
+    parents were read to their end, or have expired), never at ``LATEST``."""
+    return bool(shard.get("ParentShardId"))
+
+
 def start_position(sequence: str | None, has_parent: bool, initial: str) -> dict[str, str]:
     """GetShardIterator arguments for a shard with checkpoint ``sequence`` (or None)."""
     if sequence is not None:

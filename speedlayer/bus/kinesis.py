@@ -60,6 +60,7 @@ from speedlayer.kinesis_shards import (
     CheckpointTable,
     Shard,
     follow_shards,
+    has_parent,
     list_shards,
     start_position,
 )
@@ -316,11 +317,11 @@ class KinesisBus(ConsumerBus):
 
         async def start(shard: Shard, parents: list[str]) -> asyncio.Task[None]:
             sid = shard["ShardId"]
-            has_parent = bool(shard.get("ParentShardId"))
             sequence = checkpoints.get(sid)
-            iterator = await self._shard_iterator(stream, sid, sequence, has_parent)
+            child = has_parent(shard)
+            iterator = await self._shard_iterator(stream, sid, sequence, child)
             return asyncio.create_task(
-                self._consume_shard(sub, topic, lease, stream, sid, sequence, has_parent, iterator)
+                self._consume_shard(sub, topic, lease, stream, sid, sequence, child, iterator)
             )
 
         try:
