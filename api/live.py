@@ -58,9 +58,9 @@ from typing import Any, Literal
 
 import msgspec
 
-from speedlayer.bus.base import Bus, Subscription, SubscriptionClosed, candle_topic
+from speedlayer.bus.base import Bus, Subscription, candle_topic
 from speedlayer.config import Settings
-from speedlayer.errors import ConfigError, SpeedlayerError, StoreError
+from speedlayer.errors import ConfigError, RequestError, StoreError, SubscriptionClosed
 from speedlayer.models import SYMBOL_RE, Candle
 from speedlayer.store.base import Store
 
@@ -84,16 +84,6 @@ SNAPSHOT_READERS = 4  # concurrent store reads for one SSE stream's snapshots
 
 _encode = msgspec.json.Encoder().encode
 _client_ids = itertools.count(1)
-
-
-class LiveRequestError(SpeedlayerError):
-    """A subscription request is invalid or over a limit; ``status``/``code`` for HTTP."""
-
-    def __init__(self, message: str, *, status: int = 422, code: str = "invalid_parameter"):
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.code = code
 
 
 class CandleEvent:
@@ -242,25 +232,25 @@ def parse_selection(
     settings: Settings, symbols: object, intervals: object
 ) -> tuple[list[str], list[str]]:
     """Validate symbols (tickers or ``*``) and intervals (aliases allowed); canonical names out,
-    duplicates removed, order kept. Raises LiveRequestError with a message for the client."""
+    duplicates removed, order kept. Raises RequestError with a message for the client."""
     if not isinstance(symbols, list) or not symbols:
-        raise LiveRequestError("symbols: give a non-empty list of tickers, e.g. AAPL,MSFT (or *)")
+        raise RequestError("symbols: give a non-empty list of tickers, e.g. AAPL,MSFT (or *)")
     if not isinstance(intervals, list) or not intervals:
-        raise LiveRequestError("intervals: give a non-empty list, e.g. 1m,15m")
+        raise RequestError("intervals: give a non-empty list, e.g. 1m,15m")
     out_symbols: list[str] = []
     for symbol in symbols:
         if not isinstance(symbol, str) or (symbol != WILDCARD and SYMBOL_RE.match(symbol) is None):
-            raise LiveRequestError(f"symbol {symbol!r} is not a valid ticker (or * for all)")
+            raise RequestError(f"symbol {symbol!r} is not a valid ticker (or * for all)")
         if symbol not in out_symbols:
             out_symbols.append(symbol)
     out_intervals: list[str] = []
     for interval in intervals:
         if not isinstance(interval, str):
-            raise LiveRequestError(f"interval {interval!r} is not a string")
+            raise RequestError(f"interval {interval!r} is not a string")
         try:
             name = settings.interval_set.get(interval).name
         except ConfigError as exc:
-            raise LiveRequestError(str(exc)) from None
+            raise RequestError(str(exc)) from None
         if name not in out_intervals:
             out_intervals.append(name)
     return out_symbols, out_intervals
@@ -396,7 +386,7 @@ class CandleHub:
         mode: SubscribeMode = "live",
     ) -> None:
         """Subscribe a client to pairs and wildcard intervals; all or nothing: raises
-        LiveRequestError over a limit. ``mode`` says how the pairs start:
+        RequestError over a limit. ``mode`` says how the pairs start:
 
         * ``live``: updates flow at once (no snapshot, or an SSE resume);
         * ``pending``: registered now, updates buffered until :meth:`snapshot_items` (SSE);
@@ -408,13 +398,13 @@ class CandleHub:
         new_wild = [iv for iv in dict.fromkeys(wild) if iv not in client.wildcards]
         total = client.subscriptions + len(new_pairs) + len(new_wild)
         if total > settings.live_max_subscriptions:
-            raise LiveRequestError(
+            raise RequestError(
                 f"too many subscriptions: this would make {total} symbol x interval pairs (a "
                 f"wildcard counts as one); the limit is {settings.live_max_subscriptions} per "
                 "connection"
             )
         if new_wild and self.wildcards + len(new_wild) > settings.live_max_wildcards:
-            raise LiveRequestError(
+            raise RequestError(
                 f"wildcard subscriptions are limited to {settings.live_max_wildcards} per server "
                 f"({self.wildcards} in use); subscribe to symbols by name instead",
                 status=503,

@@ -324,11 +324,9 @@ async def readyz(request: Request, resources: ResourcesDep) -> Response:
         problems.append(f"store: {store_problem}")
     bus = resources.bus
     if bus is not None:
-        ping = getattr(bus, "ping", None)
-        if callable(ping):
-            bus_problem = await _probe(ping)
-            if bus_problem:
-                problems.append(f"bus: {bus_problem}")
+        bus_problem = await _probe(bus.ping)
+        if bus_problem:
+            problems.append(f"bus: {bus_problem}")
     if problems:
         return _json({"error": "not_ready", "message": "; ".join(problems)}, status=503)
     return _json({"status": "ready"})

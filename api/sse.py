@@ -32,13 +32,13 @@ from api.live import (
     CandleEvent,
     CandleHub,
     LiveClient,
-    LiveRequestError,
     Message,
     Pair,
     parse_selection,
     split_selection,
 )
 from api.wire import ErrorBody
+from speedlayer.errors import RequestError
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -99,7 +99,7 @@ async def stream_candles(
         return error_response(503, "unavailable", "live feeds are not available on this server")
     try:
         symbol_list, interval_list = parse_selection(settings, _split(symbols), _split(intervals))
-    except LiveRequestError as exc:
+    except RequestError as exc:
         return error_response(exc.status, exc.code, exc.message)
     limit = min(snapshot, settings.live_max_snapshot)
     pairs, wild = split_selection(symbol_list, interval_list)
@@ -118,7 +118,7 @@ async def stream_candles(
         snapshot_id = hub.seq
         if replay is None:
             hub.subscribe(client, pairs, wild, mode="pending" if limit > 0 else "live")
-    except LiveRequestError as exc:
+    except RequestError as exc:
         hub.disconnect(client)
         return error_response(exc.status, exc.code, exc.message)
     events = _events(hub, client, replay, pairs if limit > 0 else [], limit, snapshot_id)

@@ -38,11 +38,11 @@ from api.live import (
     SLOW_CONSUMER,
     CandleHub,
     LiveClient,
-    LiveRequestError,
     Message,
     parse_selection,
     split_selection,
 )
+from speedlayer.errors import RequestError
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -180,7 +180,7 @@ class _Session:
         elif action in ("subscribe", "unsubscribe"):
             try:
                 await self._subscription(request, action == "subscribe", echo)
-            except LiveRequestError as exc:
+            except RequestError as exc:
                 self._error(exc.message, request)
         else:
             self._error(
@@ -209,7 +209,7 @@ class _Session:
             return
         snapshot = request.get("snapshot", 0)
         if isinstance(snapshot, bool) or not isinstance(snapshot, int) or snapshot < 0:
-            raise LiveRequestError('"snapshot" must be a whole number >= 0 (0 = no snapshot)')
+            raise RequestError('"snapshot" must be a whole number >= 0 (0 = no snapshot)')
         snapshot = min(snapshot, self.settings.live_max_snapshot)
         hub.subscribe(client, pairs, wild, mode="deferred" if snapshot > 0 else "live")
         ack: dict[str, Any] = {

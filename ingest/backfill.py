@@ -38,7 +38,7 @@ import orjson
 
 from ingest.files import from_rest_result
 from speedlayer.clock import Clock
-from speedlayer.errors import SpeedlayerError
+from speedlayer.errors import RestAuthError, RestError
 from speedlayer.models import MINUTE_MS, Bar
 
 log = logging.getLogger("ingest.backfill")
@@ -49,23 +49,6 @@ RETRY_AFTER_MAX_S = 120.0  # a larger Retry-After is capped (and logged)
 MAX_PAGES = 10_000  # a guard against a server whose next_url never ends
 BODY_SNIPPET = 500  # characters of an error body kept in messages
 AUTH_LOG_EVERY_S = 60.0  # 401/403 are logged once per status per minute (with a count)
-
-
-class PolygonError(SpeedlayerError):
-    """Root of the Polygon feed's errors (WebSocket and REST)."""
-
-
-class RestError(PolygonError):
-    """A REST aggregates request failed for good (after retries, or a non-retryable status)."""
-
-    def __init__(self, message: str, status: int | None = None, body: str = "") -> None:
-        super().__init__(message)
-        self.status = status
-        self.body = body
-
-
-class RestAuthError(RestError):
-    """401/403: the key is unknown or the plan does not include this data."""
 
 
 class BackfillCounters(Protocol):

@@ -23,15 +23,11 @@ from pathlib import Path
 
 import orjson
 
-from speedlayer.errors import SpeedlayerError
+from speedlayer.errors import ReplayFormatError
 from speedlayer.models import Bar, validate_bar
 
 MINUTE_EVENTS = frozenset({"AM", "XA", "CA"})
 REQUIRED_CSV_COLUMNS = ("symbol", "t", "o", "h", "l", "c", "v")
-
-
-class ReplayFormatError(SpeedlayerError):
-    """A file is not in any replay format (as a whole, not a single bad record)."""
 
 
 @dataclass(frozen=True, slots=True)

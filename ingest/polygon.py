@@ -61,9 +61,6 @@ from ingest.backfill import (
     AggsClient,
     Backfiller,
     LiveRegister,
-    PolygonError,
-    RestAuthError,
-    RestError,
     backoff_ceiling,
     redact,
     rest_ticker,
@@ -71,7 +68,7 @@ from ingest.backfill import (
 from ingest.files import from_event
 from speedlayer.bus.base import RAW_TOPIC, Bus
 from speedlayer.clock import Clock
-from speedlayer.errors import ConfigError
+from speedlayer.errors import AuthError, ConfigError, PolygonError, RestAuthError, RestError
 from speedlayer.models import MINUTE_MS, Bar
 
 __all__ = [
@@ -97,10 +94,6 @@ MAX_FRAME_BYTES = 64 * 2**20  # a full-market minute can exceed websockets' 1 Mi
 WARN_EVERY_S = 5.0  # rate limit of repeated warnings (queue full, server status warnings)
 STOP_WAIT_S = 2.0  # on stop: for the close handshake, and for publishing frames already read
 DELAY_HISTORY = 64
-
-
-class AuthError(PolygonError):
-    """The server refused the API key (``auth_failed``): fatal, the feed does not reconnect."""
 
 
 @dataclass

@@ -45,8 +45,9 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 
-from speedlayer.bus.wire import BusError, decode_item
+from speedlayer.bus.wire import decode_item
 from speedlayer.config import Settings
+from speedlayer.errors import BusError
 from speedlayer.intervals import IntervalSet
 from speedlayer.models import SYMBOL_RE, Bar, Candle
 

@@ -31,7 +31,8 @@ from processors.kinesis_events import (
 )
 from speedlayer.bus.base import candle_topic
 from speedlayer.bus.kafka import KafkaBus, Record
-from speedlayer.bus.wire import BusError, encode_item
+from speedlayer.bus.wire import encode_item
+from speedlayer.errors import BusError
 from speedlayer.intervals import IntervalSet
 
 log = logging.getLogger(__name__)

@@ -35,7 +35,6 @@ import functools
 import importlib
 import inspect
 import logging
-import random
 import signal
 import time
 import uuid
@@ -46,7 +45,7 @@ from datetime import datetime
 from typing import Any, Literal, cast
 
 from speedlayer.aws import AWS_ERRORS, call, error_code, is_throttle, open_client
-from speedlayer.errors import SpeedlayerError
+from speedlayer.errors import RunnerError
 from speedlayer.kinesis_shards import (
     SHARD_END,
     CheckpointTable,
@@ -56,6 +55,7 @@ from speedlayer.kinesis_shards import (
     list_shards,
     start_position,
 )
+from speedlayer.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +63,6 @@ AsyncHandler = Callable[[dict[str, Any]], Awaitable[Any]]
 SyncHandler = Callable[[dict[str, Any], Any], Any]
 StartingPosition = Literal["TRIM_HORIZON", "LATEST"]
 ACCOUNT = "000000000000"
-
-
-class RunnerError(SpeedlayerError):
-    """The runner cannot read the stream or keep its checkpoints."""
 
 
 @dataclass
@@ -344,7 +340,7 @@ class LambdaRunner:
         iterator = await self._resume_iterator(shard_id, checkpoint, has_parent)
         limit = self.batch_size
         attempts = 0
-        delay = self.retry_initial_s
+        backoff = Backoff(initial_s=self.retry_initial_s, cap_s=self.retry_cap_s)
         next_iterator: str | None = iterator
         while next_iterator is not None:
             try:
@@ -354,8 +350,7 @@ class LambdaRunner:
                     next_iterator = await self._resume_iterator(shard_id, checkpoint, has_parent)
                     continue
                 if is_throttle(exc):
-                    await asyncio.sleep(random.uniform(0, delay))
-                    delay = min(delay * 2, self.retry_cap_s)
+                    await backoff.sleep()
                     continue
                 raise RunnerError(f"GetRecords on {self.stream}/{shard_id}: {exc}") from exc
             records = resp.get("Records", [])
@@ -374,7 +369,8 @@ class LambdaRunner:
                 checkpoint = sequences[-1]
                 await self._checkpoint(shard_id, checkpoint)
                 self.stats.batches_done += 1
-                attempts, delay, limit = 0, self.retry_initial_s, self.batch_size
+                attempts, limit = 0, self.batch_size
+                backoff.reset()
                 next_iterator = resp.get("NextShardIterator")
                 continue
             attempts += 1
@@ -396,8 +392,7 @@ class LambdaRunner:
                 next_iterator = resp.get("NextShardIterator")
                 continue
             self.stats.records_retried += len(records) - failed_at
-            await asyncio.sleep(random.uniform(delay / 2, delay))
-            delay = min(delay * 2, self.retry_cap_s)
+            await backoff.sleep()
             retry_at = {
                 "ShardIteratorType": "AT_SEQUENCE_NUMBER",
                 "StartingSequenceNumber": sequences[failed_at],

@@ -2,22 +2,21 @@
 
 Retries: botocore's own ``standard`` retry mode handles transient network errors; throttling and
 partial failures are retried again by the callers, with exponential backoff and full jitter,
-until a bounded deadline (:class:`Backoff`).
+until a bounded deadline (:class:`speedlayer.retry.Backoff`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
-import random
-import time
 from collections.abc import Callable
 from typing import Any
 
 import aioboto3
 from aiobotocore.config import AioConfig
 from botocore.exceptions import BotoCoreError, ClientError
+
+from speedlayer.retry import Backoff
 
 THROTTLE_CODES = frozenset(
     {
@@ -42,29 +41,6 @@ def is_throttle(exc: BaseException) -> bool:
     return error_code(exc) in THROTTLE_CODES
 
 
-class Backoff:
-    """Exponential backoff with full jitter, until ``timeout_s`` has passed since creation."""
-
-    def __init__(self, timeout_s: float, initial_s: float = 0.05, cap_s: float = 2.0) -> None:
-        self.deadline = time.monotonic() + timeout_s
-        self.delay = initial_s
-        self.cap = cap_s
-        self.attempts = 0
-
-    def expired(self) -> bool:
-        return time.monotonic() >= self.deadline
-
-    async def sleep(self) -> bool:
-        """Sleep before the next attempt; False (without sleeping) once the deadline passed."""
-        remaining = self.deadline - time.monotonic()
-        if remaining <= 0:
-            return False
-        self.attempts += 1
-        await asyncio.sleep(min(random.uniform(0, self.delay), remaining))
-        self.delay = min(self.delay * 2, self.cap)
-        return True
-
-
 async def call(
     client: Any,
     op: str,
@@ -76,7 +52,7 @@ async def call(
 ) -> Any:
     """One API call with throttling retried until ``timeout_s``; None when the error code is in
     ``ok_codes``; any other failure is raised as ``error("<op> failed: <cause>")``."""
-    backoff = Backoff(timeout_s)
+    backoff = Backoff(timeout_s=timeout_s)
     while True:
         try:
             return await getattr(client, op)(**kwargs)
@@ -121,7 +97,7 @@ async def wait_table_active(
     active_timeout_s: float,
     error: Callable[[str], Exception],
 ) -> None:
-    backoff = Backoff(active_timeout_s, initial_s=0.1, cap_s=1.0)
+    backoff = Backoff(timeout_s=active_timeout_s, initial_s=0.1, cap_s=1.0)
     while True:
         desc = await call(
             client, "describe_table", timeout_s=timeout_s, error=error, TableName=table

@@ -119,9 +119,8 @@ async def open_bus(
     """The configured bus, started; Kinesis streams are created first unless
     ``aws_create_resources`` is off."""
     async with make_bus(settings, initial_position=initial_position) as bus:
-        ensure = getattr(bus, "ensure_streams", None)
-        if ensure is not None and settings.aws_create_resources:
-            await ensure()
+        if settings.aws_create_resources:
+            await bus.ensure()
         yield bus
 
 

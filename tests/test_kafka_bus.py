@@ -15,9 +15,10 @@ from typing import Any
 
 import pytest
 
-from speedlayer.bus.base import RAW_TOPIC, SubscriptionClosed, candle_topic
+from speedlayer.bus.base import RAW_TOPIC, candle_topic
 from speedlayer.bus.kafka import KafkaBus
-from speedlayer.bus.wire import BusError, decode_item
+from speedlayer.bus.wire import decode_item
+from speedlayer.errors import BusError, SubscriptionClosed
 from speedlayer.models import Bar, Candle
 from tests.bus_helpers import T0, assert_quiet, bars, collect, read_kafka_topic
 from tests.kafka_broker import KafkaBroker

@@ -5,8 +5,8 @@ from speedlayer.bus.base import (
     Bus,
     Overflow,
     Subscription,
-    SubscriptionClosed,
     candle_topic,
 )
+from speedlayer.errors import SubscriptionClosed
 
 __all__ = ["RAW_TOPIC", "Bus", "Overflow", "Subscription", "SubscriptionClosed", "candle_topic"]

@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 from typing import Any, Literal, Self
 
-from speedlayer.errors import SpeedlayerError
+from speedlayer.errors import SubscriptionClosed
 
 RAW_TOPIC = "market-data-raw"
 Overflow = Literal["block", "drop"]
@@ -33,14 +33,6 @@ InitialPosition = Literal["LATEST", "TRIM_HORIZON"]
 
 def candle_topic(interval: str) -> str:
     return f"market-data-{interval}"
-
-
-class SubscriptionClosed(SpeedlayerError):
-    """The subscription ended: the bus stopped, or a slow consumer was dropped (see ``reason``)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 _CLOSED = object()
@@ -55,6 +47,7 @@ class Subscription:
         self.overflow = overflow
         self.queue: asyncio.Queue[Any] = asyncio.Queue(maxsize)
         self.closed_reason: str | None = None
+        self.error: BaseException | None = None  # why the consumer feeding it failed, if it did
         self.delivered = 0
         self.auto_commit = True
         self._marks: dict[Any, Any] = {}  # position key -> position of the last batch returned
@@ -81,7 +74,7 @@ class Subscription:
             return
         marks, self._marks = self._marks, {}
         try:
-            await self.bus._commit(self, marks)
+            await self.bus.commit_positions(self, marks)
         except BaseException:
             for key, position in marks.items():  # keep them for the next commit
                 self._marks.setdefault(key, position)
@@ -100,12 +93,20 @@ class Subscription:
             self.queue.put_nowait(item)
         return True
 
-    def close(self, reason: str = "closed") -> None:
-        """Stop receiving; a pending ``get`` ends with SubscriptionClosed(reason)."""
+    @property
+    def failed(self) -> bool:
+        """Whether the subscription ended because the consumer feeding it failed (``error``),
+        rather than being closed by its owner, by the bus stopping or as a slow consumer."""
+        return self.error is not None
+
+    def close(self, reason: str = "closed", error: BaseException | None = None) -> None:
+        """Stop receiving; a pending ``get`` ends with SubscriptionClosed(reason). ``error``:
+        the failure of the consumer that fed it (its owner must then fail or resubscribe)."""
         if self.closed_reason is not None:
             return
         self.closed_reason = reason
-        self.bus._unsubscribe(self)
+        self.error = error
+        self.bus.unsubscribe(self)
         while True:  # make room for the sentinel so a waiting reader wakes up
             try:
                 self.queue.put_nowait(_CLOSED)
@@ -147,7 +148,17 @@ class Bus(ABC):
 
     @abstractmethod
     async def publish(self, topic: str, batch: Sequence[Any]) -> None:
-        """Deliver one batch to every subscription of ``topic``."""
+        """Deliver one batch to every subscription of ``topic`` (BusError if it could not be
+        delivered; a failed publish may be sent again: subscribers see it at least once)."""
+
+    async def ensure(self) -> None:
+        """Create what the bus needs to carry every topic (streams, topics), idempotently; a bus
+        with nothing to create does nothing."""
+        return None
+
+    async def ping(self) -> None:
+        """Raise BusError unless the backend answers (for readiness checks)."""
+        return None
 
     def subscribe(
         self,
@@ -172,9 +183,10 @@ class Bus(ABC):
         """Start feeding a new subscription (BusError when the bus is not started)."""
 
     @abstractmethod
-    def _unsubscribe(self, subscription: Subscription) -> None: ...
+    def unsubscribe(self, subscription: Subscription) -> None:
+        """Stop feeding ``subscription`` (called by ``Subscription.close``)."""
 
-    async def _commit(self, subscription: Subscription, marks: dict[Any, Any]) -> None:
+    async def commit_positions(self, subscription: Subscription, marks: dict[Any, Any]) -> None:
         """Store the positions of ``subscription`` (buses with durable positions override)."""
         return None
 
@@ -206,7 +218,7 @@ class ConsumerBus(Bus):
     def _open(self, subscription: Subscription, consumer: str) -> None:
         self._tasks[subscription] = self._start_consumers(subscription, consumer)
 
-    def _unsubscribe(self, subscription: Subscription) -> None:
+    def unsubscribe(self, subscription: Subscription) -> None:
         for task in self._tasks.pop(subscription, []):
             task.cancel()
             self._stopping.append(task)

@@ -40,10 +40,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError, for_code
 
-from speedlayer.aws import Backoff
 from speedlayer.bus.base import RAW_TOPIC, ConsumerBus, InitialPosition, Subscription, candle_topic
-from speedlayer.bus.wire import BusError, decode_item, encode_item
+from speedlayer.bus.wire import decode_item, encode_item
+from speedlayer.errors import BusError
 from speedlayer.intervals import DEFAULT_INTERVALS
+from speedlayer.retry import Backoff
 
 __all__ = ["BusError", "KafkaBus", "Record"]
 
@@ -164,7 +165,7 @@ class KafkaBus(ConsumerBus):
         return self.topic_prefix + topic
 
     async def _retry(self, what: str, call: Any, *args: Any) -> Any:
-        backoff = Backoff(self.retry_timeout_s, initial_s=0.1)
+        backoff = Backoff(timeout_s=self.retry_timeout_s, initial_s=0.1)
         while True:
             try:
                 return await call(*args)
@@ -175,6 +176,16 @@ class KafkaBus(ConsumerBus):
                 raise BusError(f"{what} failed: {exc!r}") from exc
 
     # -- topics ---------------------------------------------------------------------------------
+
+    async def ensure(self) -> None:
+        await self.ensure_topics()
+
+    async def ping(self) -> None:
+        """Raise BusError unless the brokers answer a metadata request (API readiness)."""
+        try:
+            await self.admin.describe_cluster()
+        except KafkaError as exc:
+            raise BusError(f"Kafka metadata request failed: {exc!r}") from exc
 
     async def ensure_topics(self, topics: Sequence[str] | None = None) -> None:
         """Create the topics (raw + one per interval by default) if missing, and wait until
@@ -198,7 +209,7 @@ class KafkaBus(ConsumerBus):
             self._known_topics.update(missing)
 
     async def _wait_leaders(self, names: list[str]) -> None:
-        backoff = Backoff(self.retry_timeout_s, initial_s=0.05, cap_s=0.5)
+        backoff = Backoff(timeout_s=self.retry_timeout_s, initial_s=0.05, cap_s=0.5)
         while True:
             described = await self._retry("Metadata", self.admin.describe_topics, names)
             ready = {
@@ -251,7 +262,9 @@ class KafkaBus(ConsumerBus):
         the retries at once."""
         results: list[BaseException | None] = [None] * len(records)
         pending = list(range(len(records)))
-        backoff = Backoff(self.retry_timeout_s if timeout_s is None else timeout_s, initial_s=0.1)
+        backoff = Backoff(
+            timeout_s=self.retry_timeout_s if timeout_s is None else timeout_s, initial_s=0.1
+        )
         while True:
             errors = await self.send_once([records[i] for i in pending])
             first_failed: dict[tuple[str, bytes], BaseException] = {}
@@ -353,14 +366,14 @@ class KafkaBus(ConsumerBus):
             raise
         except Exception as exc:
             log.exception("Kafka consumer %s on %s failed", group, sorted(names))
-            sub.close(f"kafka consumer failed: {exc}")
+            sub.close(f"kafka consumer failed: {exc}", exc)
         finally:
             ready.set()
             self._consumers.pop(sub, None)
             if consumer is not None:
                 await consumer.stop()  # leaves the group: a successor is assigned at once
 
-    async def _commit(self, subscription: Subscription, marks: dict[Any, Any]) -> None:
+    async def commit_positions(self, subscription: Subscription, marks: dict[Any, Any]) -> None:
         """Commit the positions of the batches a manual-commit subscription has finished."""
         consumer = self._consumers.get(subscription)
         if consumer is not None and marks:

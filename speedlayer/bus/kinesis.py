@@ -38,7 +38,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections.abc import Sequence
 from typing import Any
 
@@ -46,14 +45,14 @@ import msgspec
 
 from speedlayer.aws import (
     AWS_ERRORS,
-    Backoff,
     call,
     error_code,
     is_throttle,
     open_client,
 )
 from speedlayer.bus.base import RAW_TOPIC, ConsumerBus, InitialPosition, Subscription, candle_topic
-from speedlayer.bus.wire import BusError, decode_item, encode_item
+from speedlayer.bus.wire import decode_item, encode_item
+from speedlayer.errors import BusError
 from speedlayer.intervals import DEFAULT_INTERVALS
 from speedlayer.kinesis_shards import (
     SHARD_END,
@@ -65,6 +64,7 @@ from speedlayer.kinesis_shards import (
     start_position,
 )
 from speedlayer.models import Bar, Candle
+from speedlayer.retry import Backoff
 
 __all__ = ["BusError", "KinesisBus", "decode_item", "encode_item", "plan_requests"]
 
@@ -216,6 +216,9 @@ class KinesisBus(ConsumerBus):
 
     # -- streams and the checkpoint table -------------------------------------------------------
 
+    async def ensure(self) -> None:
+        await self.ensure_streams()
+
     async def ensure_streams(self, topics: Sequence[str] | None = None) -> None:
         """Create the streams (raw + one per interval by default) if missing; wait for ACTIVE."""
         if topics is None:
@@ -232,7 +235,7 @@ class KinesisBus(ConsumerBus):
         await asyncio.gather(*(self._wait_stream_active(name) for name in names))
 
     async def _wait_stream_active(self, name: str) -> None:
-        backoff = Backoff(self.active_timeout_s, initial_s=0.1, cap_s=1.0)
+        backoff = Backoff(timeout_s=self.active_timeout_s, initial_s=0.1, cap_s=1.0)
         while True:
             desc = await self._call(self.kinesis, "describe_stream", StreamName=name, Limit=1)
             if desc["StreamDescription"]["StreamStatus"] == "ACTIVE":
@@ -240,7 +243,7 @@ class KinesisBus(ConsumerBus):
             if not await backoff.sleep():
                 raise BusError(f"Kinesis stream {name} did not become ACTIVE")
 
-    async def _commit(self, subscription: Subscription, marks: dict[Any, Any]) -> None:
+    async def commit_positions(self, subscription: Subscription, marks: dict[Any, Any]) -> None:
         for (lease, shard_id), sequence in marks.items():
             await self._checkpoint(lease, shard_id, sequence)
 
@@ -270,7 +273,7 @@ class KinesisBus(ConsumerBus):
 
     async def _put_records(self, stream: str, records: list[tuple[str, bytes]]) -> None:
         pending = records
-        backoff = Backoff(self.retry_timeout_s)
+        backoff = Backoff(timeout_s=self.retry_timeout_s)
         while True:
             try:
                 self.put_requests += 1
@@ -342,7 +345,7 @@ class KinesisBus(ConsumerBus):
             raise
         except Exception as exc:
             log.exception("Kinesis consumer %s on %s failed", consumer, stream)
-            sub.close(f"kinesis consumer failed: {exc}")
+            sub.close(f"kinesis consumer failed: {exc}", exc)
         finally:
             ready.set()
 
@@ -366,7 +369,7 @@ class KinesisBus(ConsumerBus):
         first_iterator: str,
     ) -> None:
         iterator: str | None = first_iterator
-        delay = self.poll_interval_s
+        throttled = Backoff(initial_s=max(self.poll_interval_s, 0.01), cap_s=5.0)
         while iterator is not None:
             try:
                 resp = await self.kinesis.get_records(
@@ -381,11 +384,10 @@ class KinesisBus(ConsumerBus):
                     iterator = await self._shard_iterator(stream, shard_id, sequence, has_parent)
                     continue
                 if is_throttle(exc):
-                    await asyncio.sleep(random.uniform(0, delay))
-                    delay = min(delay * 2, 5.0)
+                    await throttled.sleep()
                     continue
                 raise BusError(f"GetRecords on {stream}/{shard_id} failed: {exc}") from exc
-            delay = self.poll_interval_s
+            throttled.reset()
             records = resp.get("Records", [])
             if records:
                 items = []

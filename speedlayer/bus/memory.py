@@ -28,7 +28,7 @@ class MemoryBus(Bus):
         for topic in subscription.topics:
             self._subscriptions.setdefault(topic, []).append(subscription)
 
-    def _unsubscribe(self, subscription: Subscription) -> None:
+    def unsubscribe(self, subscription: Subscription) -> None:
         for topic in subscription.topics:
             subs = self._subscriptions.get(topic)
             if subs and subscription in subs:

@@ -6,14 +6,8 @@ from __future__ import annotations
 
 import msgspec
 
-from speedlayer.errors import SpeedlayerError
+from speedlayer.errors import BusError
 from speedlayer.models import Bar, Candle
-
-
-class BusError(SpeedlayerError):
-    """The bus backend failed (a stream/topic is missing, a write could not be completed), or a
-    record is not in the wire format."""
-
 
 _ENCODER = msgspec.json.Encoder()
 _BAR_TAG = b'{"type":"bar",'

@@ -66,7 +66,6 @@ from typing import Any, Literal
 
 from speedlayer.aws import (
     AWS_ERRORS,
-    Backoff,
     call,
     ensure_table,
     error_code,
@@ -77,6 +76,7 @@ from speedlayer.clock import Clock
 from speedlayer.errors import StoreError
 from speedlayer.intervals import Interval, IntervalSet
 from speedlayer.models import Bar, Candle, candle_as_bar
+from speedlayer.retry import Backoff
 from speedlayer.store.base import Order, Store
 
 log = logging.getLogger(__name__)
@@ -427,7 +427,7 @@ class DynamoDBStore(Store):
                 pending: dict[str, list[Item]] = {}
                 for table, request in chunk:
                     pending.setdefault(table, []).append(request)
-                backoff = Backoff(self.retry_timeout_s)
+                backoff = Backoff(timeout_s=self.retry_timeout_s)
                 while pending:
                     try:
                         resp = await self.client.batch_write_item(RequestItems=pending)
@@ -557,7 +557,7 @@ class DynamoDBStore(Store):
                         **kwargs,
                     }
                 }
-                backoff = Backoff(self.retry_timeout_s)
+                backoff = Backoff(timeout_s=self.retry_timeout_s)
                 while pending:
                     resp = await self._call("batch_get_item", RequestItems=pending)
                     found.extend(resp.get("Responses", {}).get(table, []))
