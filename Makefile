@@ -16,9 +16,14 @@ APT_GET     := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 apt_install = $(APT_GET) install -y -qq --no-install-recommends $(1) >/dev/null || \
   { $(APT_GET) update -qq && $(APT_GET) install -y -qq --no-install-recommends $(1) >/dev/null; }
 
-.PHONY: setup run test lint pytest clean aws-local screenshot bench
+.PHONY: help venv setup run test test-fast lint pytest clean aws-local screenshot bench
 
-setup: $(STAMP) $(NODE_STAMP) $(KAFKA_STAMP) $(CHROMIUM) $(WRK)
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+venv: $(STAMP) ## the Python virtualenv (.venv) with the project and its dev tools
+
+setup: $(STAMP) $(NODE_STAMP) $(KAFKA_STAMP) $(CHROMIUM) $(WRK) ## everything the tests need
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -58,7 +63,7 @@ $(WRK):
 #   Kinesis (kinesalite) http://127.0.0.1:4568   data in .data/kinesis
 # Point clients at them with SPEEDLAYER_AWS_ENDPOINT_URL (one service) or
 # AWS_ENDPOINT_URL_DYNAMODB / AWS_ENDPOINT_URL_KINESIS, with any dummy AWS credentials.
-aws-local: $(NODE_STAMP)
+aws-local: $(NODE_STAMP) ## local DynamoDB and Kinesis emulators, data kept in .data/
 	npm run aws-local
 
 # The embedded stack, live: Polygon simulator -> ingest -> resampler -> ./data/speedlayer.db -> API.
@@ -67,28 +72,33 @@ aws-local: $(NODE_STAMP)
 SPEED   ?= 0
 SYMBOLS ?= 100
 HISTORY ?= 480
-run: setup
+run: setup ## the embedded stack, live, on the simulator (SPEED=, SYMBOLS=, HISTORY=)
 	SPEEDLAYER_SIM_HISTORY_MIN=$(HISTORY) SPEEDLAYER_BACKFILL_LOOKBACK_MIN=$(HISTORY) \
 	  $(BIN)/speedlayer up --host $(HOST) --port $(PORT) --symbols $(SYMBOLS) --speed $(SPEED)
 
-lint: setup
+lint: $(STAMP) ## ruff and mypy (needs only the virtualenv)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# SPEEDLAYER_REQUIRE_ALL: a missing prerequisite (Java, the emulators, Chromium, wrk) fails the
+# run instead of skipping its tests, so `make test` and CI always run everything.
 pytest: setup
-	$(BIN)/pytest
+	SPEEDLAYER_REQUIRE_ALL=1 $(BIN)/pytest
 
-test: lint pytest
+test: lint pytest ## lint, then every test (installs what they need; about 10 minutes)
+
+test-fast: $(STAMP) ## the unit tests only (no servers, brokers or browsers; under a minute)
+	$(BIN)/pytest tests/unit -q
 
 # The benchmarks at full size (about 10 minutes): bench/results.json and docs/benchmarks.md.
 # `make bench ONLY=rest` runs one (resampler, live, rest, store_writes) and keeps the others.
-bench: setup
+bench: setup ## the benchmarks at full size (ONLY=resampler|live|rest|store_writes)
 	$(BIN)/python -m bench $(if $(ONLY),--only $(ONLY))
 
 # Re-make docs/dashboard.png, the README's picture, from the dashboard's end-to-end browser test.
-screenshot: setup
+screenshot: setup ## re-make docs/dashboard.png from the browser test
 	SPEEDLAYER_UPDATE_SCREENSHOT=1 $(BIN)/pytest tests/test_dashboard.py -k end_to_end -q
 
-clean:
+clean: ## remove the virtualenv and caches
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache data/synthetic.csv

@@ -5,23 +5,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Sequence
 
 from fastapi import FastAPI
 
 from api import dashboard, docs, errors, metrics, security, sse, ws
 from api.deps import Resources
-from api.live import CandleHub
+from api.live.hub import CandleHub
 from api.routes import router
 from speedlayer import __version__
 from speedlayer.bus.base import Bus
 from speedlayer.clock import Clock, SystemClock
 from speedlayer.config import Settings
+from speedlayer.health import HealthCheck, PipelineView
 from speedlayer.store.base import Store
-
-if TYPE_CHECKING:
-    from processors.runner import PipelineRunner
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +28,8 @@ def create_app(
     store: Store | None = None,
     clock: Clock | None = None,
     bus: Bus | None = None,
-    runner: PipelineRunner | None = None,
+    pipeline: PipelineView | None = None,
+    health: Sequence[HealthCheck] = (),
 ) -> FastAPI:
     """Build the app. Without ``store``, the lifespan opens (and closes) the configured store
     (``settings.store``: SQLite by default, or DynamoDB).
@@ -40,7 +38,9 @@ def create_app(
     Without one, the lifespan opens the configured bus when it is a distributed one
     (``settings.bus`` kinesis or kafka: ``speedlayer api`` beside a separate ``speedlayer
     process``); the in-process bus of a lone API carries nothing, so then nothing is live.
-    ``runner`` is the in-process pipeline whose throughput and lag /metrics report.
+    ``pipeline`` is the in-process pipeline whose throughput and lag /metrics report.
+    ``/readyz`` is ready only while none of the hub, ``pipeline`` and each part in ``health``
+    (e.g. the feed) reports a problem, besides the store and bus answering.
     """
     settings = settings or Settings()
     clock = clock or SystemClock()
@@ -62,7 +62,13 @@ def create_app(
             await hub.start()
             stack.push_async_callback(hub.stop)
             app.state.resources = Resources(
-                settings=settings, store=active, clock=clock, bus=live, runner=runner, hub=hub
+                settings=settings,
+                store=active,
+                clock=clock,
+                hub=hub,
+                bus=live,
+                pipeline=pipeline,
+                health=tuple(health),
             )
             purger = asyncio.create_task(_purge_periodically(active, settings.purge_interval_s))
             try:

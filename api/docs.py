@@ -260,7 +260,9 @@ def asyncapi_document(settings: Settings, host: str, secure: bool) -> dict[str, 
         ["type", "message"],
         "A client message was rejected (the connection stays open; the subscriptions are "
         "unchanged), or the server is about to close the connection (`slow consumer`: the "
-        "client's bounded queue overflowed; `server shutting down`).",
+        "client's bounded queue overflowed; `live feed interrupted`: the server's candle bus "
+        "subscription failed, so updates may have been missed: reconnect for a fresh snapshot; "
+        "`server shutting down`).",
     )
     pong = _object({"type": _const("pong"), "id": echo_id}, ["type"], "Answer to `ping`.")
 
@@ -374,9 +376,10 @@ def asyncapi_document(settings: Settings, host: str, secure: bool) -> dict[str, 
                     f"{settings.live_max_message_bytes} bytes are answered with an `error`. "
                     "Close codes: 1008 `slow consumer` (the client's queue of "
                     f"{settings.live_queue_messages} messages overflowed), 1013 too many "
-                    f"connections (limit {settings.live_max_connections}), 1011 live feeds not "
-                    "available, 1001 server shutting down. With auth on, a handshake without a "
-                    "valid key is refused with HTTP 403 (close code 1008) before it is accepted."
+                    f"connections (limit {settings.live_max_connections}), 1011 `live feed "
+                    "interrupted` (reconnect for a fresh snapshot), 1001 server shutting down. "
+                    "With auth on, a handshake without a valid key is refused with HTTP 403 "
+                    "(close code 1008) before it is accepted."
                 ),
                 "messages": ws_messages,
                 "bindings": {

@@ -8,7 +8,8 @@
 - Live-feed and pipeline numbers are read at scrape time from the app's resources by a custom
   collector (no duplicated counters): subscribers, slow consumers dropped, messages delivered and
   events from the live hub (0 without one); bars in, candles out and feed lag from the in-process
-  pipeline runner (absent without one).
+  pipeline (absent without one); ``speedlayer_ready``, 1 while no health check (the live hub,
+  the pipeline, the feed) reports a problem, else 0 (/readyz also probes the store and bus).
 - ``speedlayer_store_errors_total`` counts store failures seen while serving requests.
 """
 
@@ -49,7 +50,7 @@ def _number(obj: object, name: str) -> float:
 
 
 class LiveCollector(Collector):
-    """Reads the hub's and the runner's current values at scrape time."""
+    """Reads the hub's and the pipeline's current values at scrape time."""
 
     def __init__(self, resources: Callable[[], Resources | None]) -> None:
         self._resources = resources
@@ -58,11 +59,12 @@ class LiveCollector(Collector):
         families: list[Metric] = [GaugeMetricFamily(n, d) for n, d in _LIVE_GAUGES]
         families += [CounterMetricFamily(n, d) for n, d in _LIVE_COUNTERS + _PIPELINE_COUNTERS]
         families.append(GaugeMetricFamily(*_LAG))
+        families.append(GaugeMetricFamily(*_READY))
         return families
 
     def collect(self) -> Iterable[Metric]:
         res = self._resources()
-        hub = getattr(res, "hub", None) if res is not None else None
+        hub = res.hub if res is not None else None
         families: list[Metric] = [
             GaugeMetricFamily(name, doc, value=_number(hub, attr))
             for (name, doc), attr in zip(_LIVE_GAUGES, ("clients",), strict=True)
@@ -73,16 +75,19 @@ class LiveCollector(Collector):
                 _LIVE_COUNTERS, ("dropped_slow", "delivered", "events"), strict=True
             )
         ]
-        runner = res.runner if res is not None else None
-        if runner is not None:
+        if res is not None:
+            ready = not res.health_problems()
+            families.append(GaugeMetricFamily(*_READY, value=1.0 if ready else 0.0))
+        pipeline = res.pipeline if res is not None else None
+        if pipeline is not None:
             families += [
-                CounterMetricFamily(name, doc, value=_number(runner, attr))
+                CounterMetricFamily(name, doc, value=_number(pipeline, attr))
                 for (name, doc), attr in zip(
                     _PIPELINE_COUNTERS, ("bars_in", "candles_out"), strict=True
                 )
             ]
             lag = GaugeMetricFamily(*_LAG)
-            lag_ms = runner.lag_ms()
+            lag_ms = pipeline.lag_ms()
             if lag_ms is not None:
                 lag.add_metric([], lag_ms / 1000)
             families.append(lag)
@@ -107,6 +112,10 @@ _PIPELINE_COUNTERS = [
         "candle updates produced by the pipeline (forming, final and corrections)",
     ),
 ]
+_READY = (
+    "speedlayer_ready",
+    "1 while no health check (live hub, pipeline, feed) reports a problem, else 0",
+)
 _LAG = (
     "speedlayer_feed_lag_seconds",
     "now minus the end of the newest bar processed (no sample before the first bar)",

@@ -263,21 +263,14 @@ async def latest_candle(resources: Resources, symbol: str, iv: Interval) -> Cand
     revision); expired candles are never returned."""
     stored = await resources.store.query(symbol, iv, limit=1, order="desc")
     best = stored[0] if stored else None
-    hub = getattr(resources, "hub", None)
-    if hub is not None:
-        cached: Any = hub.latest(symbol, iv.name)
-        if inspect.isawaitable(cached):
-            cached = await cached
-        now_s = resources.clock.now_ms() // 1000
-        if (
-            isinstance(cached, Candle)
-            and cached.ttl > now_s
-            and (
-                best is None
-                or (cached.timestamp, cached.revision) > (best.timestamp, best.revision)
-            )
-        ):
-            best = cached
+    cached = resources.hub.latest(symbol, iv.name)
+    now_s = resources.clock.now_ms() // 1000
+    if (
+        cached is not None
+        and cached.ttl > now_s
+        and (best is None or (cached.timestamp, cached.revision) > (best.timestamp, best.revision))
+    ):
+        best = cached
     return best
 
 
@@ -298,8 +291,9 @@ async def healthz() -> Response:
         200: {"content": {"application/json": {"example": {"status": "ready"}}}},
         503: {
             "model": ErrorBody,
-            "description": "the store (or the bus, when one is configured) does not answer; "
-            "the message says which",
+            "description": "the store (or the bus, when one is configured) does not answer, or "
+            "a part of the service reports a problem (the live feed's bus subscription, the "
+            "in-process pipeline, the feed); the message lists every problem",
             "content": {
                 "application/json": {
                     "example": {
@@ -310,10 +304,11 @@ async def healthz() -> Response:
             },
         },
     },
-    summary="The store (and the bus, if any) answer",
+    summary="The store (and the bus, if any) answer and no part reports a problem",
     description=(
         f"Readiness: the store answers a query and, when the API has a bus, the bus answers, "
-        f"each within {READY_TIMEOUT_S:g} s."
+        f"each within {READY_TIMEOUT_S:g} s; and no part of the service (the live hub, the "
+        "in-process pipeline, the feed) reports a problem."
     ),
 )
 async def readyz(request: Request, resources: ResourcesDep) -> Response:
@@ -327,6 +322,7 @@ async def readyz(request: Request, resources: ResourcesDep) -> Response:
         bus_problem = await _probe(bus.ping)
         if bus_problem:
             problems.append(f"bus: {bus_problem}")
+    problems.extend(resources.health_problems())
     if problems:
         return _json({"error": "not_ready", "message": "; ".join(problems)}, status=503)
     return _json({"status": "ready"})
@@ -352,7 +348,7 @@ async def _probe(ping: Any) -> str | None:
         "Prometheus text exposition format 0.0.4 (OpenMetrics when the Accept header asks for "
         "it): HTTP requests by route template/method/status and latency by route, live "
         "subscribers, slow consumers dropped, messages delivered, pipeline bars in / candles "
-        "out, feed lag, store errors."
+        "out, feed lag, store errors, readiness of the service's parts (`speedlayer_ready`)."
     ),
     response_class=Response,
     responses={

@@ -83,20 +83,6 @@ class ApiKeys:
             matched |= hmac.compare_digest(digest, candidate)
         return KeyCheck.OK if matched else KeyCheck.INVALID
 
-    def check_request(
-        self, headers: Mapping[str, str], query_params: Mapping[str, str]
-    ) -> KeyCheck:
-        """The check for code holding a Starlette ``Request``/``WebSocket`` (header first).
-
-        Note the middleware below has already removed ``api_key`` from the query string of
-        every request it passed, so inside the app only the header is visible; use this where the
-        middleware does not run.
-        """
-        if not self.enabled:
-            return KeyCheck.OK
-        key = headers.get(API_KEY_HEADER) or query_params.get(API_KEY_QUERY)
-        return self.check(key)
-
 
 def split_api_key(query_string: bytes) -> tuple[bytes | None, bytes]:
     """Return (the first ``api_key`` value, URL-decoded; the query string without any

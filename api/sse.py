@@ -2,8 +2,9 @@
 
 Events: ``snapshot`` (one per pair, ``id`` = the hub's sequence when the stream subscribed),
 ``candle`` (one update, ``id`` = its event sequence), ``error`` (the stream ends after it: a slow
-consumer, or the server shutting down). Comment lines (``: ping ...``) every
-``sse_heartbeat_s`` keep idle proxies from closing the stream.
+consumer, the server shutting down, or ``live feed interrupted`` when the server's candle bus
+subscription failed and updates may have been missed: reconnect for a fresh snapshot). Comment
+lines (``: ping ...``) every ``sse_heartbeat_s`` keep idle proxies from closing the stream.
 
 Resume: a reconnect with ``Last-Event-ID`` (what ``EventSource`` sends by itself; or
 ``?last_event_id=`` for clients that cannot set headers) gets exactly the candle events after
@@ -27,11 +28,11 @@ from starlette.types import Receive, Scope, Send
 
 from api.deps import ResourcesDep
 from api.errors import error_response
-from api.live import (
+from api.live.client import LiveClient
+from api.live.hub import CandleHub
+from api.live.messages import (
     NO_LIVE_MESSAGE,
     CandleEvent,
-    CandleHub,
-    LiveClient,
     Message,
     Pair,
     parse_selection,
@@ -55,7 +56,8 @@ A `text/event-stream` of candle updates for `symbols` x `intervals`.
 * `event: candle`: `{"type":"candle","seq",<candle fields>}` for every update (forming and final,
   with `revision`); `id:` is `seq`, the server's global event sequence;
 * `event: error`: `{"type":"error","message"}`, after which the stream ends (e.g. `slow consumer`:
-  the client did not read fast enough and its bounded queue overflowed);
+  the client did not read fast enough and its bounded queue overflowed; `live feed interrupted`:
+  updates may have been missed, reconnect for a fresh snapshot);
 * comment lines (`: ping ...`) every `SPEEDLAYER_SSE_HEARTBEAT_S` seconds.
 
 Reconnect with `Last-Event-ID` (browsers' `EventSource` does it by itself) to receive exactly the
@@ -95,8 +97,6 @@ async def stream_candles(
 ) -> Response:
     hub = resources.hub
     settings = resources.settings
-    if hub is None:
-        return error_response(503, "unavailable", "live feeds are not available on this server")
     try:
         symbol_list, interval_list = parse_selection(settings, _split(symbols), _split(intervals))
     except RequestError as exc:

@@ -10,15 +10,17 @@ Server messages (JSON objects with a ``type``): ``subscribed`` / ``unsubscribed`
 the request with canonical interval names), ``snapshot`` (``symbol``, ``interval``, ``candles``
 oldest first: the last N stored, the forming one included), ``candle`` (one update, the candle's
 fields at the top level plus ``seq``), ``error`` (``message``, and ``request`` when the message
-parsed), ``pong``. See api/live.py for the snapshot-then-live guarantee.
+parsed), ``pong``. See api/live/hub.py for the snapshot-then-live guarantee.
 
 Batching: ``/ws?batch=1`` sends every frame as a JSON array of the messages above, in order (up to
 ``BATCH_MESSAGES`` per frame): one frame per burst instead of one per candle, for monitors that
 follow many symbols (a full-market burst is ~80,000 candle updates).
 
 Closes: 1013 when ``live_max_connections`` are connected; 1008 ``slow consumer`` when the client's
-queue overflowed and 1001 when the server shuts down, each after an ``error`` message with the
-same reason (queued behind what the client has not read yet).
+queue overflowed, 1011 ``live feed interrupted`` when the server's candle bus subscription failed
+(updates may have been missed: reconnect for a fresh snapshot) and 1001 when the server shuts
+down, each after an ``error`` message with the same reason (queued behind what the client has not
+read yet).
 """
 
 from __future__ import annotations
@@ -33,15 +35,9 @@ from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
 from api.deps import Resources
-from api.live import (
-    NO_LIVE_MESSAGE,
-    SLOW_CONSUMER,
-    CandleHub,
-    LiveClient,
-    Message,
-    parse_selection,
-    split_selection,
-)
+from api.live.client import LIVE_FEED_INTERRUPTED, SLOW_CONSUMER, LiveClient
+from api.live.hub import CandleHub
+from api.live.messages import NO_LIVE_MESSAGE, Message, parse_selection, split_selection
 from speedlayer.errors import RequestError
 
 log = logging.getLogger(__name__)
@@ -49,6 +45,7 @@ router = APIRouter()
 
 CLOSE_TIMEOUT_S = 10.0  # how long a close frame may wait behind a client's unread data
 BATCH_MESSAGES = 1000  # messages per frame at most with ?batch=1
+CLOSE_CODES = {SLOW_CONSUMER: 1008, LIVE_FEED_INTERRUPTED: 1011}  # any other reason: 1001
 _BATCH_VALUES = {"0": False, "false": False, "1": True, "true": True}
 _decode = msgspec.json.Decoder().decode
 
@@ -62,9 +59,6 @@ async def candle_socket(websocket: WebSocket) -> None:
     if batch is None:
         await websocket.send_text(Message("error", {"message": "batch must be 0 or 1"}).text)
         await websocket.close(1008, "batch must be 0 or 1")
-        return
-    if hub is None:
-        await websocket.close(1011, "live feeds are not available on this server")
         return
     client = hub.connect("ws")
     if client is None:
@@ -105,7 +99,7 @@ class _Session:
                     log.error("WebSocket client %d failed", client.id, exc_info=result)
         reason = client.closed_reason
         if reason is not None and reason != "disconnected" and not self.disconnected:
-            code = 1008 if reason == SLOW_CONSUMER else 1001
+            code = CLOSE_CODES.get(reason, 1001)
             # A slow client's unread data is ahead of these: wait a little for it to read.
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(CLOSE_TIMEOUT_S):

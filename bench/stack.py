@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -47,73 +46,31 @@ class Stack:
 async def embedded_stack(
     symbols: int, speed: float, max_clients: int = 100, deflate: bool = False
 ) -> Any:
-    import uvicorn
-
-    from api.app import create_app
-    from ingest.polygon import PolygonConfig, PolygonFeed
-    from ingest.simulator import PolygonSimulator, SimulatorConfig
-    from processors.pipeline import CandlePipeline
-    from processors.resampler import Resampler
-    from processors.runner import PipelineRunner
-    from speedlayer.bus.memory import MemoryBus
+    """``speedlayer up``'s stack (launch.wiring.embedded_stack) on the simulator, served."""
+    from launch.wiring import embedded_stack as build
+    from launch.wiring import serve
     from speedlayer.config import Settings
     from speedlayer.runtime import tune_gc
-    from speedlayer.store.sqlite import SQLiteStore
 
     tune_gc()  # as `speedlayer up` does
     tmp = Path(tempfile.mkdtemp(prefix="bench_stack_"))
     settings = Settings(
-        db=tmp / "bench.db", live_max_connections=max_clients + 100, sse_replay_events=0
+        db=tmp / "bench.db",
+        source="simulator",
+        sim_symbols=symbols,
+        sim_speed=speed,
+        sim_history_min=2,
+        backfill_lookback_min=0,
+        live_max_connections=max_clients + 100,
+        sse_replay_events=0,
     )
-    async with contextlib.AsyncExitStack() as stack:
-        sim = await stack.enter_async_context(
-            PolygonSimulator(SimulatorConfig(symbols=symbols, speed=speed, history_minutes=2))
-        )
-        clock = sim.clock
-        bus = await stack.enter_async_context(MemoryBus())
-        store = await stack.enter_async_context(
-            SQLiteStore(settings.db, settings.interval_set, clock)
-        )
-        pipeline = CandlePipeline(Resampler(settings.interval_set, clock), store)
-        runner = PipelineRunner(pipeline, bus, clock)
-        await runner.start()
-        stack.push_async_callback(runner.stop)
-        feed = PolygonFeed(
-            PolygonConfig(
-                api_key="simulator",
-                ws_url=sim.ws_url,
-                rest_url=sim.rest_url,
-                symbols=["*"],
-                backfill_lookback_min=0,
-            ),
-            bus,
-            clock,
-        )
-        await feed.start()
-        stack.push_async_callback(feed.stop)
-        app = create_app(settings, store=store, clock=clock, bus=bus, runner=runner)
-        listener = socket.socket()
-        listener.bind(("127.0.0.1", 0))
-        server = uvicorn.Server(
-            uvicorn.Config(
-                app,
-                host="127.0.0.1",
-                port=listener.getsockname()[1],
-                log_level="warning",
-                ws_per_message_deflate=deflate,
-                backlog=4096,
-            )
-        )
-        server_task = asyncio.create_task(server.serve(sockets=[listener]))
-        await until(lambda: server.started)
-        hub = app.state.resources.hub
-        result = Stack(sim, runner, hub, listener.getsockname()[1])
-        _hook(result, pipeline)
-        try:
+    async with build(settings) as embedded:
+        app = embedded.app
+        async with serve(app, ws_per_message_deflate=deflate, backlog=4096) as port:
+            hub = app.state.resources.hub
+            result = Stack(embedded.simulator, embedded.runner, hub, port)
+            _hook(result, embedded.runner.pipeline)
             yield result
-        finally:
-            server.should_exit = True
-            await server_task
 
 
 def _hook(stack: Stack, pipeline: Any) -> None:

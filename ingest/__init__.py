@@ -1,1 +1,3 @@
-"""Ingest: feeds (file replay, synthetic data, Polygon) -> validated 1-minute bars."""
+"""Ingest: feeds -> validated 1-minute bars. The Polygon client (``ingest.polygon``), the Polygon
+protocol simulator (``ingest.simulator``), file readers and replay batches (``files``,
+``replay``), synthetic data (``synthetic``)."""

@@ -10,7 +10,8 @@ Formats, detected from the content:
   one per file or one per line.
 
 Every record yields either a ``Bar`` or a ``Rejected`` with a reason; a bad record never stops
-the read.
+the read. Polygon events and REST results are decoded as the live client decodes them
+(``ingest.polygon.protocol``).
 """
 
 from __future__ import annotations
@@ -18,25 +19,17 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 
+from ingest.polygon.protocol import Record, Rejected, from_event, from_rest_result
 from speedlayer.errors import ReplayFormatError
 from speedlayer.models import Bar, validate_bar
 
-MINUTE_EVENTS = frozenset({"AM", "XA", "CA"})
+__all__ = ["REQUIRED_CSV_COLUMNS", "Record", "Rejected", "read_bars"]
+
 REQUIRED_CSV_COLUMNS = ("symbol", "t", "o", "h", "l", "c", "v")
-
-
-@dataclass(frozen=True, slots=True)
-class Rejected:
-    reason: str
-    where: str
-
-
-Record = Bar | Rejected
 
 
 def read_bars(path: str | Path) -> Iterator[Record]:
@@ -135,36 +128,3 @@ def _from_rest(document: dict[str, object], where: str) -> Iterator[Record]:
             yield Rejected("unknown_record", where)
             continue
         yield from_rest_result(ticker, item, where)
-
-
-def from_rest_result(ticker: object, item: dict[str, object], where: str) -> Record:
-    """One element of a REST aggregates ``results`` array."""
-    try:
-        result = validate_bar(
-            ticker, item["t"], item["o"], item["h"], item["l"], item["c"], item["v"],
-            item.get("vw"), item.get("n"),
-        )  # fmt: skip
-    except KeyError:
-        return Rejected("missing_field", where)
-    return result if isinstance(result, Bar) else Rejected(result, where)
-
-
-def from_event(event: dict[str, object], where: str) -> Record | None:
-    """One WebSocket event: a Bar, a Rejected, or None for status events."""
-    ev = event.get("ev")
-    if ev == "status":
-        return None
-    if ev not in MINUTE_EVENTS:
-        return Rejected("not_a_minute_aggregate", where)
-    symbol = event.get("sym") if ev == "AM" else event.get("pair")
-    start, end = event.get("s"), event.get("e")
-    if isinstance(start, int) and isinstance(end, int) and end - start != 60_000:
-        return Rejected("not_a_minute_aggregate", where)
-    try:
-        result = validate_bar(
-            symbol, start, event["o"], event["h"], event["l"], event["c"], event.get("v", 0),
-            event.get("vw"), event.get("n"),
-        )  # fmt: skip
-    except KeyError:
-        return Rejected("missing_field", where)
-    return result if isinstance(result, Bar) else Rejected(result, where)

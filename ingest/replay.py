@@ -1,26 +1,39 @@
-"""File replay: bars from files, in file order, through the same pipeline as live data."""
+"""File replay, the reading side: files -> batches of validated bars, in file order.
+
+``read_batches`` reads the files one after the other (``ingest.files.read_bars``) and yields the
+valid bars in batches of ``batch_size`` (the last one may be shorter), counting bars read and
+records rejected (by reason, with the first place each reason occurred) as it goes.
+``ReplaySummary`` is what a replay reports: those counts plus what the pipeline made of the
+batches (``launch.replay`` feeds them through the same pipeline as live data).
+"""
 
 from __future__ import annotations
 
-import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ingest.files import Rejected, read_bars
-from processors.pipeline import CandlePipeline
 from speedlayer.models import Bar
 
 
 @dataclass
-class ReplaySummary:
+class ReadCounts:
+    """What reading files found so far (running totals)."""
+
     files: int = 0
-    bars_read: int = 0
+    bars_read: int = 0  # records read, valid or not
+    rejected: Counter[str] = field(default_factory=Counter)
+    first_rejected: dict[str, str] = field(default_factory=dict)  # reason -> file:line
+
+
+@dataclass
+class ReplaySummary(ReadCounts):
+    """The counts of the files read, and what the pipeline made of their bars."""
+
     accepted: int = 0
     duplicates: int = 0
-    rejected: Counter[str] = field(default_factory=Counter)
-    first_rejected: dict[str, str] = field(default_factory=dict)
     candles_published: int = 0
     rows_written: int = 0
     expired: int = 0
@@ -68,35 +81,26 @@ class ReplaySummary:
         return out
 
 
-async def replay_files(
-    paths: Sequence[str | Path], pipeline: CandlePipeline, batch_size: int = 5000
-) -> ReplaySummary:
-    summary = ReplaySummary()
-    started = time.perf_counter()
-    now_s = pipeline.store.now_s()
+def read_batches(
+    paths: Sequence[str | Path], batch_size: int = 5000, counts: ReadCounts | None = None
+) -> Iterator[tuple[list[Bar], ReadCounts]]:
+    """The valid bars of ``paths``, in file order, in lists of ``batch_size`` (the last one may
+    be shorter; none is empty), each with the running counts: ``counts`` (or a new
+    ``ReadCounts``), updated in place and complete once the iterator is exhausted."""
+    batch_size = max(batch_size, 1)
+    counts = counts if counts is not None else ReadCounts()
     batch: list[Bar] = []
-
-    async def flush() -> None:
-        result = await pipeline.handle(batch)
-        summary.accepted += result.accepted
-        summary.duplicates += result.duplicates
-        summary.candles_published += len(result.candles)
-        summary.expired += sum(1 for candle in result.candles if candle.ttl <= now_s)
-        batch.clear()
-
     for path in paths:
-        summary.files += 1
+        counts.files += 1
         for record in read_bars(path):
-            summary.bars_read += 1
+            counts.bars_read += 1
             if isinstance(record, Rejected):
-                summary.rejected[record.reason] += 1
-                summary.first_rejected.setdefault(record.reason, record.where)
+                counts.rejected[record.reason] += 1
+                counts.first_rejected.setdefault(record.reason, record.where)
                 continue
             batch.append(record)
             if len(batch) >= batch_size:
-                await flush()
+                yield batch, counts
+                batch = []
     if batch:
-        await flush()
-    summary.rows_written = pipeline.stats.rows_written
-    summary.seconds = time.perf_counter() - started
-    return summary
+        yield batch, counts

@@ -46,7 +46,6 @@ from typing import Any, Generic, TypeVar
 import msgspec
 
 from speedlayer.bus.wire import decode_item
-from speedlayer.config import Settings
 from speedlayer.errors import BusError
 from speedlayer.intervals import IntervalSet
 from speedlayer.models import SYMBOL_RE, Bar, Candle
@@ -55,14 +54,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-class LambdaSettings(Settings):
-    """The handlers' environment variables (``SPEEDLAYER_*``, as for the services) plus:"""
-
-    table_prefix: str = ""
-    create_tables: bool = False  # on AWS the tables are part of the deployment
-    lambda_retry_timeout_s: float = 20.0  # keep well below the function's timeout
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,9 +14,10 @@ The seed's handler, fixed:
   record on is reported (Lambda resumes the shard there and keeps what came before). Malformed
   records are counted and skipped (see :mod:`processors.kinesis_events`).
 
-Entry point: ``processors.kinesis_to_dynamodb.handler`` (configuration from the function's
-environment: ``SPEEDLAYER_INTERVALS``, ``SPEEDLAYER_RETENTION``, ``SPEEDLAYER_TABLE_PREFIX``,
-``SPEEDLAYER_AWS_ENDPOINT_URL``, ``SPEEDLAYER_AWS_REGION``, ``SPEEDLAYER_CREATE_TABLES``).
+Entry point: ``processors.kinesis_to_dynamodb.handler``, configured by the same ``SPEEDLAYER_*``
+settings as the services (``speedlayer.config.Settings``: intervals, retention, the table prefix,
+endpoints, region, ``SPEEDLAYER_DYNAMODB_WRITE_MODE``, ``SPEEDLAYER_AWS_CREATE_RESOURCES``, which
+a deployment sets to false) and ``SPEEDLAYER_LAMBDA_RETRY_TIMEOUT_S``.
 :class:`DynamoDBWriter` is the async core.
 """
 
@@ -30,11 +31,12 @@ from typing import Any
 from processors.kinesis_events import (
     BatchHandler,
     LambdaHost,
-    LambdaSettings,
     decode_candles,
     latest_per_key,
 )
+from speedlayer.backends import dynamodb_store
 from speedlayer.clock import SystemClock
+from speedlayer.config import Settings
 from speedlayer.errors import StoreError
 from speedlayer.store.dynamodb import DynamoDBStore
 
@@ -74,16 +76,8 @@ class DynamoDBWriter(BatchHandler):
 
 
 async def _build() -> DynamoDBWriter:
-    settings = LambdaSettings()
-    store = DynamoDBStore(
-        settings.interval_set,
-        SystemClock(),
-        endpoint_url=settings.aws_endpoint_url,
-        region=settings.aws_region,
-        table_prefix=settings.table_prefix,
-        create_tables=settings.create_tables,
-        retry_timeout_s=settings.lambda_retry_timeout_s,
-    )
+    settings = Settings()
+    store = dynamodb_store(settings, SystemClock(), retry_timeout_s=settings.lambda_retry_timeout_s)
     await store.start()
     return DynamoDBWriter(store)
 

@@ -25,13 +25,14 @@ from typing import Any
 from processors.kinesis_events import (
     BatchHandler,
     LambdaHost,
-    LambdaSettings,
     decode_candles,
     remaining_s,
 )
+from speedlayer.backends import kafka_bus
 from speedlayer.bus.base import candle_topic
 from speedlayer.bus.kafka import KafkaBus, Record
 from speedlayer.bus.wire import encode_item
+from speedlayer.config import Settings
 from speedlayer.errors import BusError
 from speedlayer.intervals import IntervalSet
 
@@ -85,14 +86,8 @@ class KafkaForwarder(BatchHandler):
 
 
 async def _build() -> KafkaForwarder:
-    settings = LambdaSettings()
-    bus = KafkaBus(
-        settings.kafka_bootstrap_servers,
-        topic_prefix=settings.kafka_topic_prefix,
-        intervals=settings.interval_set.names,
-        retry_timeout_s=settings.lambda_retry_timeout_s,
-        request_timeout_ms=int(min(30.0, settings.lambda_retry_timeout_s) * 1000),
-    )
+    settings = Settings()
+    bus = kafka_bus(settings, retry_timeout_s=settings.lambda_retry_timeout_s)
     await bus.start()
     return KafkaForwarder(bus, settings.interval_set)
 

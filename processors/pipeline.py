@@ -2,23 +2,33 @@
 
 It owns the order that makes restarts safe: restore the buckets the store may know about, apply
 the batch, write every changed candle, publish, and only then let the resampler evict state.
+
+Failures (docs/design.md#failure-policy). Once the resampler has applied a batch, its candles
+must reach the store and the bus, or the resampler's state and the store disagree (a 5m candle
+counting a 1m bar that was never stored). So a write or publish that fails with a retriable error
+is tried again with backoff, for as long as ``retry_deadline_s`` allows, and nothing after it
+runs meanwhile (the caller waits: backpressure). ``problem()`` says so while it lasts, for
+readiness. A failure that outlasts the deadline (or is not retriable) is raised: the owner then
+stops without committing the batch, and a restart rebuilds the state from the store.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from processors.resampler import BatchResult, Resampler, RestoreRequest
-from speedlayer.errors import StoreError
 from speedlayer.models import Bar, Candle
+from speedlayer.retry import Backoff, retry
 from speedlayer.store.base import Store
 
 log = logging.getLogger(__name__)
 
 Publish = Callable[[Sequence[Candle]], Awaitable[None]]
+T = TypeVar("T")
 
 
 @dataclass
@@ -29,6 +39,7 @@ class PipelineStats:
     candles_published: int = 0
     rows_written: int = 0
     buckets_restored: int = 0
+    write_retries: int = 0
 
 
 class CandlePipeline:
@@ -38,15 +49,28 @@ class CandlePipeline:
         store: Store,
         publish: Publish | None = None,
         *,
-        retry_attempts: int = 8,
+        retry_deadline_s: float | None = 300.0,
         retry_initial_s: float = 0.05,
+        retry_cap_s: float = 5.0,
     ) -> None:
         self.resampler = resampler
         self.store = store
         self.publish = publish
-        self.retry_attempts = retry_attempts
+        self.retry_deadline_s = retry_deadline_s
         self.retry_initial_s = retry_initial_s
+        self.retry_cap_s = retry_cap_s
         self.stats = PipelineStats()
+        self.failing_since: float | None = None  # monotonic time of the first failed attempt
+        self.last_error: BaseException | None = None
+
+    def problem(self) -> str | None:
+        """None unless a write or publish is failing and being retried right now."""
+        if self.failing_since is None:
+            return None
+        return (
+            f"candle write failing for {time.monotonic() - self.failing_since:.0f}s "
+            f"({self.stats.write_retries} retries): {self.last_error}"
+        )
 
     async def recover(self) -> int:
         """Load the store's non-final candles so they are finalized on schedule after a restart."""
@@ -71,7 +95,10 @@ class CandlePipeline:
         resampler = self.resampler
         unknown = resampler.unknown_symbols(bars)
         if unknown:
-            resampler.note_stored_until(await self.store.last_bar_times(unknown))
+            stored_until = await self._until_done(
+                "store read", lambda: self.store.last_bar_times(unknown)
+            )
+            resampler.note_stored_until(stored_until)
         requests = resampler.restore_requests(bars)
         if requests:
             await self._restore(requests)
@@ -94,31 +121,43 @@ class CandlePipeline:
     async def _emit(self, candles: Sequence[Candle]) -> None:
         if not candles:
             return
-        self.stats.rows_written += await self._upsert_with_retry(candles)
+        store, publish = self.store, self.publish
+        self.stats.rows_written += await self._until_done(
+            "store write", lambda: store.upsert(candles)
+        )
         self.stats.candles_published += len(candles)
-        if self.publish is not None:
-            await self.publish(candles)
+        if publish is not None:
+            await self._until_done("candle publish", lambda: publish(candles))
 
-    async def _upsert_with_retry(self, candles: Sequence[Candle]) -> int:
-        """Upserts are idempotent, so a failed write is simply tried again (with backoff)."""
-        delay = self.retry_initial_s
-        for attempt in range(1, self.retry_attempts + 1):
-            try:
-                return await self.store.upsert(candles)
-            except StoreError as exc:
-                if attempt == self.retry_attempts:
-                    raise
-                log.warning("store write failed (attempt %d): %s; retrying", attempt, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-        raise AssertionError("unreachable")
+    async def _until_done(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
+        """``operation()`` retried while it fails retriably (upserts are idempotent and a
+        publish is at least once), until ``retry_deadline_s``; see the module docstring."""
+        backoff = Backoff(
+            initial_s=self.retry_initial_s, cap_s=self.retry_cap_s, timeout_s=self.retry_deadline_s
+        )
+        result = await retry(operation, what=what, backoff=backoff, on_failure=self._failed)
+        self.failing_since = self.last_error = None
+        return result
+
+    def _failed(self, error: BaseException, failures: int) -> None:
+        if self.failing_since is None:
+            self.failing_since = time.monotonic()
+        self.last_error = error
+        self.stats.write_retries += 1
 
     async def _restore(self, requests: Sequence[RestoreRequest]) -> None:
         for request in requests:
-            bars = await self.store.bars_between(request.symbol, request.start_ms, request.end_ms)
+            store, symbol = self.store, request.symbol
+            bars = await self._until_done(
+                "store read",
+                lambda: store.bars_between(symbol, request.start_ms, request.end_ms),  # noqa: B023
+            )
             stored: dict[tuple[str, int], Candle] = {}
             for interval, start in request.buckets:
-                found = await self.store.get_candles(interval, [(request.symbol, start)])
+                found = await self._until_done(
+                    "store read",
+                    lambda: store.get_candles(interval, [(symbol, start)]),  # noqa: B023
+                )
                 for (_, ts), candle in found.items():
                     stored[(interval.name, ts)] = candle
             self.resampler.restore(request, bars, stored)

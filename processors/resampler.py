@@ -395,9 +395,5 @@ class Resampler:
             del held[t]
         return evicted
 
-    @property
-    def watermark_ms(self) -> int:
-        return self._watermark_ms
-
     def open_bucket_count(self) -> int:
         return sum(len(group) for groups in self._open for group in groups.values())

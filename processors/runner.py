@@ -5,18 +5,21 @@ is stored and published in few round trips), one ticks the clock to finalize can
 throughput and feed lag. Pipeline calls are serialized by a lock: the resampler is not re-entrant.
 
 The raw subscription is named ``consumer`` and commits its position itself, after each batch is
-stored and published (``Subscription.commit``): on a bus with durable positions (Kinesis) a
-restarted runner resumes after the last batch it finished, so a crash loses nothing. With
-``exit_on_error`` (the standalone ``speedlayer process`` service) a batch that still fails after
-the pipeline's retries stops consumption without committing it and sets ``failed``; the service
-exits and its restart retries the batch. Without it (the embedded stack) the batch is logged and
-skipped, as the feed's backfill or a replay re-delivers it.
+stored and published (``Subscription.commit``): on a bus with durable positions (Kinesis, Kafka)
+a restarted runner resumes after the last batch it finished, so a crash loses nothing.
+
+Supervision (docs/design.md#failure-policy). The runner owns its tasks and notices when one
+ends. The pipeline retries failed writes itself (``problem()`` says so meanwhile); a batch that
+still fails (past the retry deadline, or a non-retriable error), a consumer that dies under the
+subscription (``Subscription.failed``), or any task that ends on its own, stops consumption
+*without committing* and sets ``failed`` with the reason in ``failure``: the service then exits
+with an error, and its restart resumes before the batch (on the embedded stack, the feed's
+start-up backfill re-delivers what the store lacks). A failed batch is never skipped.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -25,6 +28,7 @@ from typing import Any
 from processors.pipeline import CandlePipeline
 from speedlayer.bus.base import RAW_TOPIC, Bus, Subscription, candle_topic
 from speedlayer.clock import Clock
+from speedlayer.errors import ServiceFailed, SubscriptionClosed
 from speedlayer.models import Bar, Candle
 
 log = logging.getLogger(__name__)
@@ -56,7 +60,6 @@ class PipelineRunner:
         stats_every_s: float = 5.0,
         queue_batches: int = 1024,
         consumer: str = "speedlayer",
-        exit_on_error: bool = False,
     ) -> None:
         self.pipeline = pipeline
         self.bus = bus
@@ -66,9 +69,9 @@ class PipelineRunner:
         self.stats_every_s = stats_every_s
         self.queue_batches = queue_batches
         self.consumer = consumer
-        self.exit_on_error = exit_on_error
-        self.failed = asyncio.Event()  # set when consumption stopped on a failed batch
+        self.failed = asyncio.Event()  # set when the runner stopped on a failure
         self.failure: BaseException | None = None
+        self._stopping = False
         self.last_bar_end_ms = 0
         self.bars_in = 0
         self.candles_out = 0
@@ -89,15 +92,43 @@ class PipelineRunner:
             asyncio.create_task(self._tick(), name="pipeline-tick"),
             asyncio.create_task(self._report(), name="pipeline-stats"),
         ]
+        for task in self._tasks:
+            task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        """Every task runs until ``stop()``: one that ends before is a failure of the runner."""
+        if self._stopping or self.failed.is_set():
+            return
+        error = None if task.cancelled() else task.exception()
+        if error is None:
+            error = ServiceFailed(f"{task.get_name()} ended unexpectedly")
+        elif not isinstance(error, ServiceFailed):
+            log.error("%s failed", task.get_name(), exc_info=error)
+        self._fail(error)
+
+    def _fail(self, error: BaseException) -> None:
+        self.failure = error
+        self.failed.set()
+        if self._subscription is not None:  # stop consuming; nothing more is committed
+            self._subscription.close(f"runner failed: {error}")
+        for task in self._tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
+
+    def problem(self) -> str | None:
+        """None while the runner works; else why it stopped, or the write being retried."""
+        if self.failure is not None:
+            return f"pipeline stopped: {self.failure}"
+        return self.pipeline.problem()
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._subscription is not None:
             self._subscription.close("runner stopped")
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # A task's own failure is already in ``failure``; stopping does not raise it again.
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
 
     def lag_ms(self) -> int | None:
@@ -113,39 +144,33 @@ class PipelineRunner:
             while len(bars) < self.max_batch and not queue.empty():
                 try:
                     _, more = await subscription.get()
-                except Exception:
+                except SubscriptionClosed:
                     break
                 bars.extend(more)
-            error = await self._process(bars)
-            if error is not None and self.exit_on_error:
-                self.failure = error
-                self.failed.set()
-                return  # not committed: a restart resumes before this batch
+            await self._process(bars)  # raises when the batch cannot be done: not committed
             try:
                 await subscription.commit()
             except Exception:  # the next commit covers this batch too
                 log.exception("storing the consumer position failed; retrying at the next batch")
+        if subscription.failed:
+            raise ServiceFailed(f"raw topic consumer failed: {subscription.closed_reason}")
+        if not self._stopping:
+            raise ServiceFailed(f"raw topic subscription closed: {subscription.closed_reason}")
 
-    async def process(self, bars: Sequence[Bar]) -> None:
-        await self._process(bars)
-
-    async def _process(self, bars: Sequence[Bar]) -> Exception | None:
+    async def _process(self, bars: Sequence[Bar]) -> None:
         if not bars:  # e.g. only a position marker (the end of a closed shard)
-            return None
+            return
         async with self._lock:
             try:
                 result = await self.pipeline.handle(bars)
             except Exception as exc:
-                # Nothing is lost by skipping: the store keeps what was written, and the feed's
-                # backfill or a replay re-delivers; but make the failure loud.
-                log.exception("pipeline failed on a batch of %d bars", len(bars))
-                return exc
+                log.exception("pipeline failed on a batch of %d bars; stopping", len(bars))
+                raise ServiceFailed(f"a batch of {len(bars)} bars failed: {exc}") from exc
         self.bars_in += len(bars)
         self.candles_out += len(result.candles)
         newest = max((bar.t for bar in bars), default=0) + 60_000
         if newest > self.last_bar_end_ms:
             self.last_bar_end_ms = newest
-        return None
 
     async def _tick(self) -> None:
         while True:
@@ -153,9 +178,8 @@ class PipelineRunner:
             async with self._lock:
                 try:
                     candles = await self.pipeline.tick()
-                except Exception:
-                    log.exception("finalizing candles failed")
-                    continue
+                except Exception as exc:
+                    raise ServiceFailed(f"finalizing candles failed: {exc}") from exc
             self.candles_out += len(candles)
 
     async def _report(self) -> None:

@@ -25,6 +25,7 @@ from speedlayer.errors import ConfigError
 from speedlayer.store.base import Store
 
 if TYPE_CHECKING:
+    from speedlayer.bus.kafka import KafkaBus
     from speedlayer.bus.kinesis import KinesisBus
     from speedlayer.store.dynamodb import DynamoDBStore
 
@@ -37,7 +38,11 @@ def kinesis_endpoint(settings: Settings) -> str | None:
     return settings.kinesis_endpoint_url or settings.aws_endpoint_url
 
 
-def dynamodb_store(settings: Settings, clock: Clock) -> DynamoDBStore:
+def dynamodb_store(
+    settings: Settings, clock: Clock, *, retry_timeout_s: float = 60.0
+) -> DynamoDBStore:
+    """The DynamoDB store of the settings; ``retry_timeout_s`` bounds its retries (the Lambda
+    handlers keep it below the function's timeout)."""
     from speedlayer.store.dynamodb import DynamoDBStore
 
     return DynamoDBStore(
@@ -48,6 +53,29 @@ def dynamodb_store(settings: Settings, clock: Clock) -> DynamoDBStore:
         table_prefix=settings.dynamodb_table_prefix,
         create_tables=settings.aws_create_resources,
         write_mode=settings.dynamodb_write_mode,
+        retry_timeout_s=retry_timeout_s,
+    )
+
+
+def kafka_bus(
+    settings: Settings,
+    initial_position: InitialPosition = "LATEST",
+    *,
+    retry_timeout_s: float = 60.0,
+) -> KafkaBus:
+    """The Kafka bus of the settings; ``retry_timeout_s`` also bounds each request."""
+    try:
+        from speedlayer.bus.kafka import KafkaBus
+    except ImportError as exc:  # the Kafka backend or aiokafka is not installed
+        raise ConfigError(f"the Kafka bus is not available: {exc}") from exc
+    return KafkaBus(
+        settings.kafka_bootstrap_servers,
+        topic_prefix=settings.kafka_topic_prefix,
+        intervals=settings.interval_set.names,
+        initial_position=initial_position,
+        create_topics=settings.aws_create_resources,
+        retry_timeout_s=retry_timeout_s,
+        request_timeout_ms=int(min(30.0, retry_timeout_s) * 1000),
     )
 
 
@@ -93,16 +121,7 @@ def make_bus(settings: Settings, *, initial_position: InitialPosition = "LATEST"
     if settings.bus == "kinesis":
         return kinesis_bus(settings, initial_position)
     if settings.bus == "kafka":
-        try:
-            from speedlayer.bus.kafka import KafkaBus
-        except ImportError as exc:  # the Kafka backend or aiokafka is not installed
-            raise ConfigError(f"the Kafka bus is not available: {exc}") from exc
-        return KafkaBus(
-            settings.kafka_bootstrap_servers,
-            topic_prefix=settings.kafka_topic_prefix,
-            intervals=[interval.name for interval in settings.interval_set],
-            initial_position=initial_position,
-        )
+        return kafka_bus(settings, initial_position)
     raise ConfigError(f"unknown bus {settings.bus!r}")
 
 

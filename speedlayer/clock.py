@@ -1,4 +1,8 @@
-"""The clock is injected everywhere logic needs "now"; nothing else reads the wall clock."""
+"""The clock that candle logic reads "now" from: injected into the resampler, the pipeline, the
+stores (TTL), the feed and the API, so a simulated market (``SimulatedClock`` of the simulator)
+or a test (:class:`ManualClock`) moves time for all of them. Wall time is still read directly
+where it is not market time: metric timestamps, log rates, checkpoint bookkeeping, and timeouts
+and backoff (``time.monotonic``)."""
 
 from __future__ import annotations
 

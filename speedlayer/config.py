@@ -46,6 +46,15 @@ class Settings(BaseSettings):
     stats_interval_s: float = Field(
         5.0, gt=0, description="how often throughput and lag are logged"
     )
+    lambda_retry_timeout_s: float = Field(
+        20.0, gt=0, description="how long one Lambda invocation retries a write (below its timeout)"
+    )
+    write_retry_deadline_s: float = Field(
+        300.0,
+        gt=0,
+        description="how long a store write or bus publish that keeps failing is retried (the "
+        "service is unready meanwhile) before the service stops with an error, uncommitted",
+    )
 
     # API security and live-feed limits.
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
@@ -109,7 +118,9 @@ class Settings(BaseSettings):
         None, description="Kinesis endpoint (default: aws_endpoint_url, else AWS itself)"
     )
     aws_create_resources: bool = Field(
-        True, description="create missing tables and streams at start (off: infra code owns them)"
+        True,
+        description="create missing tables, streams and topics at start (off: infrastructure "
+        "code owns them, as on AWS)",
     )
     dynamodb_table_prefix: str = Field("", description="prefix of the candle table names")
     dynamodb_write_mode: Literal["batch", "conditional"] = Field(

@@ -198,7 +198,7 @@ class LiveStack:
 
     def publish(self, bars: list[Bar]) -> None:
         """Publish raw bars and wait until the pipeline processed them."""
-        runner = self.resources.runner
+        runner = self.resources.pipeline
         before = runner.bars_in
         self.server.call(self.bus.publish(RAW_TOPIC, bars))
         deadline = time.monotonic() + 30
@@ -234,7 +234,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
         )
         await runner.start()
         stack.push_async_callback(runner.stop)
-        app = create_app(settings, store=store, clock=clock, bus=bus, runner=runner)
+        app = create_app(settings, store=store, clock=clock, bus=bus, pipeline=runner)
         holder.update(bus=bus, app=app)
         return app
 
@@ -508,7 +508,7 @@ def test_metrics_read_the_pipeline_and_the_hub(live: LiveStack) -> None:
     now_ms = int(time.time() * 1000)
     minute = now_ms - now_ms % MINUTE_MS
     live.publish(list(RandomWalk(["METR"], seed=9).bars(minute - 2 * MINUTE_MS, 3)))
-    runner, hub = live.resources.runner, live.resources.hub
+    runner, hub = live.resources.pipeline, live.resources.hub
     ws_url = live.server.url.replace("http", "ws", 1) + "/ws"
     with ws_connect(ws_url) as ws, httpx.Client(base_url=live.server.url, timeout=30) as http:
         ws.send(json.dumps({"action": "subscribe", "symbols": ["METR"], "intervals": ["1m"]}))

@@ -49,6 +49,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from ingest.simulator import PolygonSimulator, SimulatorConfig
+from launch.wiring import FeedTarget, start_feed, start_runner
 from processors.pipeline import CandlePipeline
 from processors.resampler import Resampler
 from speedlayer.backends import dynamodb_store, kinesis_bus
@@ -58,7 +59,6 @@ from speedlayer.clock import SystemClock
 from speedlayer.config import Settings
 from speedlayer.intervals import DEFAULT_INTERVALS, IntervalSet
 from speedlayer.models import MINUTE_MS, Bar, Candle
-from speedlayer.stack import FeedTarget, start_feed, start_pipeline
 from speedlayer.store.base import Store
 from speedlayer.store.dynamodb import DynamoDBStore
 from speedlayer.store.sqlite import SQLiteStore
@@ -570,15 +570,15 @@ def test_up_runs_everything_in_one_process_over_kinesis_and_dynamodb(
 async def test_injected_aws_faults_on_the_ingest_and_process_path_lose_nothing(
     tmp_path: Path, realbars: Path, aws: Aws
 ) -> None:
-    """The same path in-process (stack.start_feed / start_pipeline, the services' own parts), with
-    botocore hooks on each client: nothing lost, nothing counted twice."""
+    """The same path in-process (launch.wiring's start_feed / start_runner, the services' own
+    parts), with botocore hooks on each client: nothing lost, nothing counted twice."""
     replay, first_minute = write_input(realbars, tmp_path / "input.csv")
     settings = aws.settings()
     clock = SystemClock()
     async with contextlib.AsyncExitStack() as stack:
         sim = await stack.enter_async_context(simulator(replay, first_minute))
         ingest_bus = await stack.enter_async_context(aws.bus())
-        await ingest_bus.ensure_streams()
+        await ingest_bus.ensure()
         put_failures = FailSomeRecords(6, every=2)
         put_throttles = FirstCalls(3, lambda p: error_response("ThrottlingException"))
         events = ingest_bus.kinesis.meta.events
@@ -605,8 +605,7 @@ async def test_injected_aws_faults_on_the_ingest_and_process_path_lose_nothing(
         get_throttles = FirstCalls(2, lambda p: error_response("RequestLimitExceeded"))
         events.register("before-call.dynamodb.BatchGetItem", get_throttles)
 
-        runner = await start_pipeline(stack, settings, store, process_bus, clock,
-                                      exit_on_error=True)  # fmt: skip
+        runner = await start_runner(stack, settings, store, process_bus, clock)
         target = FeedTarget(clock=clock, api_key="k", ws_url=sim.ws_url, rest_url=sim.rest_url,
                             market="stocks", symbols=["*"])  # fmt: skip
         feed = await start_feed(stack, settings, target, ingest_bus)

@@ -11,11 +11,11 @@ import pytest
 from click.testing import CliRunner
 from pydantic import ValidationError
 
+from launch.cli import _simulator_urls, main
 from speedlayer.backends import dynamodb_endpoint, kinesis_endpoint, make_bus, make_store
 from speedlayer.bus.kafka import KafkaBus
 from speedlayer.bus.kinesis import KinesisBus
 from speedlayer.bus.memory import MemoryBus
-from speedlayer.cli import _simulator_urls, main
 from speedlayer.clock import ManualClock
 from speedlayer.config import Settings
 from speedlayer.store.dynamodb import DynamoDBStore

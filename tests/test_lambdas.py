@@ -391,8 +391,8 @@ def test_dynamodb_entry_point_reuses_its_clients(
     at the first invocation and reused by the next ones."""
     prefix = f"e{uuid.uuid4().hex[:12]}_"
     monkeypatch.setenv("SPEEDLAYER_AWS_ENDPOINT_URL", dynalite_url)
-    monkeypatch.setenv("SPEEDLAYER_TABLE_PREFIX", prefix)
-    monkeypatch.setenv("SPEEDLAYER_CREATE_TABLES", "true")
+    monkeypatch.setenv("SPEEDLAYER_DYNAMODB_TABLE_PREFIX", prefix)
+    monkeypatch.setenv("SPEEDLAYER_AWS_CREATE_RESOURCES", "true")
     monkeypatch.setenv("SPEEDLAYER_INTERVALS", "15m,1h")
     sent = updates(["A", "B"], revisions=2)
     try:
@@ -654,8 +654,8 @@ def test_killed_runner_resumes_and_converges(
     env = {
         **os.environ,
         "SPEEDLAYER_AWS_ENDPOINT_URL": dynalite_url,
-        "SPEEDLAYER_TABLE_PREFIX": table_prefix,
-        "SPEEDLAYER_CREATE_TABLES": "true",
+        "SPEEDLAYER_DYNAMODB_TABLE_PREFIX": table_prefix,
+        "SPEEDLAYER_AWS_CREATE_RESOURCES": "true",
         "SPEEDLAYER_INTERVALS": "15m",
         "SPEEDLAYER_LOG_LEVEL": "warning",
     }

@@ -1,6 +1,6 @@
 """Live feeds through a real uvicorn server, with the live pipeline running on the simulator.
 
-Each stack is built in-process like ``speedlayer up`` (speedlayer/stack.py): the Polygon simulator
+Each stack is built in-process like ``speedlayer up`` (launch/wiring.py): the Polygon simulator
 (synthetic market, fast) -> PolygonFeed -> MemoryBus -> PipelineRunner(CandlePipeline(Resampler,
 SQLiteStore in tmp_path)) -> create_app(...) served by ``uvicorn.Server`` on a free port. Clients
 are the ``websockets`` library and httpx streaming (SSE). A raw bus subscription (``Tap``) records
@@ -30,7 +30,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from api.app import create_app
-from api.live import CandleHub
+from api.live.hub import CandleHub
 from ingest.polygon import PolygonConfig, PolygonFeed
 from ingest.simulator import PolygonSimulator, SimulatorConfig
 from processors.pipeline import CandlePipeline
@@ -183,7 +183,7 @@ class LiveStack:
             store=self.store,
             clock=clock,
             bus=self.bus if self.live else None,
-            runner=self.runner if self.live else None,
+            pipeline=self.runner if self.live else None,
         )
         self.server = uvicorn.Server(
             uvicorn.Config(

@@ -27,18 +27,20 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from ingest.backfill import AggsClient, Backfiller, _retry_after_s, rest_ticker
 from ingest.polygon import (
-    AuthError,
+    AggsClient,
+    Backfiller,
     FeedStats,
     PolygonConfig,
     PolygonFeed,
+    rest_ticker,
     subscribe_params,
 )
+from ingest.polygon.rest import _retry_after_s
 from speedlayer.bus.base import RAW_TOPIC, Subscription
 from speedlayer.bus.memory import MemoryBus
 from speedlayer.clock import ManualClock
-from speedlayer.errors import ConfigError
+from speedlayer.errors import AuthError, ConfigError
 from speedlayer.models import MINUTE_MS, Bar
 from tests.conftest import free_port
 

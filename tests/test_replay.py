@@ -11,6 +11,7 @@ import json
 import os
 import sqlite3
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -19,7 +20,14 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from ingest.replay import ReadCounts, read_batches
+from launch.replay import replay_files
+from processors.pipeline import CandlePipeline
+from processors.resampler import Resampler
+from speedlayer.clock import ManualClock
+from speedlayer.intervals import DEFAULT_INTERVALS, IntervalSet
 from speedlayer.models import Bar
+from speedlayer.store.memory import MemoryStore
 from tests.conftest import run_cli
 from tests.oracle import CandleValues, oracle_candles, values_close
 
@@ -715,6 +723,44 @@ def test_bad_rows_are_counted_and_good_rows_kept(tmp_path: Path) -> None:
         assert summary["first_rejected"][reason] == f"{mixed}:{line}", reason
     assert dump_tables(mixed_db) == dump_tables(clean_db)
     assert_values_match(db_values(mixed_db), oracle_candles(read_csv_bars(clean), INTERVAL_MS))
+
+
+async def test_replay_in_process_batches_and_summary(tmp_path: Path) -> None:
+    """``read_batches`` (files -> batches) and ``launch.replay.replay_files`` (batches ->
+    pipeline) in process: file order, batch sizes, the running counts and the CLI's summary."""
+    bad = [row for row, _ in BAD_ROWS[:3]]
+    mixed = write_csv(tmp_path / "mixed.csv", BAD_HEADER, [*GOOD_ROWS[:2], *bad])
+    clean = write_csv(tmp_path / "clean.csv", BAD_HEADER, GOOD_ROWS[2:])
+    files = [mixed, clean]
+    expected = read_csv_bars(write_csv(tmp_path / "good.csv", BAD_HEADER, GOOD_ROWS))
+    counts = ReadCounts()
+    batches = []
+    for batch, running in read_batches(files, 2, counts):
+        assert running is counts
+        batches.append(batch)
+    assert [len(batch) for batch in batches] == [2] * (len(expected) // 2) + (
+        [1] if len(expected) % 2 else []
+    )
+    assert [bar for batch in batches for bar in batch] == expected
+    reasons = Counter(reason for _, reason in BAD_ROWS[:3])
+    assert (counts.files, counts.bars_read, counts.rejected) == (2, len(GOOD_ROWS) + 3, reasons)
+    assert counts.first_rejected[BAD_ROWS[0][1]] == f"{mixed}:4"
+
+    clock = ManualClock(T0 + 60 * MIN)
+    intervals = IntervalSet(list(DEFAULT_INTERVALS))
+    store = MemoryStore(intervals, clock)
+    await store.start()
+    try:
+        pipeline = CandlePipeline(Resampler(intervals, clock), store)
+        summary = await replay_files(files, pipeline, batch_size=2)
+    finally:
+        await store.stop()
+    cli = replay(tmp_path / "cli.db", *files, batch_size=2)
+    ours = summary.as_dict()
+    for volatile in ("seconds", "bars_per_second", "expired_on_write"):
+        del ours[volatile], cli[volatile]
+    assert ours == cli
+    assert summary.accepted == len(expected)
 
 
 def test_csv_without_the_required_header_is_a_clear_error(tmp_path: Path) -> None:

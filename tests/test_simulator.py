@@ -25,9 +25,9 @@ from massive.websocket.models import (  # type: ignore[import-untyped]
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidStatus
 
-from ingest.files import Rejected, from_event
-from ingest.sim_data import MARKETS, BarStore, EventEncoder, corrected, malformed_frame
+from ingest.polygon.protocol import Rejected, from_event
 from ingest.simulator import FaultConfig, PolygonSimulator, SimulatorConfig
+from ingest.simulator.data import MARKETS, BarStore, EventEncoder, corrected, malformed_frame
 from ingest.synthetic import RandomWalk, symbol_names
 from speedlayer.errors import ConfigError
 from speedlayer.models import Bar

@@ -48,7 +48,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from ingest.files import Rejected, read_bars
-from ingest.sim_data import (
+from ingest.simulator.data import (
     MARKETS,
     BarStore,
     EventEncoder,
@@ -58,8 +58,8 @@ from ingest.sim_data import (
     wire_bar,
     ws_symbol,
 )
-from ingest.sim_faults import BurstPlanner, Item
-from ingest.sim_rest import RestApi, error_body
+from ingest.simulator.faults import BurstPlanner, Item
+from ingest.simulator.rest import RestApi, error_body
 from ingest.synthetic import RandomWalk
 from speedlayer.errors import ConfigError
 from speedlayer.models import MINUTE_MS, Bar

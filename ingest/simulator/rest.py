@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, quote, unquote
 
 import orjson
 
-from ingest.sim_data import EASTERN, BarStore
+from ingest.simulator.data import EASTERN, BarStore
 from speedlayer.models import MINUTE_MS, Bar
 
 _PATH_RE = re.compile(r"^/v2/aggs/ticker/([^/]+)/range/([^/]+)/([^/]+)/([^/]+)/([^/]+)/?$")

@@ -13,7 +13,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ingest.sim_data import Event, EventEncoder, corrected
+from ingest.simulator.data import Event, EventEncoder, corrected
 from speedlayer.models import MINUTE_MS, Bar
 
 FRAME_EVENTS = 200  # events per frame at most (Polygon batches "up to a few hundred")

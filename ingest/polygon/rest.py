@@ -1,4 +1,4 @@
-"""Gap backfill over Polygon's REST aggregates endpoint.
+"""Polygon's REST aggregates endpoint: the client, and the gap backfill the WebSocket feed runs.
 
 ``AggsClient`` fetches the 1-minute bars of one ticker for a time range:
 ``GET {rest_url}/v2/aggs/ticker/{ticker}/range/1/minute/{from_ms}/{to_ms}?adjusted=true&sort=asc
@@ -7,19 +7,20 @@ key), following ``next_url`` by re-issuing its path and query against ``rest_url
 client does; ``next_url`` may name another host). Errors:
 
 * 429 and 5xx (and transport errors: refused, reset, timeouts) are retried a bounded number of
-  times with exponential backoff and full jitter, or after ``Retry-After`` when the server sends it;
+  times with exponential backoff and full jitter (``speedlayer.retry.Backoff``), or after
+  ``Retry-After`` when the server sends it;
 * 401/403 raise ``RestAuthError`` (a bad key or a plan without that data);
 * other 4xx raise ``RestError`` carrying the response body.
 
 ``Backfiller`` is the scheduler used by the WebSocket feed: ``request(symbol, from_ms)`` is cheap
 and synchronous (pending requests for one symbol merge into the earliest start), a fixed number of
-worker tasks fetch up to "now", parse each result with ``ingest.files.from_rest_result`` and
-publish the bars through a callback. A failed fetch is logged and counted, never raised: backfill
-must not stop the live feed.
+worker tasks fetch up to "now", parse each result with ``protocol.from_rest_result`` and
+publish the bars through a callback (the feed's, which retries a failing bus). A failed fetch is
+logged and counted, never raised: backfill must not stop the live feed. A publish that failed for
+good (``ServiceFailed``: the feed has failed) ends that fetch, counted as ``publish``.
 
-WebSocket and REST tickers differ for crypto (``BTC-USD`` -> ``X:BTCUSD``) and forex (``USD/CAD`` or
-``USD-CAD`` -> ``C:USDCAD``); published bars keep the WebSocket form as their symbol, so live and
-backfilled bars of one instrument share a key.
+WebSocket and REST tickers differ for crypto and forex (``protocol.rest_ticker``); published bars
+keep the WebSocket form as their symbol, so live and backfilled bars of one instrument share a key.
 """
 
 from __future__ import annotations
@@ -36,10 +37,11 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 import httpx
 import orjson
 
-from ingest.files import from_rest_result
+from ingest.polygon.protocol import from_rest_result, redact, rest_ticker
 from speedlayer.clock import Clock
-from speedlayer.errors import RestAuthError, RestError
+from speedlayer.errors import RestAuthError, RestError, ServiceFailed
 from speedlayer.models import MINUTE_MS, Bar
+from speedlayer.retry import Backoff
 
 log = logging.getLogger("ingest.backfill")
 
@@ -58,28 +60,6 @@ class BackfillCounters(Protocol):
     backfill_bars: int
     backfill_errors: Counter[str]
     rejected: Counter[str]
-
-
-def rest_ticker(market: str, symbol: str) -> str:
-    """REST ticker of a WebSocket symbol: ``BTC-USD`` -> ``X:BTCUSD``, ``USD/CAD`` -> ``C:USDCAD``.
-
-    Stocks, options (``O:...``) and indices (``I:...``) use the same form on both APIs.
-    """
-    if market == "crypto" and not symbol.startswith("X:"):
-        return "X:" + symbol.replace("-", "").replace("/", "")
-    if market == "forex" and not symbol.startswith("C:"):
-        return "C:" + symbol.replace("/", "").replace("-", "")
-    return symbol
-
-
-def redact(text: str, secret: str) -> str:
-    """``text`` with every occurrence of ``secret`` masked (no-op for an empty secret)."""
-    return text.replace(secret, "***") if secret and secret in text else text
-
-
-def backoff_ceiling(initial_s: float, max_s: float, failures: int) -> float:
-    """Exponential backoff ceiling after ``failures`` consecutive failures (0 -> initial)."""
-    return min(max_s, initial_s * 2.0 ** min(failures, 62))
 
 
 class AggsClient:
@@ -135,7 +115,12 @@ class AggsClient:
 
     async def _get(self, target: str) -> dict[str, Any]:
         url = self._base + target
-        failures = 0
+        backoff = Backoff(
+            initial_s=self._backoff_initial_s,
+            cap_s=self._backoff_max_s,
+            attempts=self._max_attempts,
+            rng=self._rng,
+        )
         while True:
             self._stats.backfill_requests += 1
             log.debug("GET %s", target)
@@ -143,10 +128,9 @@ class AggsClient:
                 response = await self._http.get(url, headers=self._headers)
             except httpx.TransportError as exc:  # refused, reset, timeouts, protocol errors
                 reason = f"{type(exc).__name__}: {redact(str(exc), self._key)}"
-                delay = self._retry_delay(failures, None, target, reason)
+                delay = self._retry_delay(backoff, None, target, reason)
                 if delay is None:
                     raise RestError(f"GET {target} failed: {reason}") from exc
-                failures += 1
                 await asyncio.sleep(delay)
                 continue
             except httpx.HTTPError as exc:  # decoding errors, redirects: not worth a retry
@@ -172,7 +156,7 @@ class AggsClient:
                 )
             if status == 429 or status >= 500:
                 retry_after = _retry_after_s(response.headers.get("retry-after"), self._clock)
-                delay = self._retry_delay(failures, retry_after, target, f"{status} {body}")
+                delay = self._retry_delay(backoff, retry_after, target, f"{status} {body}")
                 if delay is None:
                     raise RestError(
                         f"GET {target} still failing with {status} after "
@@ -180,27 +164,25 @@ class AggsClient:
                         status,
                         body,
                     )
-                failures += 1
                 await asyncio.sleep(delay)
                 continue
             raise RestError(f"GET {target} failed with {status}: {body}", status, body)
 
     def _retry_delay(
-        self, failures: int, retry_after: float | None, target: str, reason: str
+        self, backoff: Backoff, retry_after: float | None, target: str, reason: str
     ) -> float | None:
-        """Seconds to wait before the next attempt, or None once attempts are used up."""
-        if failures + 1 >= self._max_attempts:
+        """Count a failure; the seconds to wait before the next attempt (the server's
+        ``Retry-After`` when it sent one, else the backoff's), or None once attempts are used up."""
+        delay = backoff.next_delay()
+        if delay is None:
             return None
         if retry_after is not None:
             delay = min(retry_after, RETRY_AFTER_MAX_S)
-        else:
-            ceiling = backoff_ceiling(self._backoff_initial_s, self._backoff_max_s, failures)
-            delay = self._rng.uniform(0, ceiling)
         log.warning(
             "GET %s: %s; retry %d/%d in %.2fs%s",
             target,
             reason,
-            failures + 1,
+            backoff.failures,
             self._max_attempts - 1,
             delay,
             " (Retry-After)" if retry_after is not None else "",
@@ -392,6 +374,9 @@ class Backfiller:
             key = f"http_{exc.status}" if exc.status is not None else "transport"
             self._stats.backfill_errors[key] += 1
             log.warning("backfill of %s skipped: %s", symbol, exc)
+        except ServiceFailed as exc:  # the publish failed for good: the feed has failed
+            self._stats.backfill_errors["publish"] += 1
+            log.warning("backfill of %s stopped: %s", symbol, exc)
         return published
 
     def _log_auth_error(self, symbol: str, exc: RestAuthError) -> None:

@@ -9,30 +9,41 @@ candle update it
 * remembers the latest candle per (symbol, interval) (:meth:`CandleHub.latest`),
 * appends the event to a bounded ring (``settings.sse_replay_events``) for SSE ``Last-Event-ID``
   resume,
-* and appends it to the bounded queue (``settings.live_queue_messages``) of every client
-  subscribed to the pair (or to the interval with the ``*`` wildcard). The JSON message is encoded
-  once per event (lazily, on first use) and the same ``str``/``bytes`` is shared by every client.
+* and offers it to every client subscribed to the pair (or to the interval with the ``*``
+  wildcard); the event's JSON is encoded once and shared (:mod:`api.live.messages`).
 
-A client whose queue is full is dropped at once (reason ``slow consumer``, counted in
-``dropped_slow``): the hub never waits for a client, so a slow one cannot slow the pipeline or the
-others. Each connection's own writer task does the socket I/O.
+A client that cannot take an update (its bounded queue is full, :mod:`api.live.client`) is
+dropped at once (reason ``slow consumer``, counted in ``dropped_slow``): the hub never waits for
+a client, so a slow one cannot slow the pipeline or the others. Each connection's own writer task
+does the socket I/O.
 
 **Snapshot then live, with no gap and no duplicate.** A pair subscribed with a snapshot is
-registered *first*, in a pending state in which the hub buffers its updates (counted against the
-same queue limit), and only then are its last N candles read from the store. The pipeline writes
-the store before it publishes, so every update published before the registration is in the
-snapshot, and every update published after it is in the buffer. When the snapshot arrives, the hub
-queues it and then the buffered updates, skipping those whose (timestamp, revision) the snapshot
-already covers (a revision at or below the snapshot's for the same candle); the same filter stays
-on for ``COVER_S`` seconds for updates that were written before the read but published after it.
-Per candle, updates reach the hub in revision order (the pipeline publishes serially; a redelivered
-or older revision of a pair's newest candle, which an at-least-once bus can produce, is dropped
-and counted in ``stale_skipped``), so a client sees revisions of a candle strictly increasing.
+registered *first*, pending (the client buffers its updates), and only then are its last N
+candles read from the store. The pipeline writes the store before it publishes, so every update
+published before the registration is in the snapshot, and every update published after it is in
+the buffer. When the snapshot arrives, the hub queues it and then the buffered updates the
+snapshot does not cover (:meth:`LiveClient.finish_snapshot`: same candle, revision at or below
+the snapshot's). Per candle, updates reach the hub in revision order (the pipeline publishes
+serially; a redelivered or older revision of a pair's newest candle, which an at-least-once bus
+can produce, is dropped and counted in ``stale_skipped``), so a client sees revisions of a candle
+strictly increasing.
 
 A WebSocket registers its pairs one at a time, each just before its own snapshot is read, so
 nothing waits in a buffer longer than one read. An SSE stream registers all its pairs at once and
 emits every snapshot, then the buffered updates in event order, so event ids only grow along the
 stream and a ``Last-Event-ID`` resume cannot skip anything.
+
+**When the bus subscription fails.** If the consumer feeding the hub's subscription dies (a
+Kafka or Kinesis consumer task failed: the subscription closes with an ``error``), the hub
+subscribes again, with backoff (``RESUBSCRIBE_INITIAL_S`` doubling up to ``RESUBSCRIBE_CAP_S``,
+jittered), until a new subscription is in place; meanwhile :meth:`CandleHub.problem` says so and
+``/readyz`` answers 503. Updates published in between may never reach the hub, so it closes
+every connected client with ``live feed interrupted`` (WebSocket close code 1011, SSE a final
+``event: error``), once when the subscription fails and again, for those connected meanwhile,
+when the new one is in place; it also empties the replay ring and skips an event id, so no id
+issued before can be resumed with ``Last-Event-ID``. Clients reconnect and get a fresh snapshot
+(the dashboard does it by itself). A subscription closed because the hub stops is not a failure;
+one closed by the bus stopping under a running hub ends the live feed, and ``problem()`` says so.
 
 Wildcard subscriptions (``*`` for an interval, for monitors) get no snapshot and are limited per
 process (``settings.live_max_wildcards``). Without a bus (``speedlayer api`` on its own) the hub
@@ -42,7 +53,8 @@ Counters for /metrics are plain attributes: ``clients`` (connected, WebSocket + 
 ``ws_clients`` and ``sse_clients``), ``dropped_slow``, ``delivered`` (messages written to client
 sockets), ``events`` (candle updates numbered and fanned out), ``stale_skipped``,
 ``connections_total``, ``rejected_connections`` (over ``live_max_connections``), ``wildcards``
-(active wildcard subscriptions), ``last_event_at`` (wall time of the last update, 0 before any).
+(active wildcard subscriptions), ``last_event_at`` (wall time of the last update, 0 before any),
+``interruptions`` (times live clients were closed because the bus subscription failed).
 """
 
 from __future__ import annotations
@@ -56,211 +68,30 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-import msgspec
-
+from api.live.client import (
+    LIVE_FEED_INTERRUPTED,
+    SHUTTING_DOWN,
+    SLOW_CONSUMER,
+    ClientKind,
+    LiveClient,
+)
+from api.live.messages import CandleEvent, Item, Message, Pair
 from speedlayer.bus.base import Bus, Subscription, candle_topic
 from speedlayer.config import Settings
-from speedlayer.errors import ConfigError, RequestError, StoreError, SubscriptionClosed
-from speedlayer.models import SYMBOL_RE, Candle
+from speedlayer.errors import RequestError, StoreError, SubscriptionClosed
+from speedlayer.models import Candle
+from speedlayer.retry import Backoff
 from speedlayer.store.base import Store
 
 log = logging.getLogger(__name__)
 
-Pair = tuple[str, str]  # (symbol, canonical interval name)
-ClientKind = Literal["ws", "sse"]
 SubscribeMode = Literal["live", "pending", "deferred"]
-WILDCARD = "*"
-SLOW_CONSUMER = "slow consumer"
-SHUTTING_DOWN = "server shutting down"
-NO_LIVE_MESSAGE = (
-    "no live updates: this server runs without a candle bus (snapshots only); "
-    "run `speedlayer up` for live candles"
-)
 HUB_CONSUMER = "api-live-hub"  # the consumer name on buses with durable positions (Kinesis)
 HUB_QUEUE_BATCHES = 8192  # bus batches the hub may lag behind before the pipeline waits
 DISPATCH_CHUNK = 500  # events dispatched between yields: below the per-client queue limit
-COVER_S = 60.0  # how long a snapshot's (timestamp, revision) filter stays on
 SNAPSHOT_READERS = 4  # concurrent store reads for one SSE stream's snapshots
-
-_encode = msgspec.json.Encoder().encode
-_client_ids = itertools.count(1)
-
-
-class CandleEvent:
-    """One candle update as the hub numbered it; its messages are encoded once, on first use."""
-
-    __slots__ = ("_sse", "_text", "at", "candle", "seq")
-
-    def __init__(self, seq: int, candle: Candle, at: float) -> None:
-        self.seq = seq
-        self.candle = candle
-        self.at = at  # wall time (time.time()) when the hub received it
-        self._text: str | None = None
-        self._sse: bytes | None = None
-
-    @property
-    def text(self) -> str:
-        """The ``candle`` message: ``{"type":"candle","seq":N,<the candle's fields>}``."""
-        text = self._text
-        if text is None:
-            body = _encode(self.candle)
-            text = self._text = f'{{"type":"candle","seq":{self.seq},{body[1:].decode()}'
-        return text
-
-    @property
-    def sse(self) -> bytes:
-        frame = self._sse
-        if frame is None:
-            frame = self._sse = f"id: {self.seq}\nevent: candle\ndata: {self.text}\n\n".encode()
-        return frame
-
-
-class Message:
-    """A message for one client (ack, snapshot, error, pong): JSON text plus SSE event/id."""
-
-    __slots__ = ("event", "id", "text")
-
-    def __init__(self, event: str, payload: dict[str, Any], id: int | None = None) -> None:
-        self.event = event
-        self.id = id
-        self.text = _encode({"type": event, **payload}).decode()
-
-    @property
-    def sse(self) -> bytes:
-        head = f"id: {self.id}\n" if self.id is not None else ""
-        return f"{head}event: {self.event}\ndata: {self.text}\n\n".encode()
-
-
-Item = CandleEvent | Message
-
-
-class LiveClient:
-    """One WebSocket or SSE connection: its subscriptions and its bounded outgoing queue."""
-
-    def __init__(self, kind: ClientKind, maxsize: int) -> None:
-        self.id = next(_client_ids)
-        self.kind: ClientKind = kind
-        self.maxsize = maxsize
-        self.pairs: set[Pair] = set()
-        self.wildcards: set[str] = set()  # intervals subscribed with the * wildcard
-        self.queue: deque[Item] = deque()
-        self.closed_reason: str | None = None
-        self.closed = asyncio.Event()
-        self.sent = 0
-        self.skipped = 0  # updates not sent because the snapshot already had them
-        self._deferred: set[Pair] = set()  # subscribed, registered when its snapshot is read
-        self._pending: dict[Pair, list[CandleEvent]] = {}  # registered, waiting for the snapshot
-        self._pending_count = 0
-        self._covered: dict[Pair, tuple[float, dict[int, int]]] = {}  # deadline, ts -> revision
-        self._waiter: asyncio.Future[None] | None = None
-
-    @property
-    def subscriptions(self) -> int:
-        return len(self.pairs) + len(self.wildcards)
-
-    def push(self, item: Item) -> bool:
-        """Queue one item; False if the queue is full (the caller drops the client)."""
-        queue = self.queue
-        if len(queue) + self._pending_count >= self.maxsize:
-            return False
-        queue.append(item)
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
-        return True
-
-    def offer(self, pair: Pair, event: CandleEvent) -> bool:
-        """An update of a subscribed pair: buffer it, skip it (covered by the snapshot) or
-        queue it. False if the client cannot take it."""
-        pending = self._pending.get(pair)
-        if pending is not None:
-            if len(self.queue) + self._pending_count >= self.maxsize:
-                return False
-            pending.append(event)
-            self._pending_count += 1
-            return True
-        if self._covered and not self._is_new(pair, event.candle):
-            return True
-        return self.push(event)
-
-    def _is_new(self, pair: Pair, candle: Candle) -> bool:
-        entry = self._covered.get(pair)
-        if entry is None:
-            return True
-        deadline, covered = entry
-        if time.monotonic() > deadline:
-            del self._covered[pair]
-            return True
-        revision = covered.get(candle.timestamp)
-        if revision is None:
-            return True
-        if candle.revision <= revision:
-            self.skipped += 1
-            return False
-        del covered[candle.timestamp]  # later updates of this candle have higher revisions
-        return True
-
-    async def take(self) -> list[Item]:
-        """Everything queued, waiting until there is something; ``[]`` once closed."""
-        while not self.queue:
-            if self.closed_reason is not None:
-                return []
-            waiter = self._waiter = asyncio.get_running_loop().create_future()
-            await waiter
-        if self.closed_reason is not None:
-            return []
-        items = list(self.queue)
-        self.queue.clear()
-        return items
-
-    def _close(self, reason: str) -> None:
-        self.closed_reason = reason
-        self.queue.clear()
-        self._deferred.clear()
-        self._pending.clear()
-        self._pending_count = 0
-        self._covered.clear()
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-        self.closed.set()
-
-
-def parse_selection(
-    settings: Settings, symbols: object, intervals: object
-) -> tuple[list[str], list[str]]:
-    """Validate symbols (tickers or ``*``) and intervals (aliases allowed); canonical names out,
-    duplicates removed, order kept. Raises RequestError with a message for the client."""
-    if not isinstance(symbols, list) or not symbols:
-        raise RequestError("symbols: give a non-empty list of tickers, e.g. AAPL,MSFT (or *)")
-    if not isinstance(intervals, list) or not intervals:
-        raise RequestError("intervals: give a non-empty list, e.g. 1m,15m")
-    out_symbols: list[str] = []
-    for symbol in symbols:
-        if not isinstance(symbol, str) or (symbol != WILDCARD and SYMBOL_RE.match(symbol) is None):
-            raise RequestError(f"symbol {symbol!r} is not a valid ticker (or * for all)")
-        if symbol not in out_symbols:
-            out_symbols.append(symbol)
-    out_intervals: list[str] = []
-    for interval in intervals:
-        if not isinstance(interval, str):
-            raise RequestError(f"interval {interval!r} is not a string")
-        try:
-            name = settings.interval_set.get(interval).name
-        except ConfigError as exc:
-            raise RequestError(str(exc)) from None
-        if name not in out_intervals:
-            out_intervals.append(name)
-    return out_symbols, out_intervals
-
-
-def split_selection(symbols: list[str], intervals: list[str]) -> tuple[list[Pair], list[str]]:
-    """(exact pairs, wildcard intervals) of a validated selection."""
-    pairs = [(s, iv) for s in symbols if s != WILDCARD for iv in intervals]
-    wild = list(intervals) if WILDCARD in symbols else []
-    return pairs, wild
+RESUBSCRIBE_INITIAL_S = 0.5  # the first wait before subscribing again after a failure
+RESUBSCRIBE_CAP_S = 10.0  # the longest wait; a subscription that lived this long resets it
 
 
 class CandleHub:
@@ -283,6 +114,7 @@ class CandleHub:
         self.wildcards = 0
         self.last_event_at = 0.0
         self.stale_skipped = 0  # updates at or below the revision already seen for the candle
+        self.interruptions = 0
         self._ring: deque[CandleEvent] = deque(maxlen=settings.sse_replay_events)
         self._latest: dict[Pair, Candle] = {}
         self._subs: dict[Pair, set[LiveClient]] = {}
@@ -291,6 +123,7 @@ class CandleHub:
         self._subscription: Subscription | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._problem: str | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -298,12 +131,9 @@ class CandleHub:
         if self.bus is None:
             log.warning("no candle bus: /ws and /stream/candles serve snapshots, no live updates")
             return
-        topics = [candle_topic(iv.name) for iv in self.settings.interval_set]
-        self._subscription = self.bus.subscribe(
-            topics, maxsize=HUB_QUEUE_BATCHES, overflow="block", consumer=HUB_CONSUMER
-        )
+        self._subscription = self._subscribe(self.bus)
         self._tasks = [
-            asyncio.create_task(self._run(self._subscription), name="candle-hub"),
+            asyncio.create_task(self._supervise(self.bus, self._subscription), name="candle-hub"),
         ]
 
     async def stop(self) -> None:
@@ -318,6 +148,11 @@ class CandleHub:
         self._tasks = []
         for client in list(self._clients):
             self.close_client(client, SHUTTING_DOWN)
+
+    def problem(self) -> str | None:
+        """None while the live feed works (or the hub runs without a bus: snapshots only, by
+        design); else what is wrong with its bus subscription."""
+        return self._problem
 
     # --- queries -----------------------------------------------------------------------------
 
@@ -360,7 +195,7 @@ class CandleHub:
             self.sse_clients -= 1
         self._unregister(client)
         if client.closed_reason is None:
-            client._close("disconnected")
+            client.close("disconnected")
 
     def close_client(self, client: LiveClient, reason: str) -> None:
         """Stop feeding a client: its connection handler closes the socket with ``reason``."""
@@ -370,7 +205,7 @@ class CandleHub:
             self.dropped_slow += 1
             log.info("dropping %s client %d: %s", client.kind, client.id, reason)
         self._unregister(client)
-        client._close(reason)
+        client.close(reason)
 
     def send(self, client: LiveClient, message: Message) -> None:
         """Queue a message for one client; a full queue drops it as a slow consumer."""
@@ -411,44 +246,31 @@ class CandleHub:
                 code="too_many_wildcards",
             )
         for pair in dict.fromkeys(pairs):
-            client.pairs.add(pair)
             if mode == "deferred":
-                self._unregister_pair(client, pair)
-                client._deferred.add(pair)
+                self._discard(self._subs, pair, client)
+                client.defer(pair)
             else:
                 self._register_pair(client, pair, pending=mode == "pending")
         for interval in new_wild:
-            client.wildcards.add(interval)
+            client.add_wildcard(interval)
             self._wild.setdefault(interval, set()).add(client)
             self.wildcards += 1
 
     def unsubscribe(self, client: LiveClient, pairs: Sequence[Pair], wild: Sequence[str]) -> None:
         for pair in pairs:
-            client.pairs.discard(pair)
-            self._unregister_pair(client, pair)
+            client.unsubscribe(pair)
+            self._discard(self._subs, pair, client)
         for interval in wild:
-            if interval in client.wildcards:
-                client.wildcards.discard(interval)
+            if client.remove_wildcard(interval):
                 self._discard(self._wild, interval, client)
                 self.wildcards -= 1
 
     def _register_pair(self, client: LiveClient, pair: Pair, *, pending: bool) -> None:
-        client._deferred.discard(pair)
         self._subs.setdefault(pair, set()).add(client)
         if pending:
-            old = client._pending.pop(pair, None)
-            if old:
-                client._pending_count -= len(old)
-            client._pending[pair] = []
-            client._covered.pop(pair, None)
-
-    def _unregister_pair(self, client: LiveClient, pair: Pair) -> None:
-        client._deferred.discard(pair)
-        self._discard(self._subs, pair, client)
-        pending = client._pending.pop(pair, None)
-        if pending:
-            client._pending_count -= len(pending)
-        client._covered.pop(pair, None)
+            client.begin_pending(pair)
+        else:
+            client.go_live(pair)
 
     async def _read_snapshot(
         self, client: LiveClient, pair: Pair, limit: int
@@ -481,14 +303,14 @@ class CandleHub:
             for pair in dict.fromkeys(pairs):
                 if client.closed_reason is not None:
                     return
-                if pair not in client._deferred:
+                if not client.is_deferred(pair):
                     continue  # unsubscribed meanwhile
                 self._register_pair(client, pair, pending=True)
                 rows = await self._read_snapshot(client, pair, limit)
                 self._flush(client, pair, rows, None, client.push)
         finally:
             if client.closed_reason is None:
-                for pair in list(client._deferred):
+                for pair in client.deferred():
                     self._register_pair(client, pair, pending=False)
 
     async def snapshot_items(
@@ -505,7 +327,7 @@ class CandleHub:
             async with gate:
                 return await self._read_snapshot(client, pair, limit)
 
-        wanted = [p for p in dict.fromkeys(pairs) if p in client._pending]
+        wanted = [p for p in dict.fromkeys(pairs) if client.is_pending(p)]
         results = await asyncio.gather(*(read(pair) for pair in wanted))
         if client.closed_reason is not None:
             return []
@@ -513,11 +335,7 @@ class CandleHub:
         events: list[CandleEvent] = []
         for pair, rows in zip(wanted, results, strict=True):
             self._flush(client, pair, rows, snapshot_id, items.append, events.append)
-        queued = [item for item in client.queue if isinstance(item, CandleEvent)]
-        others = [item for item in client.queue if not isinstance(item, CandleEvent)]
-        client.queue.clear()
-        client.queue.extend(others)
-        events.extend(queued)
+        events.extend(client.take_events())
         events.sort(key=lambda event: event.seq)
         items.extend(events)
         return items
@@ -534,25 +352,18 @@ class CandleHub:
         """Hand over the snapshot (``rows`` oldest first; None: none) and the pair's buffered
         updates that it does not cover, and make the pair live. Synchronous: nothing slips in
         between. ``put`` returning False means the client's queue is full."""
-        pending = client._pending.pop(pair, None)
-        if pending is None or client.closed_reason is not None:
+        updates = client.finish_snapshot(pair, rows)
+        if updates is None:
             return
-        client._pending_count -= len(pending)
         put_event = put_event or put
-        covered: dict[int, int] = {}
         if rows is not None:
-            covered = {c.timestamp: c.revision for c in rows}
             message = Message(
                 "snapshot", {"symbol": pair[0], "interval": pair[1], "candles": rows}, snapshot_id
             )
             if put(message) is False:
                 self.close_client(client, SLOW_CONSUMER)
                 return
-        if covered:
-            client._covered[pair] = (time.monotonic() + COVER_S, covered)
-        for event in pending:
-            if covered and not client._is_new(pair, event.candle):
-                continue
+        for event in updates:
             if put_event(event) is False:
                 self.close_client(client, SLOW_CONSUMER)
                 return
@@ -579,13 +390,65 @@ class CandleHub:
 
     # --- the bus side --------------------------------------------------------------------------
 
-    async def _run(self, subscription: Subscription) -> None:
+    def _subscribe(self, bus: Bus) -> Subscription:
+        topics = [candle_topic(iv.name) for iv in self.settings.interval_set]
+        return bus.subscribe(
+            topics, maxsize=HUB_QUEUE_BATCHES, overflow="block", consumer=HUB_CONSUMER
+        )
+
+    async def _supervise(self, bus: Bus, subscription: Subscription) -> None:
+        """Consume ``subscription``; when it fails, interrupt the live clients and subscribe
+        again, with backoff, until a new subscription is in place (see the module docstring)."""
+        backoff = Backoff(initial_s=RESUBSCRIBE_INITIAL_S, cap_s=RESUBSCRIBE_CAP_S)
+        while True:
+            since = time.monotonic()
+            await self._consume(subscription)
+            if self._stopping:
+                return
+            reason = subscription.closed_reason or "closed"
+            if not subscription.failed:
+                self._problem = f"live feed: candle bus subscription closed ({reason})"
+                log.warning("candle bus subscription ended (%s): live feeds stop", reason)
+                return
+            error = str(subscription.error)
+            detail = reason if not error or error in reason else f"{reason}: {error}"
+            failure = f"live feed: candle bus subscription failed: {detail}; resubscribing"
+            self._problem = failure
+            log.warning("%s", failure)
+            self._interrupt()
+            if time.monotonic() - since >= RESUBSCRIBE_CAP_S:
+                backoff.reset()  # it had been working: start again with short waits
+            while True:
+                await backoff.sleep()  # unbounded: only stop() ends it
+                try:
+                    subscription = self._subscription = self._subscribe(bus)
+                    break
+                except Exception as exc:  # BusError (a broker away), or any other: try again
+                    self._problem = f"{failure} (attempt {backoff.failures} failed: {exc})"
+                    log.warning("subscribing to the candle bus failed: %s", exc)
+            self._interrupt()  # clients connected meanwhile may have missed updates too
+            self._problem = None
+            log.info("candle bus subscription restored; live feeds resume")
+
+    def _interrupt(self) -> None:
+        """Updates may have been lost: close every client (each reconnects for a fresh snapshot)
+        and make no event id issued so far resumable (an emptied ring, and a skipped id that
+        no event carries)."""
+        self._ring.clear()
+        self.seq += 1
+        clients = list(self._clients)
+        for client in clients:
+            self.close_client(client, LIVE_FEED_INTERRUPTED)
+        if clients:
+            self.interruptions += 1
+            log.warning("closed %d live clients: %s", len(clients), LIVE_FEED_INTERRUPTED)
+
+    async def _consume(self, subscription: Subscription) -> None:
+        """Dispatch the subscription's batches until it closes."""
         while True:
             try:
                 _, batch = await subscription.get()
-            except SubscriptionClosed as exc:
-                if not self._stopping:
-                    log.warning("candle bus subscription ended (%s): live feeds stop", exc.reason)
+            except SubscriptionClosed:
                 return
             at = time.time()
             for start in range(0, len(batch), DISPATCH_CHUNK):
@@ -634,13 +497,12 @@ class CandleHub:
         self.last_event_at = at
 
     def _unregister(self, client: LiveClient) -> None:
-        for pair in client.pairs:
+        pairs, wildcards = client.drop_subscriptions()
+        for pair in pairs:
             self._discard(self._subs, pair, client)
-        for interval in client.wildcards:
+        for interval in wildcards:
             self._discard(self._wild, interval, client)
             self.wildcards -= 1
-        client.pairs = set()
-        client.wildcards = set()
 
     @staticmethod
     def _discard(index: dict[Any, set[LiveClient]], key: Any, client: LiveClient) -> None:

@@ -1,8 +1,5 @@
-"""The ``speedlayer`` command.
-
-This is the composition root: it builds settings, stores and services, so it is the one module of
-the core package that imports the services (lazily, inside each command).
-"""
+"""The ``speedlayer`` command: settings from flags over ``SPEEDLAYER_*`` variables, then one of
+the services (``launch.services``) or a one-shot task (replay, candles, purge, init-aws)."""
 
 from __future__ import annotations
 
@@ -114,20 +111,13 @@ def replay(
     tune_gc()
 
     async def go() -> Any:
-        from ingest.replay import replay_files
-        from processors.pipeline import CandlePipeline
-        from processors.resampler import Resampler
+        from launch.replay import replay_files
+        from launch.wiring import build_pipeline
         from speedlayer.backends import open_store
 
         clock = SystemClock()
         async with open_store(settings, clock) as store:
-            resampler = Resampler(
-                settings.interval_set,
-                clock,
-                grace_ms=settings.grace_ms,
-                lateness_ms=settings.lateness_ms,
-            )
-            pipeline = CandlePipeline(resampler, store)
+            pipeline = build_pipeline(settings, store, clock)
             await pipeline.recover()
             return await replay_files(files, pipeline, settings.batch_size)
 
@@ -204,16 +194,9 @@ def api(
     """Serve the REST API (and, with --bus kinesis|kafka, live candles from the bus)."""
     settings = _settings(db=db, store=store, bus=bus, host=host, port=port)
     _setup_logging(settings.log_level)
-    import uvicorn
+    from launch.services import run_api
 
-    from api.app import create_app
-
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level.lower(),
-    )
+    run_api(settings)
 
 
 @main.command()
@@ -366,7 +349,7 @@ def up(
     )
     _setup_logging(settings.log_level)
     tune_gc()
-    from speedlayer.stack import run_stack
+    from launch.services import run_stack
 
     with contextlib.suppress(KeyboardInterrupt):
         _run(run_stack(settings))
@@ -480,7 +463,7 @@ def ingest(
     if settings.bus == "memory":
         raise click.UsageError("`ingest` alone needs a bus other processes can read: --bus kinesis")
     _setup_logging(settings.log_level)
-    from speedlayer.stack import run_ingest
+    from launch.services import run_ingest
 
     with contextlib.suppress(KeyboardInterrupt):
         _run(run_ingest(settings))
@@ -498,7 +481,7 @@ def process(db: Path | None, store: str | None, bus: str | None, consumer: str |
         raise click.UsageError("`process` alone needs a bus other processes write: --bus kinesis")
     _setup_logging(settings.log_level)
     tune_gc()
-    from speedlayer.stack import run_process
+    from launch.services import run_process
 
     with contextlib.suppress(KeyboardInterrupt):
         _run(run_process(settings))

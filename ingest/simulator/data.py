@@ -1,7 +1,7 @@
 """Data side of the Polygon simulator: market conventions, event encoding, the REST bar store.
 
 Kept free of I/O and of asyncio so it can be tested and profiled on its own. The simulator
-(``ingest.simulator``) drives it minute by minute.
+(``ingest.simulator.server``) drives it minute by minute.
 """
 
 from __future__ import annotations

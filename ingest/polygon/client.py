@@ -15,20 +15,29 @@ Tasks (all owned by the feed; ``stop`` cancels and awaits every one):
   downstream stall longer than the queue can absorb makes the reader stop reading, the server-side
   buffer grows and Polygon eventually drops the connection (or the keepalive ping times out); the
   feed then reconnects and the REST gap backfill repairs the missed minutes.
-* **parser** (``polygon-parse``): ``orjson.loads`` each frame, ``ingest.files.from_event`` per
+* **parser** (``polygon-parse``): ``orjson.loads`` each frame, ``protocol.from_event`` per
   event, rejects counted by reason, status messages counted and logged, validated bars published
   on ``RAW_TOPIC`` in batches (frames already waiting are coalesced, up to ``batch_max`` bars).
-* **backfill workers** (``ingest.backfill.Backfiller``, ``backfill_concurrency`` of them): fetch
-  missed minutes over REST and publish them on the same topic. They never block live reading.
+* **backfill workers** (``rest.Backfiller``, ``backfill_concurrency`` of them): fetch missed
+  minutes over REST and publish them on the same topic. They never block live reading.
+
+Publishing: the raw topic must lose nothing, so a batch is never dropped. A publish that fails
+with a retriable error (``speedlayer.errors.BusError``) is tried again with backoff
+(``speedlayer.retry.Backoff``, 0.1 s growing to 5 s, full jitter) until it succeeds; meanwhile the
+parser reads no more frames (the queue fills and the reader waits, as for a slow bus) and
+``problem()`` says what is failing since when. A failure that outlasts ``publish_deadline_s``, or
+one that is not retriable, fails the feed for good: ``failed`` is set to a ``ServiceFailed``, the
+parser ends, and the service stops with an error. Backfill publishes follow the same rule.
 
 Reconnects: on every failure except ``auth_failed`` (close codes other than ours, 1006 drops,
 refused or timed-out connects, keepalive ping timeouts, handshake timeouts) the feed waits an
-exponential backoff with full jitter (uniform in [0, min(backoff_max_s, backoff_initial_s *
-2**failures)]) and reconnects, re-authenticating and re-subscribing. The failure count resets after
-a connection that stayed up at least ``backoff_max_s`` - except when the server announced
-``max_connections`` (another connection uses the key), which always counts as a failure so two
-clients on one key back off instead of evicting each other in a tight loop. ``auth_failed`` is
-fatal: ``failed`` is set, the connection task ends and ``wait_connected`` raises it.
+exponential backoff with full jitter (``Backoff``: uniform in [0, min(backoff_max_s,
+backoff_initial_s * 2**failures)]) and reconnects, re-authenticating and re-subscribing. The
+failure count resets after a connection that stayed up at least ``backoff_max_s`` - except when
+the server announced ``max_connections`` (another connection uses the key), which always counts as
+a failure so two clients on one key back off instead of evicting each other in a tight loop.
+``auth_failed`` is fatal: ``failed`` is set, the connection task ends and ``wait_connected`` raises
+it.
 
 Backfill: at start-up each configured symbol (and each of ``backfill_symbols``) is fetched from
 ``now - backfill_lookback_min``; with ``["*"]`` each other symbol is fetched that way the first
@@ -48,8 +57,10 @@ import asyncio
 import dataclasses
 import logging
 import random
+import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -57,36 +68,22 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from ingest.backfill import (
-    AggsClient,
-    Backfiller,
-    LiveRegister,
-    backoff_ceiling,
+from ingest.polygon.protocol import (
+    CHANNEL_PREFIX,
+    clean_symbols,
+    from_event,
     redact,
-    rest_ticker,
+    subscribe_params,
 )
-from ingest.files import from_event
+from ingest.polygon.rest import AggsClient, Backfiller, LiveRegister
 from speedlayer.bus.base import RAW_TOPIC, Bus
 from speedlayer.clock import Clock
-from speedlayer.errors import AuthError, ConfigError, PolygonError, RestAuthError, RestError
+from speedlayer.errors import AuthError, ConfigError, PolygonError, ServiceFailed
 from speedlayer.models import MINUTE_MS, Bar
-
-__all__ = [
-    "CHANNEL_PREFIX",
-    "AuthError",
-    "FeedStats",
-    "PolygonConfig",
-    "PolygonError",
-    "PolygonFeed",
-    "RestAuthError",
-    "RestError",
-    "rest_ticker",
-    "subscribe_params",
-]
+from speedlayer.retry import Backoff, is_retriable, retry
 
 log = logging.getLogger("ingest.polygon")
 
-CHANNEL_PREFIX = {"stocks": "AM", "options": "AM", "indices": "AM", "crypto": "XA", "forex": "CA"}
 LATE_CORRECTION_MS = 15 * MINUTE_MS  # Polygon re-sends a minute for up to 15 minutes
 HANDSHAKE_TIMEOUT_S = 10.0  # connected -> auth reply must arrive within this
 CLOSE_TIMEOUT_S = 5.0
@@ -94,6 +91,8 @@ MAX_FRAME_BYTES = 64 * 2**20  # a full-market minute can exceed websockets' 1 Mi
 WARN_EVERY_S = 5.0  # rate limit of repeated warnings (queue full, server status warnings)
 STOP_WAIT_S = 2.0  # on stop: for the close handshake, and for publishing frames already read
 DELAY_HISTORY = 64
+PUBLISH_RETRY_INITIAL_S = 0.1  # backoff of a failing publish to the raw topic ...
+PUBLISH_RETRY_CAP_S = 5.0  # ... growing to this
 
 
 @dataclass
@@ -114,6 +113,7 @@ class PolygonConfig:
     backfill_concurrency: int = 8
     ping_interval_s: float = 20.0
     ping_timeout_s: float = 20.0
+    publish_deadline_s: float = 300.0  # a publish failing this long fails the feed for good
 
     def __post_init__(self) -> None:
         problems = []
@@ -125,7 +125,7 @@ class PolygonConfig:
             problems.append(f"ws_url {self.ws_url!r} must start with ws:// or wss://")
         if not self.rest_url.startswith(("http://", "https://")):
             problems.append(f"rest_url {self.rest_url!r} must start with http:// or https://")
-        self.symbols = _clean_symbols(self.symbols)
+        self.symbols = clean_symbols(self.symbols)
         if not self.symbols:
             problems.append('symbols is empty (use ["*"] for all)')
         for name in ("batch_max", "queue_frames", "backfill_concurrency"):
@@ -137,6 +137,8 @@ class PolygonConfig:
             problems.append("need 0 < backoff_initial_s <= backoff_max_s")
         if self.ping_interval_s <= 0 or self.ping_timeout_s <= 0:
             problems.append("ping_interval_s and ping_timeout_s must be > 0")
+        if not self.publish_deadline_s > 0:
+            problems.append("publish_deadline_s must be > 0")
         if problems:
             raise ConfigError("invalid Polygon settings: " + "; ".join(problems))
 
@@ -156,17 +158,6 @@ class PolygonConfig:
         return f"{self.ws_url.rstrip('/')}/{self.market}"
 
 
-def _clean_symbols(symbols: list[str]) -> list[str]:
-    cleaned = list(dict.fromkeys(s.strip() for s in symbols if s and s.strip()))
-    return ["*"] if "*" in cleaned else cleaned
-
-
-def subscribe_params(market: str, symbols: list[str]) -> str:
-    """The ``params`` of the single subscribe message: ``AM.AAPL,AM.MSFT`` or ``AM.*``."""
-    prefix = CHANNEL_PREFIX[market]
-    return ",".join(f"{prefix}.{symbol}" for symbol in _clean_symbols(symbols))
-
-
 @dataclass
 class FeedStats:
     """Counters of one feed (live object; read it any time).
@@ -176,8 +167,10 @@ class FeedStats:
     and events (and REST results) by reason; ``status_messages`` counts server statuses by
     ``status``; ``reconnects`` counts waits before a new connection attempt; ``reconnect_delays``
     keeps the last (ceiling_s, delay_s) backoffs; ``backfill_requests`` counts HTTP requests
-    (pages and retries); ``backfill_errors`` counts fetches given up, by ``http_<status>`` or
-    ``transport``.
+    (pages and retries); ``backfill_errors`` counts fetches given up, by ``http_<status>``,
+    ``transport`` or ``publish``; ``publish_errors`` counts failed attempts to publish a batch
+    (live or backfill) and ``publish_retries`` the attempts made again after one;
+    ``parse_errors`` counts batches a bug in parsing made the parser skip.
     """
 
     connects: int = 0
@@ -193,6 +186,8 @@ class FeedStats:
     backfill_bars: int = 0
     backfill_errors: Counter[str] = field(default_factory=Counter)
     publish_errors: int = 0
+    publish_retries: int = 0
+    parse_errors: int = 0
     last_bar_end_ms: int | None = None
     last_disconnect: str | None = None
     reconnect_delays: deque[tuple[float, float]] = field(
@@ -243,7 +238,9 @@ class PolygonFeed:
         self.config = config
         self.bus = bus
         self.clock = clock
-        self.failed: AuthError | None = None
+        # set once the feed has failed for good: the key was refused (AuthError), or publishing
+        # to the raw topic failed past its deadline or not retriably (ServiceFailed)
+        self.failed: AuthError | ServiceFailed | None = None
         self._stats = FeedStats()
         self._http = http
         self._own_http = http is None
@@ -262,6 +259,10 @@ class PolygonFeed:
         self._ws_logger = _RedactingAdapter(logging.getLogger("ingest.polygon.ws"), config.api_key)
         self._backfiller: Backfiller | None = None
         self.live_register = LiveRegister()
+        # publishes being retried right now (live and backfill): token -> wall time of the first
+        # failure; and the latest error of any of them
+        self._publish_failing: dict[object, float] = {}
+        self._publish_error: BaseException | None = None
 
     def __repr__(self) -> str:
         return f"PolygonFeed({self.config!r})"
@@ -273,6 +274,19 @@ class PolygonFeed:
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    def problem(self) -> str | None:
+        """None while the feed works; else what is wrong: the failure that stopped it for good,
+        or a publish to the raw topic that keeps failing (and is being retried)."""
+        if self.failed is not None:
+            return str(self.failed)
+        if self._publish_failing:
+            since = datetime.fromtimestamp(min(self._publish_failing.values()), UTC)
+            return (
+                f"publishing to the raw topic failing since {since:%Y-%m-%dT%H:%M:%SZ} "
+                f"({self._stats.publish_retries} retries): {self._publish_error}"
+            )
+        return None
 
     # lifecycle -----------------------------------------------------------------------------------
 
@@ -368,7 +382,8 @@ class PolygonFeed:
             )
 
     async def wait_connected(self, timeout: float) -> None:  # noqa: ASYNC109 - the agreed API
-        """Wait until authenticated and subscribed; raise ``failed`` (AuthError) if auth failed.
+        """Wait until authenticated and subscribed; raise ``failed`` if the feed failed for good
+        (an ``AuthError`` when the key was refused).
 
         Raises TimeoutError when ``timeout`` seconds pass first.
         """
@@ -399,21 +414,28 @@ class PolygonFeed:
     def _task(self, name: str) -> asyncio.Task[None] | None:
         return next((task for task in self._tasks if task.get_name() == name), None)
 
+    def _fail(self, error: AuthError | ServiceFailed) -> None:
+        """The feed has failed for good (the first failure is kept)."""
+        if self.failed is None:
+            self.failed = error
+            self._failed_event.set()
+            log.error("%s", error)
+
     # connection ----------------------------------------------------------------------------------
 
     async def _run(self) -> None:
         config = self.config
         loop = asyncio.get_running_loop()
-        failures = 0
+        backoff = Backoff(
+            initial_s=config.backoff_initial_s, cap_s=config.backoff_max_s, rng=self._rng
+        )
         while not self._stopping:
             session = _Session()
             try:
                 await self._connect_once(session)
                 reason = "server closed the connection"
             except AuthError as exc:
-                self.failed = exc
-                self._failed_event.set()
-                log.error("%s", exc)
+                self._fail(exc)
                 return
             except asyncio.CancelledError:
                 raise
@@ -436,10 +458,10 @@ class PolygonFeed:
             self._stats.last_disconnect = reason
             lived = None if session.subscribed_at is None else loop.time() - session.subscribed_at
             if lived is not None and lived >= config.backoff_max_s and not session.evicted:
-                failures = 0
-            ceiling = backoff_ceiling(config.backoff_initial_s, config.backoff_max_s, failures)
-            delay = self._rng.uniform(0.0, ceiling)
-            failures += 1
+                backoff.reset()
+            ceiling = backoff.ceiling()
+            delay = backoff.next_delay()
+            assert delay is not None  # neither attempts nor time bound this backoff
             self._stats.reconnects += 1
             self._stats.reconnect_delays.append((ceiling, delay))
             log.warning(
@@ -448,7 +470,7 @@ class PolygonFeed:
                 reason,
                 f" after {lived:.1f}s" if lived is not None else "",
                 delay,
-                failures,
+                backoff.failures,
             )
             await asyncio.sleep(delay)
 
@@ -586,14 +608,18 @@ class PolygonFeed:
             taken = 1
             try:
                 bars: list[Bar] = []
-                self._parse_frame(frame, bars)
-                while len(bars) < batch_max and not queue.empty():  # coalesce waiting frames
-                    self._parse_frame(queue.get_nowait(), bars)
-                    taken += 1
-                await self._publish_live(bars)
-            except Exception:  # a bug or a failing bus must not stop parsing
-                self._stats.publish_errors += 1
-                log.exception("polygon: failed to parse or publish a batch")
+                try:
+                    self._parse_frame(frame, bars)
+                    while len(bars) < batch_max and not queue.empty():  # coalesce waiting frames
+                        self._parse_frame(queue.get_nowait(), bars)
+                        taken += 1
+                except Exception:  # a bug must not stop parsing
+                    self._stats.parse_errors += 1
+                    log.exception("polygon: failed to parse a batch; its frames are skipped")
+                    continue
+                await self._publish_live(bars)  # retried until it succeeds, or the feed fails
+            except ServiceFailed:
+                return  # the feed has failed for good (``failed`` is set): parse no more
             finally:
                 for _ in range(taken):
                     queue.task_done()
@@ -656,16 +682,71 @@ class PolygonFeed:
         batch_max = self.config.batch_max
         for start in range(0, len(bars), batch_max):
             chunk = bars[start : start + batch_max]
-            await self.bus.publish(RAW_TOPIC, chunk)
+            await self._publish(chunk, "live")
             self._stats.bars_published += len(chunk)
 
     async def _publish_backfill(self, bars: list[Bar]) -> None:
-        await self.bus.publish(RAW_TOPIC, bars)
+        await self._publish(bars, "backfill")
         last_t = self._last_t
         for bar in bars:
             previous = last_t.get(bar.symbol)
             if previous is None or bar.t > previous:
                 last_t[bar.symbol] = bar.t
+
+    async def _publish(self, bars: list[Bar], what: str) -> None:
+        """Publish ``bars`` on the raw topic, retrying retriable failures with backoff until
+        ``publish_deadline_s``; past it, or on an error that is not retriable, the feed fails
+        for good and ``ServiceFailed`` is raised. The batch is never dropped otherwise."""
+        if not bars:
+            return
+        if isinstance(self.failed, ServiceFailed):  # publishing has failed for good already
+            raise ServiceFailed(f"not publishing {len(bars)} {what} bars: {self.failed}")
+        token = object()
+        stats = self._stats
+
+        async def publish() -> None:
+            try:
+                await self.bus.publish(RAW_TOPIC, bars)
+            except Exception as exc:
+                stats.publish_errors += 1
+                self._publish_error = exc
+                self._publish_failing.setdefault(token, time.time())
+                raise
+
+        def retriable(error: BaseException) -> bool:
+            # once publishing has failed for good, the publishes still retrying give up too
+            return is_retriable(error) and not isinstance(self.failed, ServiceFailed)
+
+        def retried(error: BaseException, failures: int) -> None:
+            stats.publish_retries += 1
+
+        backoff = Backoff(
+            initial_s=PUBLISH_RETRY_INITIAL_S,
+            cap_s=PUBLISH_RETRY_CAP_S,
+            timeout_s=self.config.publish_deadline_s,
+            rng=self._rng,
+        )
+        try:
+            await retry(
+                publish,
+                what=f"polygon: {what} publish of {len(bars)} bars to {RAW_TOPIC}",
+                backoff=backoff,
+                retriable=retriable,
+                on_failure=retried,
+            )
+        except Exception as exc:
+            since = self._publish_failing.get(token, time.time())
+            error = ServiceFailed(
+                f"polygon feed stopped: publishing {len(bars)} {what} bars to the raw topic "
+                f"failed for {time.time() - since:.0f}s ({type(exc).__name__}: {exc})"
+            )
+            self._fail(error)
+            raise error from exc
+        finally:
+            if self._publish_failing.pop(token, None) is not None and not self._publish_failing:
+                self._publish_error = None
+        if backoff.failures:
+            log.info("polygon: %s publish to %s succeeded again", what, RAW_TOPIC)
 
     def _schedule_gap_backfill(self) -> None:
         """After a reconnect: every symbol seen (and configured) from its last bar - 15 min."""

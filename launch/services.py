@@ -1,0 +1,158 @@
+"""The services, composed: ``speedlayer up`` (everything in one process), and the separate
+``speedlayer ingest``, ``speedlayer process`` and ``speedlayer api`` services.
+
+* **ingest**: the feed (the Polygon simulator in process, Polygon itself when a key is configured,
+  or any Polygon-protocol server at ``polygon_ws_url``) -> validated 1-minute bars on the raw
+  topic ``market-data-raw``.
+* **process**: the raw topic (durable consumer ``process_consumer``; a first start reads the
+  stream from its oldest record) -> resampler -> store -> candle updates on
+  ``market-data-{interval}``. Its position is committed after each batch is stored, so a restart
+  (even after ``kill -9``) resumes where it left off.
+* **api**: REST over the store and, with a distributed bus, the live feeds.
+* **up**: ingest, process and the API in one process, over the configured backends (the
+  in-process bus and SQLite by default; ``--bus kinesis --store dynamodb`` for the AWS path).
+
+Every service watches the long-lived parts it owns (docs/design.md#failure-policy): when the
+pipeline or the feed fails for good, the service stops and exits with an error
+(:class:`~speedlayer.errors.ServiceFailed`) instead of running on idle, so a supervisor restarts
+it; meanwhile ``/readyz`` reports the problem. Separate services use the wall clock; ``up`` with
+the simulator uses the simulator's clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+import uvicorn
+
+from api.app import create_app
+from ingest.polygon import PolygonFeed
+from launch.wiring import (
+    EmbeddedStack,
+    embedded_stack,
+    start_feed,
+    start_runner,
+    start_source,
+    uvicorn_server,
+)
+from speedlayer.backends import open_bus, open_store
+from speedlayer.clock import SystemClock
+from speedlayer.config import Settings
+from speedlayer.errors import ServiceFailed
+
+log = logging.getLogger(__name__)
+
+
+async def wait_for_stop(failed: asyncio.Event | None = None) -> bool:
+    """Wait for SIGINT/SIGTERM (True) or for ``failed`` to be set (False)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+    waiters = [asyncio.create_task(stop.wait())]
+    if failed is not None:
+        waiters.append(asyncio.create_task(failed.wait()))
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in waiters:
+            task.cancel()
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+    return stop.is_set()
+
+
+async def run_stack(settings: Settings) -> None:
+    """``speedlayer up``: feed, pipeline, store and API in one process; stops with an error when
+    the pipeline or the feed fails for good."""
+    async with embedded_stack(settings) as embedded:
+        server = uvicorn_server(embedded.app, settings)
+        log.info("API on http://%s:%d", settings.host, settings.port)
+        watcher = asyncio.create_task(_stop_on_failure(embedded, server))
+        try:
+            await server.serve()
+        finally:
+            watcher.cancel()
+        failure = embedded.failure()
+        if failure is not None:
+            raise ServiceFailed(f"speedlayer up stopped: {failure}")
+
+
+async def _stop_on_failure(embedded: EmbeddedStack, server: uvicorn.Server) -> None:
+    """Shut the API server down once a part of the stack has failed for good."""
+    await embedded.wait_failed()
+    log.error("stopping: %s", embedded.failure())
+    server.should_exit = True
+
+
+async def run_ingest(settings: Settings) -> None:
+    """``speedlayer ingest``: the feed onto the raw topic, until SIGINT/SIGTERM."""
+    async with contextlib.AsyncExitStack() as stack:
+        target = await start_source(stack, settings)
+        bus = await stack.enter_async_context(open_bus(settings))
+        feed = await start_feed(stack, settings, target, bus)
+        log.info("ingest: %s -> bus %s", target.ws_url, settings.bus)
+        reporter = asyncio.create_task(_report_feed(feed, settings.stats_interval_s))
+        failed = asyncio.Event()
+        watcher = asyncio.create_task(_watch_feed(feed, failed))
+        try:
+            stopped = await wait_for_stop(failed)
+        finally:
+            for task in (reporter, watcher):
+                task.cancel()
+            await asyncio.gather(reporter, watcher, return_exceptions=True)
+        stats = feed.stats
+        log.info("ingest: %d bars published, %d from backfill", stats.bars_published,
+                 stats.backfill_bars)  # fmt: skip
+        if not stopped and feed.failed is not None:
+            raise ServiceFailed(f"ingest stopped: {feed.failed}")
+
+
+async def _watch_feed(feed: PolygonFeed, failed: asyncio.Event) -> None:
+    """Set ``failed`` once the feed has failed for good (the API key was refused)."""
+    while True:
+        await asyncio.sleep(1.0)
+        if feed.failed is not None:
+            failed.set()
+            return
+
+
+async def _report_feed(feed: PolygonFeed, every_s: float) -> None:
+    published = 0
+    while True:
+        await asyncio.sleep(every_s)
+        stats = feed.stats
+        total = stats.bars_published + stats.backfill_bars
+        log.info(
+            "ingest: %d bars published (%.0f/s), %d rejected, %d reconnects",
+            total, (total - published) / every_s, sum(stats.rejected.values()), stats.reconnects,
+        )  # fmt: skip
+        published = total
+
+
+async def run_process(settings: Settings) -> None:
+    """``speedlayer process``: raw bars -> candles in the store and on the bus, until
+    SIGINT/SIGTERM; exits with an error when the runner fails (a batch that cannot be stored
+    past the retry deadline, a consumer that died), without committing that batch."""
+    async with contextlib.AsyncExitStack() as stack:
+        clock = SystemClock()
+        # A consumer without a stored position reads what the stream still holds (on Kinesis:
+        # from TRIM_HORIZON), so bars published before the first start are not skipped.
+        bus = await stack.enter_async_context(open_bus(settings, initial_position="TRIM_HORIZON"))
+        store = await stack.enter_async_context(open_store(settings, clock))
+        runner = await start_runner(stack, settings, store, bus, clock)
+        log.info("process: consumer %r, bus %s -> store %s", settings.process_consumer,
+                 settings.bus, settings.store)  # fmt: skip
+        stopped = await wait_for_stop(runner.failed)
+        log.info("process: %d bars in, %d candles out", runner.bars_in, runner.candles_out)
+        if not stopped:
+            raise ServiceFailed(f"processing stopped: {runner.failure}")
+
+
+def run_api(settings: Settings) -> None:
+    """``speedlayer api``: REST over the configured store; live feeds from a distributed bus."""
+    uvicorn_server(create_app(settings), settings, access_log=True).run()

@@ -1,0 +1,123 @@
+"""Services whose backend goes away (docs/design.md#failure-policy), as real processes.
+
+``speedlayer process`` reads the raw stream of a Kinesis emulator that is killed under it: the
+consumer fails, and instead of idling forever the service exits with an error, uncommitted. The
+emulator comes back on its data directory, the service is restarted (as a container supervisor
+would), and it resumes from its checkpoint: the candles equal those of ``speedlayer replay`` of the
+same bars, and nothing published meanwhile is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from ingest.synthetic import RandomWalk, symbol_names
+from speedlayer.bus.base import RAW_TOPIC
+from speedlayer.clock import SystemClock
+from speedlayer.models import Bar
+from speedlayer.store.sqlite import SQLiteStore
+from tests.conftest import free_port, kinesalite_command, run_cli, start_emulator, stop_process
+from tests.test_aws_path import (
+    CONSUMER,
+    INTERVALS,
+    Aws,
+    Service,
+    all_candles,
+    reference,
+    wait_for_items,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+
+T0 = 1_704_204_000_000  # 2024-01-02T14:00Z
+SYMBOLS = 12
+MINUTES = 40
+
+
+def kinesalite(port: int, data: Path) -> subprocess.Popen[bytes]:
+    options = f"path: {json.dumps(str(data))}, shardLimit: 100"
+    return start_emulator(kinesalite_command(port, options), port)
+
+
+def kill9(proc: subprocess.Popen[bytes]) -> None:
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+
+
+@pytest.fixture
+def services() -> Iterator[list[Service]]:
+    started: list[Service] = []
+    yield started
+    for service in started:
+        service.cleanup()
+
+
+async def exit_code(service: Service, timeout_s: float) -> int:
+    assert service.proc is not None
+    deadline = time.monotonic() + timeout_s
+    while (code := service.proc.poll()) is None:
+        assert time.monotonic() < deadline, f"{service.name} kept running:\n{service.text()}"
+        await asyncio.sleep(0.1)
+    return code
+
+
+async def test_process_exits_when_its_stream_goes_away_and_its_restart_resumes(
+    tmp_path: Path, dynalite_url: str, services: list[Service]
+) -> None:
+    bars = list(RandomWalk(symbol_names(SYMBOLS), seed=5).bars(T0, MINUTES))
+    first, second = bars[: len(bars) // 2], bars[len(bars) // 2 :]
+    port, data = free_port(), tmp_path / "kinesis"
+    emulator = kinesalite(port, data)
+    try:
+        aws = Aws(dynalite_url, f"http://127.0.0.1:{port}")
+        env = {**aws.env, "SPEEDLAYER_WRITE_RETRY_DEADLINE_S": "5"}
+        run_cli("init-aws", env=env)
+        args = ["process", "--bus", "kinesis", "--store", "dynamodb"]
+        async with aws.store() as store:
+            async with aws.bus() as bus:
+                await bus.publish(RAW_TOPIC, first)
+            process = Service("process", args, env, tmp_path).start()
+            services.append(process)
+            await wait_for_items(store, len(first), [process])
+            await asyncio.sleep(0.5)  # the checkpoint follows the stored batch
+
+            kill9(emulator)
+            assert await exit_code(process, 60) != 0
+            log = process.text()
+            assert "processing stopped" in log and "consumer failed" in log, log
+
+            emulator = kinesalite(port, data)  # back, with what it held
+            async with aws.bus() as bus:
+                assert await bus.checkpoints(CONSUMER, RAW_TOPIC)
+                await bus.publish(RAW_TOPIC, second)
+            restarted = Service("process-2", args, env, tmp_path).start()
+            services.append(restarted)
+            await wait_for_items(store, len(bars), [restarted])
+            await asyncio.sleep(1.0)
+            symbols = sorted({bar.symbol for bar in bars})
+            distributed = await all_candles(store, symbols)
+        assert restarted.stop() == 0
+    finally:
+        stop_process(emulator)
+    assert "resumes after its checkpoints" in restarted.text()
+
+    served: dict[tuple[str, int], Bar] = {(bar.symbol, bar.t): bar for bar in bars}
+    async with SQLiteStore(await reference(served, tmp_path), INTERVALS, SystemClock()) as ref:
+        embedded = await all_candles(ref, symbols)
+    for iv in INTERVALS:
+        got, want = distributed[iv.name], embedded[iv.name]
+        assert [(c.symbol, c.timestamp) for c in got] == [(c.symbol, c.timestamp) for c in want]
+        for g, w in zip(got, want, strict=True):
+            # a batch re-read after the failure may count a revision twice; the values agree
+            assert g.revision >= w.revision, (g, w)
+            assert g == msgspec.structs.replace(w, revision=g.revision), (g, w)
