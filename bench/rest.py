@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.rest --symbols 500 --seconds 15
 
-The store: a SQLite file holding 90 days of 1h and 30 days of 15m candles (the seed's retention)
+The store: a SQLite file holding 90 days of 1h and 30 days of 15m candles (the default retention)
 for ``symbols`` symbols, ending now. The server: ``speedlayer api``'s app (uvicorn, one process,
 the same middleware: metrics, CORS, API-key check) on that file, in its own process, plus one
 extra route, ``GET /noop``, that returns ``{}`` — the peer: everything but the query.

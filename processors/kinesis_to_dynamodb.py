@@ -1,6 +1,6 @@
 """Lambda: candle records from a Kinesis stream (``market-data-{interval}``) into DynamoDB.
 
-The seed's handler, fixed:
+The Kinesis -> DynamoDB handler of docs/design.md#lambda-path:
 
 * ``ttl`` comes from event time: the candle's bucket start + interval + the interval's retention
   (``Interval.ttl``), never the wall clock at write time, so replayed history expires on the

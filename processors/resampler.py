@@ -1,6 +1,6 @@
 """The resampler: 1-minute bars in, candles of every configured interval out.
 
-Semantics (DESIGN.md section 2):
+Semantics (docs/design.md#candle-semantics):
 
 * Bars are keyed by (symbol, t). A bar with a known key replaces the old one (last write wins by
   arrival); an exact duplicate changes nothing.

@@ -1,7 +1,7 @@
 """Candle intervals and bucket math.
 
 Buckets start at multiples of the interval since the Unix epoch, in UTC. An interval is any whole
-number of minutes, hours or days; the default set is the seed's ``1m 5m 15m 30m 1h 2h 4h``.
+number of minutes, hours or days; the default set is ``1m 5m 15m 30m 1h 2h 4h`` (docs/design.md).
 """
 
 from __future__ import annotations
@@ -39,14 +39,14 @@ class Interval:
 
     @property
     def table_suffix(self) -> str:
-        """The seed's table naming: minutes as ``Nmin``, hours and days as ``Nh`` / ``Nd``."""
+        """The tables' naming: minutes as ``Nmin``, hours and days as ``Nh`` / ``Nd``."""
         if self.name.endswith("m"):
             return self.name[:-1] + "min"
         return self.name
 
     @property
     def table(self) -> str:
-        """The seed's table name for this interval (SQLite table, DynamoDB table)."""
+        """The table name for this interval (SQLite table, DynamoDB table)."""
         return TABLE_PREFIX + self.table_suffix
 
     def bucket_start(self, t_ms: int) -> int:
@@ -86,7 +86,7 @@ def name_for_ms(interval_ms: int) -> str:
 
 
 def default_retention_s(interval_ms: int) -> int:
-    """The seed's retention: up to 5m 7 days, up to 30m 30 days, longer intervals 90 days."""
+    """Default retention: up to 5m 7 days, up to 30m 30 days, longer intervals 90 days."""
     if interval_ms <= 5 * MINUTE_MS:
         return 7 * DAY_S
     if interval_ms <= 30 * MINUTE_MS:

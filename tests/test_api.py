@@ -1,4 +1,4 @@
-"""REST API contract (DESIGN.md §4), exercised over HTTP against the real `speedlayer api` server.
+"""REST API contract (see the README), exercised over HTTP against the real `speedlayer api` server.
 
 Data is prepared the way an operator would: a CSV of recent 1-minute bars (relative to now, so
 nothing has expired under the default retention) replayed with `speedlayer replay` into a fresh

@@ -31,11 +31,7 @@ from websockets.exceptions import ConnectionClosed
 
 from api.app import create_app
 from api.live.hub import CandleHub
-from ingest.polygon import PolygonConfig, PolygonFeed
-from ingest.simulator import PolygonSimulator, SimulatorConfig
-from processors.pipeline import CandlePipeline
-from processors.resampler import Resampler
-from processors.runner import PipelineRunner
+from launch.wiring import start_feed, start_runner, start_source
 from speedlayer.bus.base import Subscription, candle_topic
 from speedlayer.bus.memory import MemoryBus
 from speedlayer.config import Settings
@@ -128,7 +124,16 @@ class LiveStack:
         self.snapshot_delay_s = snapshot_delay_s
         self.symbols = symbols
         self.speed = speed
-        self.settings = Settings(db=tmp / "live.db", **overrides)
+        self.settings = Settings(
+            db=tmp / "live.db",
+            source="simulator",
+            sim_symbols=symbols,
+            sim_speed=speed,
+            sim_history_min=40,
+            backfill_lookback_min=30,
+            grace_ms=2000,
+            **overrides,
+        )
         # The listening socket is ours, so its send buffer (inherited by accepted connections)
         # can be made small: a client that never reads then blocks the server in kilobytes,
         # not in the megabytes that loopback autotuning would buffer first.
@@ -144,40 +149,20 @@ class LiveStack:
     async def __aenter__(self) -> LiveStack:
         stack = self._stack
         settings = self.settings
-        self.sim = await stack.enter_async_context(
-            PolygonSimulator(
-                SimulatorConfig(symbols=self.symbols, speed=self.speed, history_minutes=40)
-            )
-        )
-        clock = self.sim.clock
+        target = await start_source(stack, settings)
+        assert target.simulator is not None
+        self.sim = target.simulator
+        clock = target.clock
         self.bus = await stack.enter_async_context(MemoryBus())
         self.store = SlowSnapshotStore(settings.db, settings.interval_set, clock)
         await stack.enter_async_context(self.store)
         self.tap = Tap(self.bus, settings.interval_set.names)
         stack.push_async_callback(self.tap.stop)
-        if self.live:
-            resampler = Resampler(
-                settings.interval_set, clock, grace_ms=2000, lateness_ms=settings.lateness_ms
+        if self.live:  # as `speedlayer up` wires them (launch.wiring), with a fast tick
+            self.runner = await start_runner(
+                stack, settings, self.store, self.bus, clock, tick_s=0.05
             )
-            self.runner = PipelineRunner(
-                CandlePipeline(resampler, self.store), self.bus, clock, tick_s=0.05
-            )
-            await self.runner.start()
-            stack.push_async_callback(self.runner.stop)
-            self.feed = PolygonFeed(
-                PolygonConfig(
-                    api_key="simulator",
-                    ws_url=self.sim.ws_url,
-                    rest_url=self.sim.rest_url,
-                    symbols=["*"],
-                    backfill_lookback_min=30,
-                    backfill_symbols=self.sim.symbols,
-                ),
-                self.bus,
-                clock,
-            )
-            await self.feed.start()
-            stack.push_async_callback(self.feed.stop)
+            self.feed = await start_feed(stack, settings, target, self.bus)
         app = create_app(
             settings,
             store=self.store,

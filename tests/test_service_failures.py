@@ -1,10 +1,13 @@
 """Services whose backend goes away (docs/design.md#failure-policy), as real processes.
 
-``speedlayer process`` reads the raw stream of a Kinesis emulator that is killed under it: the
-consumer fails, and instead of idling forever the service exits with an error, uncommitted. The
-emulator comes back on its data directory, the service is restarted (as a container supervisor
-would), and it resumes from its checkpoint: the candles equal those of ``speedlayer replay`` of the
-same bars, and nothing published meanwhile is lost.
+* ``speedlayer process`` reads the raw stream of a Kinesis emulator that is killed under it: the
+  consumer fails, and instead of idling forever the service exits with an error, uncommitted. The
+  emulator comes back on its data directory, the service is restarted (as a container supervisor
+  would), and it resumes from its checkpoint: the candles equal those of ``speedlayer replay`` of
+  the same bars, and nothing published meanwhile is lost.
+* ``speedlayer api --bus kinesis``: the live hub's consumer fails the same way; the API stays up,
+  closes its live clients ("live feed interrupted"), answers 503 on ``/readyz`` naming the live
+  feed, and once the emulator is back it resubscribes, is ready again, and live updates flow.
 """
 
 from __future__ import annotations
@@ -18,15 +21,27 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import msgspec
+import orjson
 import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from ingest.synthetic import RandomWalk, symbol_names
-from speedlayer.bus.base import RAW_TOPIC
+from speedlayer.bus.base import RAW_TOPIC, candle_topic
+from speedlayer.bus.kinesis import KinesisBus
 from speedlayer.clock import SystemClock
-from speedlayer.models import Bar
+from speedlayer.models import Bar, Candle
 from speedlayer.store.sqlite import SQLiteStore
-from tests.conftest import free_port, kinesalite_command, run_cli, start_emulator, stop_process
+from tests.conftest import (
+    ApiServer,
+    free_port,
+    kinesalite_command,
+    run_cli,
+    start_emulator,
+    stop_process,
+)
 from tests.test_aws_path import (
     CONSUMER,
     INTERVALS,
@@ -121,3 +136,81 @@ async def test_process_exits_when_its_stream_goes_away_and_its_restart_resumes(
             # a batch re-read after the failure may count a revision twice; the values agree
             assert g.revision >= w.revision, (g, w)
             assert g == msgspec.structs.replace(w, revision=g.revision), (g, w)
+
+
+def candle(revision: int, close: float) -> Candle:
+    return Candle("AAA", "1m", T0, 10.0, 11.0, 9.0, close, 100.0, None, None, 1, False,
+                  revision, 4_102_444_800)  # fmt: skip
+
+
+async def readiness(
+    http: httpx.AsyncClient, status: int, timeout_s: float, saying: str = ""
+) -> str:
+    """Poll /readyz until it answers ``status`` with ``saying`` in its body; the body."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            response = await http.get("/readyz")
+            if response.status_code == status and saying in response.text:
+                return response.text
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"/readyz never answered {status}"
+        await asyncio.sleep(0.2)
+
+
+async def live_update(ws_url: str, bus: KinesisBus, update: Candle) -> dict[str, object]:
+    """Subscribe to AAA 1m, publish ``update`` on its candle stream, and return what arrives."""
+    async with connect(ws_url) as ws:
+        await ws.send(orjson.dumps({"action": "subscribe", "symbols": ["AAA"],
+                                    "intervals": ["1m"]}).decode())  # fmt: skip
+        ack = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
+        assert ack["type"] == "subscribed" and ack["live"] is True, ack
+        await bus.publish(candle_topic("1m"), [update])
+        message = orjson.loads(await asyncio.wait_for(ws.recv(), 20))
+        assert isinstance(message, dict)
+        return message
+
+
+async def test_api_live_feed_reports_a_lost_stream_and_recovers(
+    tmp_path: Path, dynalite_url: str
+) -> None:
+    port, data = free_port(), tmp_path / "kinesis"
+    emulator = kinesalite(port, data)
+    api: ApiServer | None = None
+    try:
+        aws = Aws(dynalite_url, f"http://127.0.0.1:{port}")
+        env = {**aws.env, "SPEEDLAYER_BUS": "kinesis", "SPEEDLAYER_STORE": "dynamodb"}
+        run_cli("init-aws", env=env)
+        api = ApiServer(tmp_path / "unused.db", env)
+        api.start()
+        ws_url = f"ws://127.0.0.1:{api.port}/ws"
+        async with httpx.AsyncClient(base_url=api.url, timeout=5) as http:
+            await readiness(http, 200, 30)
+            async with aws.bus() as bus:
+                got = await live_update(ws_url, bus, candle(1, 10.5))
+            assert got["type"] == "candle" and got["close"] == 10.5, got
+
+            async with connect(ws_url) as ws:
+                await ws.send(orjson.dumps({"action": "subscribe", "symbols": ["AAA"],
+                                            "intervals": ["1m"]}).decode())  # fmt: skip
+                await asyncio.wait_for(ws.recv(), 10)
+                kill9(emulator)
+                with pytest.raises(ConnectionClosed) as closed:
+                    while True:
+                        await asyncio.wait_for(ws.recv(), 60)
+            assert closed.value.rcvd is not None, "closed without a close frame"
+            assert "live feed interrupted" in closed.value.rcvd.reason
+            body = await readiness(http, 503, 30, saying="live feed: candle bus subscription")
+            assert "resubscribing" in body, body
+
+            emulator = kinesalite(port, data)
+            await readiness(http, 200, 60)
+            async with aws.bus() as bus:
+                got = await live_update(ws_url, bus, candle(2, 10.75))
+            assert got["type"] == "candle" and got["close"] == 10.75, got
+            assert got["revision"] == 2
+    finally:
+        if api is not None:
+            api.stop()
+        stop_process(emulator)

@@ -1,5 +1,5 @@
 """The Polygon-protocol simulator, over real sockets on 127.0.0.1: handshake and subscriptions
-exactly as docs/polygon-protocol.md says, the official `massive` clients (WebSocket and REST)
+exactly as docs/polygon.md says, the official `massive` clients (WebSocket and REST)
 against it, every fault flag, speed, a full-market burst and replay."""
 
 from __future__ import annotations

@@ -422,10 +422,16 @@ class CandleHub:
                 await backoff.sleep()  # unbounded: only stop() ends it
                 try:
                     subscription = self._subscription = self._subscribe(bus)
-                    break
                 except Exception as exc:  # BusError (a broker away), or any other: try again
                     self._problem = f"{failure} (attempt {backoff.failures} failed: {exc})"
                     log.warning("subscribing to the candle bus failed: %s", exc)
+                    continue
+                if await subscription.wait_started():  # its consumers hold their positions
+                    break
+                self._problem = (
+                    f"{failure} (attempt {backoff.failures} failed: {subscription.closed_reason})"
+                )
+                log.warning("subscribing to the candle bus failed: %s", subscription.closed_reason)
             self._interrupt()  # clients connected meanwhile may have missed updates too
             self._problem = None
             log.info("candle bus subscription restored; live feeds resume")

@@ -2,7 +2,7 @@
 
 ``GET /v2/aggs/ticker/{ticker}/range/{multiplier}/{timespan}/{from}/{to}`` with Polygon's query
 parameters (``adjusted``, ``sort``, ``limit``, ``apiKey``), response shape, pagination
-(``next_url`` with an opaque ``cursor``) and error bodies; see docs/polygon-protocol.md §6-7.
+(``next_url`` with an opaque ``cursor``) and error bodies; see docs/polygon.md#rest-aggregates.
 
 - ``minute`` and ``hour`` timespans with any multiplier; buckets are epoch-aligned
   (``floor(t / size) * size``) and built from the stored 1-minute bars.

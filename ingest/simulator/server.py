@@ -6,7 +6,7 @@ The official clients work against it unchanged::
     WebSocketClient(api_key="k", feed=f"127.0.0.1:{port}", secure=False, market="stocks")
     RESTClient(api_key="k", base=f"http://127.0.0.1:{port}")
 
-Protocol (docs/polygon-protocol.md): every frame is a JSON array; ``connected`` is sent on open;
+Protocol (docs/polygon.md#handshake): every frame is a JSON array; ``connected`` is sent on open;
 ``auth`` and ``subscribe``/``unsubscribe`` are accepted as soon as they arrive (the Go client sends
 them without waiting); one ``success`` status per channel; ``AM.*`` wildcard; nothing but status
 messages before ``auth_success``; client garbage gets an ``error`` status, never a crash.

@@ -1,6 +1,6 @@
 """The Bus interface: topics carrying batches of items, bounded subscriptions.
 
-Topics, from the seed: ``market-data-raw`` carries validated 1-minute bars;
+Topics (docs/design.md#bus-contract): ``market-data-raw`` carries validated 1-minute bars;
 ``market-data-{interval}`` carries candle updates of one interval. A subscription is a bounded
 queue of batches with one of two overflow policies: ``block`` (the publisher waits: for the
 pipeline, which must lose nothing) or ``drop`` (the subscription is closed with a reason: for
@@ -51,6 +51,7 @@ class Subscription:
         self.delivered = 0
         self.auto_commit = True
         self._marks: dict[Any, Any] = {}  # position key -> position of the last batch returned
+        self._starts: list[asyncio.Event] = []  # set once each consumer holds its positions
 
     async def get(self) -> tuple[str, list[Any]]:
         """The next (topic, batch); raises SubscriptionClosed once closed and drained."""
@@ -92,6 +93,19 @@ class Subscription:
         else:
             self.queue.put_nowait(item)
         return True
+
+    def track_start(self, started: asyncio.Event) -> None:
+        """For buses: ``started`` is set once a consumer feeding this subscription holds its
+        positions (or has failed)."""
+        self._starts.append(started)
+
+    async def wait_started(self) -> bool:
+        """Wait until every consumer feeding the subscription holds its positions (at once on a
+        bus without consumers); True if the subscription is then still open, False if it has
+        closed meanwhile (see ``failed`` and ``error``)."""
+        for started in self._starts:
+            await started.wait()
+        return self.closed_reason is None
 
     @property
     def failed(self) -> bool:
@@ -230,10 +244,12 @@ class ConsumerBus(Bus):
         stopping, self._stopping = self._stopping, []
         await asyncio.gather(*stopping, return_exceptions=True)
 
-    def _starting_event(self, topics: Sequence[str]) -> asyncio.Event:
-        """An event for a new consumer to set once it holds its positions on ``topics``; until
-        then a ``publish`` to them waits (``_wait_for_consumers``)."""
+    def _starting_event(self, sub: Subscription, topics: Sequence[str]) -> asyncio.Event:
+        """An event for a new consumer of ``sub`` to set once it holds its positions on
+        ``topics``; until then a ``publish`` to them waits (``_wait_for_consumers``), and so does
+        ``sub.wait_started()``."""
         ready = asyncio.Event()
+        sub.track_start(ready)
         for topic in topics:
             self._starting.setdefault(topic, []).append(ready)
         return ready

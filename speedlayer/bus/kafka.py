@@ -315,7 +315,7 @@ class KafkaBus(ConsumerBus):
 
     def _start_consumers(self, sub: Subscription, consumer: str) -> list[asyncio.Task[None]]:
         self.producer  # noqa: B018 - raises BusError when the bus is not started
-        ready = self._starting_event(sub.topics)
+        ready = self._starting_event(sub, sub.topics)
         return [asyncio.get_running_loop().create_task(self._consume(sub, consumer, ready))]
 
     async def _consume(self, sub: Subscription, group: str, ready: asyncio.Event) -> None:

@@ -307,7 +307,7 @@ class KinesisBus(ConsumerBus):
         loop = asyncio.get_running_loop()
         return [
             loop.create_task(
-                self._consume_stream(sub, topic, consumer, self._starting_event([topic]))
+                self._consume_stream(sub, topic, consumer, self._starting_event(sub, [topic]))
             )
             for topic in sub.topics
         ]

@@ -1,4 +1,4 @@
-"""DynamoDB store (aioboto3): the seed's seven tables, one per interval.
+"""DynamoDB store (aioboto3): seven candle tables, one per interval (docs/design.md#backends).
 
 Tables ``speed_layer_ohlcv_{1min,...,4h}`` (``Interval.table``, optionally prefixed): partition key
 ``symbol`` (S), sort key ``timestamp`` (N, epoch ms), PAY_PER_REQUEST, TTL on ``ttl`` (epoch s).

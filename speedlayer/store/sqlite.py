@@ -1,4 +1,4 @@
-"""SQLite store (WAL): one table per interval, named as the seed's DynamoDB tables.
+"""SQLite store (WAL): one table per interval, named as the DynamoDB tables.
 
 Writes run on one dedicated thread (SQLite has one writer); reads run on a small pool of threads,
 each with its own connection, so queries never block the event loop or each other.
