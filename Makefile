@@ -89,7 +89,7 @@ pytest: setup
 test: lint pytest ## lint, then every test (installs what they need; about 10 minutes)
 
 test-fast: $(STAMP) ## the unit tests only (no servers, brokers or browsers; under a minute)
-	$(BIN)/pytest tests/unit -q
+	SPEEDLAYER_TEST_FAST=1 $(BIN)/pytest tests/unit -q
 
 # The benchmarks at full size (about 10 minutes): bench/results.json and docs/benchmarks.md.
 # `make bench ONLY=rest` runs one (resampler, live, rest, store_writes) and keeps the others.
@@ -98,7 +98,7 @@ bench: setup ## the benchmarks at full size (ONLY=resampler|live|rest|store_writ
 
 # Re-make docs/dashboard.png, the README's picture, from the dashboard's end-to-end browser test.
 screenshot: setup ## re-make docs/dashboard.png from the browser test
-	SPEEDLAYER_UPDATE_SCREENSHOT=1 $(BIN)/pytest tests/test_dashboard.py -k end_to_end -q
+	SPEEDLAYER_UPDATE_SCREENSHOT=1 $(BIN)/pytest tests/integration/browser/test_dashboard.py -k end_to_end -q
 
 clean: ## remove the virtualenv and caches
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache data/synthetic.csv

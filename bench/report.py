@@ -12,7 +12,7 @@ Written by `{command}` (`make bench`; the benchmarks' code is in `bench/`). Each
 compares the project with a peer run in the same process or the same run where there is one,
 because the machines are shared and noisy: read the ratios before the absolute figures, and repeat
 a run before reading much into a difference under ~30 %. The tests run every benchmark at a tiny
-size (`tests/test_bench_smoke.py`) so none of them rots.
+size (`tests/integration/bench/test_bench_smoke.py`) so none of them rots.
 
 Machine: {cores} cores, {cpu}, Python {python}, {platform}.
 

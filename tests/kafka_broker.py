@@ -99,6 +99,16 @@ def check_jars() -> None:
         )
 
 
+def missing_prerequisite() -> str | None:
+    """Why a broker cannot be started on this machine (no Java, no jars), or None."""
+    try:
+        java_command()
+        check_jars()
+    except KafkaBrokerError as exc:
+        return str(exc)
+    return None
+
+
 class KafkaBroker:
     """One KRaft broker+controller on free loopback ports, data in ``workdir``."""
 

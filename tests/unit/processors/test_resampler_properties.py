@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Sequence
 
 from hypothesis import HealthCheck, given, settings
@@ -26,8 +27,10 @@ IV_MS = {iv.name: iv.interval_ms for iv in IVS}
 
 Key = tuple[str, str, int]  # (interval, symbol, bucket start), as the oracle keys candles
 
+# `make test-fast` (SPEEDLAYER_TEST_FAST=1) tries fewer examples; `make test` the full number.
+FAST = bool(os.environ.get("SPEEDLAYER_TEST_FAST"))
 PROPERTY_SETTINGS = settings(
-    max_examples=120,
+    max_examples=30 if FAST else 120,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
@@ -256,7 +259,7 @@ def test_batch_size_does_not_change_anything(
     assert {key: values(x) for key, x in sa.items()} == {key: values(x) for key, x in a.items()}
 
 
-@settings(PROPERTY_SETTINGS, max_examples=80)
+@settings(PROPERTY_SETTINGS, max_examples=20 if FAST else 80)
 @given(
     events=arrivals(),
     batch_size=st.integers(1, 8),

@@ -1,10 +1,11 @@
-"""Issue 4 REST surface over real servers: latest candles, readiness, metrics, API keys, CORS,
+"""The REST surface over real servers: latest candles, readiness, metrics, API keys, CORS,
 the OpenAPI and AsyncAPI documents.
 
 Most tests use `speedlayer api` processes (conftest.ApiServer) on a SQLite file filled with
-`speedlayer replay` from recent synthetic bars, like tests/test_api.py. Tests that need what only
-`speedlayer up` has in-process (a candle bus, the pipeline runner, a live hub) or a failing store
-run the same app (`create_app`) in a real uvicorn server on a thread (`ThreadServer`).
+`speedlayer replay` from recent synthetic bars, like tests/integration/api/test_api.py. Tests
+that need what only `speedlayer up` has in-process (a candle bus, the pipeline runner, a live
+hub) or a failing store run the same app (`create_app`) in a real uvicorn server on a thread
+(`ThreadServer`).
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ from playwright.sync_api import WebSocket as PageWebSocket
 from api import dashboard
 from api.app import create_app
 from speedlayer.config import Settings
-from tests.conftest import ROOT, SPEEDLAYER, free_port, stop_by_sigterm
+from tests.conftest import ROOT, SPEEDLAYER, free_port, require, stop_by_sigterm
 
 CHROMIUM = Path(os.environ.get("SPEEDLAYER_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
@@ -147,11 +147,11 @@ class ThreadServer:
 
 @pytest.fixture(scope="module")
 def playwright() -> Iterator[Playwright]:
-    if not CHROMIUM.exists():
-        pytest.fail(
-            f"Debian's chromium is not installed at {CHROMIUM}: run `make setup` (it installs "
-            "it with apt-get), or set SPEEDLAYER_CHROMIUM to a Chromium binary"
-        )
+    require(
+        CHROMIUM.exists(),
+        f"Debian's chromium is not installed at {CHROMIUM}: run `make setup` (it installs "
+        "it with apt-get), or set SPEEDLAYER_CHROMIUM to a Chromium binary",
+    )
     with sync_playwright() as pw:
         yield pw
 

@@ -1,5 +1,5 @@
 """The failure policy (docs/design.md#failure-policy) on the live embedded path: simulator ->
-WebSocket feed -> bus -> runner -> pipeline -> SQLite, as in ``tests/test_live_ingest.py``.
+WebSocket feed -> bus -> runner -> pipeline -> SQLite, as in ``test_live_ingest.py``.
 
 A store that fails for a while (a disk that fills and frees again) must cost nothing: the batch
 is retried, never skipped, the runner says so meanwhile, and afterwards every stored candle equals
@@ -21,7 +21,7 @@ import pytest
 from ingest.simulator import PolygonSimulator
 from speedlayer.errors import ServiceFailed, StoreError
 from speedlayer.models import Candle
-from tests.test_live_ingest import (
+from tests.integration.feed.test_live_ingest import (
     LEAD_MINUTES,
     LivePath,
     assert_store_equals_served,

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from bench.resampler import compare
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import ROOT, require
 
 
 def test_resampler_comparison_reports_differences() -> None:
@@ -28,7 +27,7 @@ def test_resampler_comparison_reports_differences() -> None:
 
 @pytest.mark.timeout(300)
 def test_every_benchmark_runs_at_smoke_size(tmp_path: Path) -> None:
-    assert shutil.which("wrk"), "wrk is missing: `make setup` installs Debian's wrk package"
+    require(bool(shutil.which("wrk")), "wrk is missing: `make setup` installs Debian's wrk package")
     out, doc = tmp_path / "results.json", tmp_path / "benchmarks.md"
     proc = subprocess.run(
         [sys.executable, "-m", "bench", "--size", "smoke", "--out", str(out), "--doc", str(doc)],

@@ -42,7 +42,7 @@ from tests.conftest import (
     start_emulator,
     stop_process,
 )
-from tests.test_aws_path import (
+from tests.integration.aws.test_aws_path import (
     CONSUMER,
     INTERVALS,
     Aws,
