@@ -113,7 +113,8 @@ async def run_ingest(settings: Settings) -> None:
 
 
 async def _watch_feed(feed: PolygonFeed, failed: asyncio.Event) -> None:
-    """Set ``failed`` once the feed has failed for good (the API key was refused)."""
+    """Set ``failed`` once the feed has failed for good (the API key was refused, or publishing
+    kept failing past its deadline)."""
     while True:
         await asyncio.sleep(1.0)
         if feed.failed is not None:

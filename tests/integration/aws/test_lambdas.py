@@ -411,6 +411,28 @@ def test_dynamodb_entry_point_reuses_its_clients(
     asyncio.run(check())
 
 
+def test_dynamodb_entry_point_takes_every_store_setting_of_the_services(
+    dynalite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The handler reads the services' own settings: the DynamoDB endpoint override (not only
+    the shared AWS one) and the write mode."""
+    prefix = f"w{uuid.uuid4().hex[:12]}_"
+    monkeypatch.setenv("SPEEDLAYER_AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens
+    monkeypatch.setenv("SPEEDLAYER_DYNAMODB_ENDPOINT_URL", dynalite_url)
+    monkeypatch.setenv("SPEEDLAYER_DYNAMODB_TABLE_PREFIX", prefix)
+    monkeypatch.setenv("SPEEDLAYER_DYNAMODB_WRITE_MODE", "conditional")
+    monkeypatch.setenv("SPEEDLAYER_INTERVALS", "15m,1h")
+    sent = updates(["A"], revisions=2)
+    try:
+        assert to_dynamodb.handler(candle_event(sent), None) == {"batchItemFailures": []}
+        writer = to_dynamodb._HOST._resource
+        assert writer is not None
+        assert writer.store.write_mode == "conditional"
+        assert writer.store.endpoint_url == dynalite_url
+    finally:
+        to_dynamodb.reset()
+
+
 # -- kinesis_to_kafka ---------------------------------------------------------------------------
 
 

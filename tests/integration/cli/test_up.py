@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from ingest.simulator import FaultConfig, PolygonSimulator, SimulatorConfig
 from tests.conftest import SPEEDLAYER, free_port
 
 pytestmark = pytest.mark.slow
@@ -93,3 +95,35 @@ def test_up_serves_live_candles_forming_and_finalizing(tmp_path: Path) -> None:
     assert code == 0, text
     assert "bars in" in text and "feed lag" in text, "no throughput/lag log lines"
     assert "Traceback" not in text, text
+
+
+async def test_up_stops_with_an_error_when_its_feed_fails_for_good(tmp_path: Path) -> None:
+    """A part that fails for good (here the feed: the server refuses the key) stops `up` with a
+    non-zero exit and the reason, instead of serving on without data
+    (docs/design.md#failure-policy)."""
+    port = free_port()
+    config = SimulatorConfig(host="127.0.0.1", port=0, faults=FaultConfig(auth_fail=True))
+    async with PolygonSimulator(config) as sim:
+        env = {
+            **os.environ,
+            "SPEEDLAYER_SOURCE": "polygon",
+            "SPEEDLAYER_POLYGON_API_KEY": "refused-key",
+            "SPEEDLAYER_POLYGON_WS_URL": sim.ws_url,
+            "SPEEDLAYER_POLYGON_REST_URL": sim.rest_url,
+            "SPEEDLAYER_BACKFILL_LOOKBACK_MIN": "0",
+        }
+        proc = await asyncio.create_subprocess_exec(
+            SPEEDLAYER, "up", "--db", str(tmp_path / "up.db"), "--port", str(port),
+            env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            output, _ = await asyncio.wait_for(proc.communicate(), 60)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    text = output.decode()
+    assert proc.returncode != 0, text
+    assert "Polygon rejected the API key" in text, text
+    assert "speedlayer up stopped" in text, text
+    assert sim.stats.auth_failures >= 1

@@ -26,6 +26,7 @@ from tests.integration.feed.test_live_ingest import (
     LivePath,
     assert_store_equals_served,
     read_store,
+    restart_to_end,
     run_to_end,
     sim_config,
     start_live,
@@ -123,13 +124,5 @@ async def test_a_store_failing_past_the_deadline_stops_the_runner_and_a_restart_
         assert first.runner.problem() == f"pipeline stopped: {failure}"
         assert sum(map(len, read_store(db).values())) > 0
 
-        # The restart on the same file: its start-up backfill brings what the store lacks.
-        second = LivePath(sim, db, lookback_min=60)
-        try:
-            await second.start()
-            await second.feed.wait_connected(5)
-            finish = await run_to_end(second)
-        finally:
-            await second.stop()
-        assert_store_equals_served(db, sim.served(), finish)
+        second = await restart_to_end(sim, db)
     assert second.feed.stats.backfill_bars > 0

@@ -306,6 +306,20 @@ async def run_to_end(live: LivePath) -> Finish:
     return Finish(before, sim.clock.now_ms())
 
 
+async def restart_to_end(sim: PolygonSimulator, db: Path, **options: Any) -> LivePath:
+    """A fresh process on the same file (its start-up backfill covers the downtime), run to the
+    end; the store must then hold exactly what the simulator served."""
+    live = LivePath(sim, db, lookback_min=60, **options)
+    try:
+        await live.start()
+        await live.feed.wait_connected(5)
+        finish = await run_to_end(live)
+    finally:
+        await live.stop()
+    assert_store_equals_served(db, sim.served(), finish)
+    return live
+
+
 # -- comparing the store with the truth -----------------------------------------------------------
 
 # open high low close volume vwap trades bars final revision
@@ -698,15 +712,7 @@ async def test_restart_resumes_from_the_store_and_backfills_the_downtime(
         down_from = sim.stats.minutes_sent
         await sim.wait_minutes(5, timeout=5)
         missed = sim.stats.minutes_sent - down_from
-        # A fresh process on the same file; its start-up backfill covers the downtime.
-        second = LivePath(sim, db, lookback_min=60, tap_candles=True)
-        try:
-            await second.start()
-            await second.feed.wait_connected(5)
-            finish = await run_to_end(second)
-        finally:
-            await second.stop()
-        assert_store_equals_served(db, sim.served(), finish)
+        second = await restart_to_end(sim, db, tap_candles=True)
     assert missed >= 5
     assert sum(map(len, before.values())) > 0
     assert second.feed.stats.backfill_bars > 0
