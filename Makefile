@@ -8,6 +8,9 @@ PORT   ?= 8000
 
 NODE_STAMP := node_modules/.package-lock.json
 KAFKA_STAMP := .kafka/.installed
+FLINK_VENV  := .flink-venv
+FLINK_STAMP := $(FLINK_VENV)/.installed
+FLINK_JARS  := .flink/.installed
 CHROMIUM    := /usr/bin/chromium
 WRK         := /usr/bin/wrk
 SUDO        := $(if $(filter 0,$(shell id -u)),,sudo)
@@ -16,14 +19,16 @@ APT_GET     := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 apt_install = $(APT_GET) install -y -qq --no-install-recommends $(1) >/dev/null || \
   { $(APT_GET) update -qq && $(APT_GET) install -y -qq --no-install-recommends $(1) >/dev/null; }
 
-.PHONY: help venv setup run test test-fast lint pytest clean aws-local screenshot bench
+.PHONY: help venv flink setup run test test-fast lint pytest clean aws-local screenshot bench
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 venv: $(STAMP) ## the Python virtualenv (.venv) with the project and its dev tools
 
-setup: $(STAMP) $(NODE_STAMP) $(KAFKA_STAMP) $(CHROMIUM) $(WRK) ## everything the tests need
+setup: $(STAMP) $(NODE_STAMP) $(KAFKA_STAMP) $(FLINK_STAMP) $(FLINK_JARS) $(CHROMIUM) $(WRK) ## everything the tests need
+
+flink: $(FLINK_STAMP) $(FLINK_JARS) ## the Flink SQL job's virtualenv (.flink-venv) and connector jars (.flink/lib)
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +50,21 @@ $(KAFKA_STAMP): infra/kafka/pom.xml
 	  apt-get update -qq && apt-get install -y -qq default-jre-headless maven >/dev/null; }
 	rm -rf .kafka/lib
 	mvn -q -B -Dstyle.color=never -f infra/kafka/pom.xml dependency:copy-dependencies
+	@touch $@
+
+# The Flink SQL job's own virtualenv: apache-flink pins pandas, pyarrow and Beam versions of its
+# own, so it stays apart from .venv (flink_sql/requirements.txt, exact pins in constraints.txt).
+$(FLINK_STAMP): flink_sql/requirements.txt flink_sql/constraints.txt
+	@test -x $(FLINK_VENV)/bin/python || $(PYTHON) -m venv $(FLINK_VENV)
+	$(FLINK_VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
+	  -c flink_sql/constraints.txt -r flink_sql/requirements.txt
+	@touch $@
+
+# The connector jars the job loads (Kafka SQL connector for Flink 2.2) from Maven Central into
+# .flink/lib (see infra/flink/pom.xml); Java and Maven as for the Kafka broker.
+$(FLINK_JARS): infra/flink/pom.xml $(KAFKA_STAMP)
+	rm -rf .flink/lib
+	mvn -q -B -Dstyle.color=never -f infra/flink/pom.xml dependency:copy-dependencies
 	@touch $@
 
 # Headless Chromium for the dashboard's browser test (driven by Playwright, which downloads no

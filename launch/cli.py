@@ -487,6 +487,23 @@ def process(db: Path | None, store: str | None, bus: str | None, consumer: str |
         _run(run_process(settings))
 
 
+@main.command()
+@db_option
+@store_option
+@bus_option
+@click.option("--consumer", help="durable consumer name (default speedlayer-sink)")
+def sink(db: Path | None, store: str | None, bus: str | None, consumer: str | None) -> None:
+    """Store the candles another process publishes (the Flink job): candle topics -> store."""
+    settings = _settings(db=db, store=store, bus=bus, sink_consumer=consumer)
+    if settings.bus == "memory":
+        raise click.UsageError("`sink` reads what other processes publish: --bus kafka or kinesis")
+    _setup_logging(settings.log_level)
+    from launch.services import run_sink
+
+    with contextlib.suppress(KeyboardInterrupt):
+        _run(run_sink(settings))
+
+
 @main.command("init-aws")
 def init_aws() -> None:
     """Create the DynamoDB tables (TTL on), the checkpoint table and the Kinesis streams if
@@ -497,6 +514,109 @@ def init_aws() -> None:
 
     for line in _run(create(settings, SystemClock())).lines():
         click.echo(line)
+
+
+# -- the Flink SQL job (flink_sql/, docs/flink.md) ---------------------------------------------
+
+
+def flink_job_options(fn: F) -> F:
+    for option in reversed(
+        [
+            click.option(
+                "--env", "environment", type=click.Choice(["kafka", "files"]), default="kafka",
+                show_default=True, help="where bars come from and candles go",
+            ),
+            click.option("--input", "input_path", type=click.Path(dir_okay=False),
+                         help="files: JSON lines of bar records"),
+            click.option("--output", "output_path", type=click.Path(dir_okay=False),
+                         help="files: candle updates as JSON lines"),
+            click.option("--bounded", is_flag=True, default=None,
+                         help="kafka: stop at the offsets present at start"),
+            click.option("--parallelism", type=click.IntRange(min=1),
+                         help="default $SPEEDLAYER_FLINK_PARALLELISM or 1"),
+        ]
+    ):  # fmt: skip
+        fn = option(fn)
+    return fn
+
+
+def _flink_spec(work_dir: Path, **options: Any) -> tuple[Settings, Any]:
+    from launch.flink import job_options, local_spec
+
+    resume = not options.pop("fresh", False)
+    settings = _settings(
+        flink_parallelism=options.pop("parallelism"),
+        flink_checkpoint_dir=options.pop("checkpoint_dir", None),
+    )
+    _setup_logging(settings.log_level)
+    output = options.pop("output_path")
+    if options["environment"] == "files" and not (options["input_path"] and output):
+        raise click.UsageError("--env files needs --input and --output")
+    try:
+        return settings, local_spec(
+            settings, job_options(settings, **options), work_dir, resume=resume
+        )
+    except SpeedlayerError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def _work_dir(stack: contextlib.ExitStack, work_dir: Path | None) -> Path:
+    """``work_dir``, or a temporary directory removed when ``stack`` closes."""
+    if work_dir is not None:
+        return work_dir
+    import tempfile
+
+    return Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="speedlayer-flink-")))
+
+
+@main.group()
+def flink() -> None:
+    """The Flink SQL job that resamples at scale: print its SQL and plan, or run it."""
+
+
+@flink.command("plan")
+@flink_job_options
+@click.option("--sql-only", is_flag=True, help="print the SQL without asking Flink for the plan")
+def flink_plan(sql_only: bool, **options: Any) -> None:
+    """Print the job's SQL (settings, tables, views, inserts) and Flink's optimised plan."""
+    from launch.flink import explain
+
+    with contextlib.ExitStack() as stack:
+        work_dir = _work_dir(stack, None)
+        settings, spec = _flink_spec(work_dir, **options)
+        click.echo(spec.sql())
+        if not sql_only:
+            click.echo(_run_sync(lambda: explain(settings, spec, work_dir)))
+
+
+@flink.command("run")
+@flink_job_options
+@click.option(
+    "--work-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="temporary files of the job (default: a new temporary directory)",
+)
+def flink_run(work_dir: Path | None, **options: Any) -> None:
+    """Run the job on a local mini-cluster: until the input ends (--env files, --bounded) or
+    until stopped (Ctrl-C cancels it). Progress events go to stderr as JSON lines."""
+    from launch.flink import changelog_to_records, echo_event, run_job
+
+    output = options["output_path"]
+    with contextlib.ExitStack() as stack:
+        work = _work_dir(stack, work_dir)
+        settings, spec = _flink_spec(work, **options)
+        with contextlib.suppress(KeyboardInterrupt):
+            _run_sync(lambda: run_job(settings, spec, work, echo_event))
+            if options["environment"] == "files":
+                records = changelog_to_records(work / "changelog", Path(output))
+                echo_event({"event": "written", "records": records, "output": output})
+
+
+def _run_sync(call: Callable[[], Any]) -> Any:
+    try:
+        return call()
+    except SpeedlayerError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from launch.wiring import (
     start_source,
     uvicorn_server,
 )
+from processors.sink import CandleSink
 from speedlayer.backends import open_bus, open_store
 from speedlayer.clock import SystemClock
 from speedlayer.config import Settings
@@ -152,6 +153,28 @@ async def run_process(settings: Settings) -> None:
         log.info("process: %d bars in, %d candles out", runner.bars_in, runner.candles_out)
         if not stopped:
             raise ServiceFailed(f"processing stopped: {runner.failure}")
+
+
+async def run_sink(settings: Settings) -> None:
+    """``speedlayer sink``: candle updates from the bus's candle topics (the Flink job's output)
+    into the store, until SIGINT/SIGTERM; exits with an error when a batch cannot be stored past
+    the retry deadline or the consumer dies, without committing that batch."""
+    async with contextlib.AsyncExitStack() as stack:
+        clock = SystemClock()
+        bus = await stack.enter_async_context(open_bus(settings, initial_position="TRIM_HORIZON"))
+        store = await stack.enter_async_context(open_store(settings, clock))
+        sink = CandleSink(
+            store, bus, [interval.name for interval in settings.interval_set],
+            consumer=settings.sink_consumer, retry_deadline_s=settings.write_retry_deadline_s,
+        )  # fmt: skip
+        await sink.start()
+        stack.push_async_callback(sink.stop)
+        log.info("sink: consumer %r, bus %s -> store %s", settings.sink_consumer, settings.bus,
+                 settings.store)  # fmt: skip
+        stopped = await wait_for_stop(sink.failed)
+        log.info("sink: %d candles in, %d written", sink.candles_in, sink.candles_written)
+        if not stopped:
+            raise ServiceFailed(f"the sink stopped: {sink.failure}")
 
 
 def run_api(settings: Settings) -> None:

@@ -8,13 +8,14 @@ The raw subscription is named ``consumer`` and commits its position itself, afte
 stored and published (``Subscription.commit``): on a bus with durable positions (Kinesis, Kafka)
 a restarted runner resumes after the last batch it finished, so a crash loses nothing.
 
-Supervision (docs/design.md#failure-policy). The runner owns its tasks and notices when one
-ends. The pipeline retries failed writes itself (``problem()`` says so meanwhile); a batch that
-still fails (past the retry deadline, or a non-retriable error), a consumer that dies under the
-subscription (``Subscription.failed``), or any task that ends on its own, stops consumption
-*without committing* and sets ``failed`` with the reason in ``failure``: the service then exits
-with an error, and its restart resumes before the batch (on the embedded stack, the feed's
-start-up backfill re-delivers what the store lacks). A failed batch is never skipped.
+Supervision (docs/design.md#failure-policy, processors.supervisor). The runner owns its tasks
+and notices when one ends. The pipeline retries failed writes itself (``problem()`` says so
+meanwhile); a batch that still fails (past the retry deadline, or a non-retriable error), a
+consumer that dies under the subscription (``Subscription.failed``), or any task that ends on its
+own, stops consumption *without committing* and sets ``failed`` with the reason in ``failure``:
+the service then exits with an error, and its restart resumes before the batch (on the embedded
+stack, the feed's start-up backfill re-delivers what the store lacks). A failed batch is never
+skipped.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from processors.pipeline import CandlePipeline
+from processors.supervisor import Supervisor
 from speedlayer.bus.base import RAW_TOPIC, Bus, Subscription, candle_topic
 from speedlayer.clock import Clock
 from speedlayer.errors import ServiceFailed, SubscriptionClosed
@@ -48,7 +49,7 @@ class CandlePublisher:
             await self.bus.publish(candle_topic(interval), batch)
 
 
-class PipelineRunner:
+class PipelineRunner(Supervisor):
     def __init__(
         self,
         pipeline: CandlePipeline,
@@ -61,6 +62,7 @@ class PipelineRunner:
         queue_batches: int = 1024,
         consumer: str = "speedlayer",
     ) -> None:
+        super().__init__()
         self.pipeline = pipeline
         self.bus = bus
         self.clock = clock
@@ -69,67 +71,32 @@ class PipelineRunner:
         self.stats_every_s = stats_every_s
         self.queue_batches = queue_batches
         self.consumer = consumer
-        self.failed = asyncio.Event()  # set when the runner stopped on a failure
-        self.failure: BaseException | None = None
-        self._stopping = False
         self.last_bar_end_ms = 0
         self.bars_in = 0
         self.candles_out = 0
         self._lock = asyncio.Lock()
-        self._tasks: list[asyncio.Task[Any]] = []
-        self._subscription: Subscription | None = None
 
     async def start(self) -> None:
         if self.pipeline.publish is None:
             self.pipeline.publish = CandlePublisher(self.bus)
         await self.pipeline.recover()
-        self._subscription = self.bus.subscribe(
+        self._subscription = subscription = self.bus.subscribe(
             [RAW_TOPIC], maxsize=self.queue_batches, overflow="block", consumer=self.consumer
         )
-        self._subscription.auto_commit = False  # commit after processing (no await before this)
-        self._tasks = [
-            asyncio.create_task(self._consume(self._subscription), name="pipeline-consume"),
-            asyncio.create_task(self._tick(), name="pipeline-tick"),
-            asyncio.create_task(self._report(), name="pipeline-stats"),
-        ]
-        for task in self._tasks:
-            task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        """Every task runs until ``stop()``: one that ends before is a failure of the runner."""
-        if self._stopping or self.failed.is_set():
-            return
-        error = None if task.cancelled() else task.exception()
-        if error is None:
-            error = ServiceFailed(f"{task.get_name()} ended unexpectedly")
-        elif not isinstance(error, ServiceFailed):
-            log.error("%s failed", task.get_name(), exc_info=error)
-        self._fail(error)
-
-    def _fail(self, error: BaseException) -> None:
-        self.failure = error
-        self.failed.set()
-        if self._subscription is not None:  # stop consuming; nothing more is committed
-            self._subscription.close(f"runner failed: {error}")
-        for task in self._tasks:
-            if task is not asyncio.current_task():
-                task.cancel()
+        subscription.auto_commit = False  # commit after processing (no await before this)
+        self._start_tasks(
+            {
+                "pipeline-consume": self._consume(subscription),
+                "pipeline-tick": self._tick(),
+                "pipeline-stats": self._report(),
+            }
+        )
 
     def problem(self) -> str | None:
         """None while the runner works; else why it stopped, or the write being retried."""
         if self.failure is not None:
             return f"pipeline stopped: {self.failure}"
         return self.pipeline.problem()
-
-    async def stop(self) -> None:
-        self._stopping = True
-        if self._subscription is not None:
-            self._subscription.close("runner stopped")
-        for task in self._tasks:
-            task.cancel()
-        # A task's own failure is already in ``failure``; stopping does not raise it again.
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
 
     def lag_ms(self) -> int | None:
         """Now minus the end of the newest bar processed (None before the first bar)."""

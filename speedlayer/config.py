@@ -123,6 +123,23 @@ class Settings(BaseSettings):
         "code owns them, as on AWS)",
     )
     dynamodb_table_prefix: str = Field("", description="prefix of the candle table names")
+    # The Flink SQL job (flink_sql/, docs/flink.md).
+    flink_python: str = Field(
+        "", description="Python of the Flink virtualenv (default: the repository's .flink-venv)"
+    )
+    flink_lib_dir: str = Field(
+        "", description="connector jars for the Flink job (default: the repository's .flink/lib)"
+    )
+    flink_state_ttl: str = Field(
+        "2 h",
+        description="Flink state kept per minute and bucket after its last change: a minute "
+        "resent later than this is not recognised as a resend",
+    )
+    flink_parallelism: int = Field(1, ge=1, description="parallelism of the Flink job")
+    flink_checkpoint_dir: str = Field(
+        "data/flink-checkpoints",
+        description="checkpoints of `speedlayer flink run`; a new run resumes from the newest",
+    )
     dynamodb_write_mode: Literal["batch", "conditional"] = Field(
         "batch",
         description="batch: BatchWriteItem, one writer per table; conditional: one conditional "
@@ -138,6 +155,9 @@ class Settings(BaseSettings):
     )
     process_consumer: str = Field(
         "speedlayer-processor", description="durable consumer name of `speedlayer process`"
+    )
+    sink_consumer: str = Field(
+        "speedlayer-sink", description="durable consumer name of `speedlayer sink`"
     )
 
     _interval_set: IntervalSet = PrivateAttr()

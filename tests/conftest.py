@@ -37,7 +37,7 @@ SPEEDLAYER = str(Path(sys.executable).with_name("speedlayer"))
 
 
 LAYERS = {"unit", "integration"}
-AREAS = {"api", "aws", "bench", "browser", "cli", "feed", "kafka", "store"}
+AREAS = {"api", "aws", "bench", "browser", "cli", "feed", "flink", "kafka", "store"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -110,6 +110,7 @@ class KafkaBus(ConsumerBus):
         self.send_errors = 0
         self.records_received = 0
         self.undecodable_records = 0
+        self.tombstones = 0  # records without a value (deletes of an upsert topic), skipped
         self.commits = 0
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -347,8 +348,11 @@ class KafkaBus(ConsumerBus):
                 for tp, records in batches.items():
                     items = []
                     for record in records:
+                        if record.value is None:  # a tombstone: no item (flink_sql/sink.kafka.sql)
+                            self.tombstones += 1
+                            continue
                         try:
-                            items.append(decode_item(record.value or b""))
+                            items.append(decode_item(record.value))
                         except (msgspec.DecodeError, BusError) as exc:
                             self.undecodable_records += 1
                             log.warning("%s[%d]: skipping undecodable record at offset %d: %s",

@@ -14,13 +14,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-FIRST_PARTY = {"speedlayer", "api", "ingest", "processors", "launch", "bench", "tests"}
+FIRST_PARTY = {"speedlayer", "api", "ingest", "processors", "flink_sql", "launch", "bench", "tests"}
 ALLOWED = {
     "speedlayer": {"speedlayer"},
     "api": {"speedlayer", "api"},
     "ingest": {"speedlayer", "ingest"},
     "processors": {"speedlayer", "processors"},
-    "launch": {"speedlayer", "api", "ingest", "processors", "launch"},
+    "flink_sql": {"speedlayer", "flink_sql"},
+    "launch": {"speedlayer", "api", "ingest", "processors", "flink_sql", "launch"},
 }
 
 

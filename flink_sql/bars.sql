@@ -1,0 +1,35 @@
+-- The bars every interval is made from (docs/flink.md#the-job).
+--
+-- `raw_bars` is the source table (source.<env>.sql): the bus's bar records with their position
+-- (`arrival`), event time `rt` = the minute's start, watermark = the newest minute seen.
+
+-- Each bar with its `arrival` (the record's position on the bus: the Kafka offset, or the line in
+-- a file; one symbol's bars share a partition, so a symbol's arrivals only grow) and the watermark
+-- current when it was read (`wm`, epoch ms; -1 before the first). `packed`: the whole bar as one
+-- string that starts with the zero-padded arrival, so that MAX picks the newest version of a
+-- minute and keeps its fields together.
+CREATE TEMPORARY VIEW bars AS
+SELECT symbol, t, rt, arrival,
+       CONCAT_WS('|', LPAD(CAST(arrival AS STRING), 19, '0'), CAST(o AS STRING), CAST(h AS STRING),
+                 CAST(l AS STRING), CAST(c AS STRING), CAST(v AS STRING),
+                 COALESCE(CAST(vw AS STRING), ''), COALESCE(CAST(n AS STRING), ''),
+                 CAST(wm AS STRING)) AS packed
+FROM (
+  SELECT symbol, t, o, h, l, c, v, vw, n, rt, arrival,
+         COALESCE(CAST(TIMESTAMPDIFF(MINUTE, TO_TIMESTAMP_LTZ(0, 3), CURRENT_WATERMARK(rt))
+                       AS BIGINT) * 60000, -1) AS wm
+  FROM raw_bars
+  WHERE `type` = 'bar' AND symbol IS NOT NULL AND t IS NOT NULL AND MOD(t, 60000) = 0
+    AND o IS NOT NULL AND h IS NOT NULL AND l IS NOT NULL AND c IS NOT NULL AND v IS NOT NULL
+);
+
+-- The newest version of every (symbol, minute) (last write wins, by arrival), unpacked: an
+-- updating table; a resent minute retracts its old version from every interval downstream.
+CREATE TEMPORARY VIEW latest_packed AS
+SELECT /*+ STATE_TTL('bars' = '${state_ttl}') */ symbol, t, MAX(packed) AS packed
+FROM bars
+GROUP BY symbol, t;
+
+CREATE TEMPORARY VIEW latest AS
+SELECT symbol, t, ${unpack}
+FROM latest_packed;

@@ -1,0 +1,205 @@
+"""Render and run the Flink SQL job (flink_sql/) from the service's settings.
+
+The job runs in the Flink virtualenv (``make flink``: ``.flink-venv`` with apache-flink, and the
+connector jars in ``.flink/lib``), as a child process: ``flink_sql/job.py`` with the rendered
+spec. Locally it runs on a mini-cluster inside that process, bound to 127.0.0.1, with its
+temporary files under ``work_dir``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from flink_sql import JOB_SCRIPT, JobOptions, JobSpec, render
+from speedlayer.config import Settings
+from speedlayer.errors import ConfigError, RunnerError
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent
+# A mini-cluster in one JVM: the job's heap, and every listener on loopback only.
+LOCAL_CONFIG = {
+    "rest.bind-address": "127.0.0.1",
+    "rest.address": "127.0.0.1",
+    "jobmanager.bind-host": "127.0.0.1",
+    "taskmanager.bind-host": "127.0.0.1",
+    "taskmanager.host": "127.0.0.1",
+}
+JVM_HEAP = "-Xmx768m"
+
+
+def job_options(settings: Settings, **overrides: object) -> JobOptions:
+    """The job's options from the settings (Kafka brokers and topic prefix, state TTL,
+    parallelism), with ``overrides`` (e.g. ``environment``, ``bounded``, ``input_path``)."""
+    values: dict[str, object] = {
+        "checkpoint_dir": settings.flink_checkpoint_dir,
+        "bootstrap_servers": settings.kafka_bootstrap_servers,
+        "topic_prefix": settings.kafka_topic_prefix,
+        "state_ttl": settings.flink_state_ttl,
+        "parallelism": settings.flink_parallelism,
+    }
+    values.update({key: value for key, value in overrides.items() if value is not None})
+    return JobOptions(**values)  # type: ignore[arg-type]
+
+
+def number_lines(source: Path, target: Path) -> Path:
+    """Copy a JSON-lines file of bar records, giving each record its line number as ``arrival``
+    (the files environment's stand-in for a Kafka offset)."""
+    with source.open("rb") as lines, target.open("wb") as out:
+        for number, line in enumerate(lines):
+            line = line.strip()
+            if line.startswith(b"{"):
+                out.write(b'{"arrival":%d,' % number + line[1:] + b"\n")
+    return target
+
+
+def changelog_to_records(changelog: Path, output: Path) -> int:
+    """The files environment's output: every insert and update image in the job's changelog
+    files (``changelog/<interval>/part-*``, Debezium JSON) as one candle record per line, in
+    the order the job wrote them per interval. Returns the number of records."""
+    count = 0
+    with output.open("wb") as out:
+        for part in sorted(changelog.glob("*/part-*")):
+            for line in part.read_bytes().splitlines():
+                if not line.strip():
+                    continue
+                after = json.loads(line).get("after")
+                if after is not None:
+                    out.write(json.dumps(after, separators=(",", ":")).encode() + b"\n")
+                    count += 1
+    return count
+
+
+def newest_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The newest complete checkpoint (``<job id>/chk-<n>`` with its ``_metadata``) in
+    ``checkpoint_dir``, or None."""
+    done = [meta.parent for meta in checkpoint_dir.glob("*/chk-*/_metadata")]
+    return max(done, key=lambda chk: chk.stat().st_mtime, default=None)
+
+
+def local_spec(
+    settings: Settings, options: JobOptions, work_dir: Path, *, resume: bool = True
+) -> JobSpec:
+    """The job for a local run; for the files environment, the input is numbered into
+    ``work_dir`` and the changelog goes to ``work_dir/changelog``. A Kafka job resumes from the
+    newest checkpoint in its checkpoint directory unless ``resume`` is false."""
+    if options.environment == "kafka" and resume and options.checkpoint_dir:
+        checkpoint = newest_checkpoint(Path(options.checkpoint_dir))
+        if checkpoint is not None:
+            log.info("resuming the Flink job from %s", checkpoint)
+            options = dataclasses.replace(options, resume_from=str(checkpoint))
+    if options.environment == "files":
+        work_dir.mkdir(parents=True, exist_ok=True)
+        numbered = number_lines(Path(options.input_path), work_dir / "bars.jsonl")
+        changelog = work_dir / "changelog"
+        options = dataclasses.replace(options, input_path=str(numbered), output_dir=str(changelog))
+    spec = render(settings.interval_set, options)
+    spec.config.update(LOCAL_CONFIG)
+    return spec
+
+
+def connector_jars(settings: Settings) -> list[Path]:
+    lib = Path(settings.flink_lib_dir) if settings.flink_lib_dir else ROOT / ".flink" / "lib"
+    jars = sorted(lib.glob("*.jar"))
+    if not jars:
+        raise ConfigError(f"no connector jars in {lib}: run `make flink` first")
+    return jars
+
+
+def flink_python(settings: Settings) -> Path:
+    python = Path(settings.flink_python or ROOT / ".flink-venv" / "bin" / "python")
+    if not python.exists():
+        raise ConfigError(f"no Flink virtualenv at {python}: run `make flink` first")
+    return python
+
+
+def job_command(
+    settings: Settings, spec_path: Path, jars: list[Path], plan: bool = False
+) -> list[str]:
+    command = [str(flink_python(settings)), str(JOB_SCRIPT), str(spec_path)]
+    if jars:
+        command += ["--jars", ",".join(str(jar) for jar in jars)]
+    if plan:
+        command.append("--plan")
+    return command
+
+
+def job_env(work_dir: Path) -> dict[str, str]:
+    """The child's environment: a bounded heap and temporary files (mini-cluster state,
+    shipped jars) inside ``work_dir``, which the caller removes."""
+    tmp = work_dir / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    jvm = f"{JVM_HEAP} -Djava.io.tmpdir={tmp}"
+    return {**os.environ, "JVM_ARGS": f"{os.environ.get('JVM_ARGS', '')} {jvm}".strip()}
+
+
+def start_job(
+    settings: Settings, spec: JobSpec, work_dir: Path, *, plan: bool = False
+) -> subprocess.Popen[str]:
+    """Start the job (or its plan, with ``plan``) as a child process; stderr carries its
+    progress events (JSON lines) and Flink's own messages."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    spec_path = work_dir / "job.json"
+    spec_path.write_text(spec.to_json())
+    jars = connector_jars(settings) if spec.needs_connectors else []
+    return subprocess.Popen(
+        job_command(settings, spec_path, jars, plan),
+        env=job_env(work_dir),
+        stdout=subprocess.PIPE if plan else None,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=work_dir,
+    )
+
+
+def follow(job: subprocess.Popen[str], on_event: Callable[[dict[str, object]], None]) -> int:
+    """Relay the job's progress events to ``on_event`` and its other stderr lines to the log
+    (errors at error level); return its exit code."""
+    assert job.stderr is not None
+    for line in job.stderr:
+        line = line.rstrip()
+        if line.startswith('{"event"'):
+            on_event(json.loads(line))
+        elif line:
+            log.log(logging.ERROR if "Error" in line or "Exception" in line else logging.DEBUG,
+                    "flink: %s", line)  # fmt: skip
+    return job.wait()
+
+
+def run_job(
+    settings: Settings,
+    spec: JobSpec,
+    work_dir: Path,
+    on_event: Callable[[dict[str, object]], None] | None = None,
+) -> None:
+    """Run the job to its end (bounded input) or until stopped; RunnerError if it fails."""
+    job = start_job(settings, spec, work_dir)
+    try:
+        code = follow(job, on_event or (lambda e: log.info("flink: %s", e)))
+    finally:
+        if job.poll() is None:
+            job.terminate()
+            job.wait(timeout=60)
+    if code != 0:
+        raise RunnerError(f"the Flink job exited with {code} (its errors are in the log above)")
+
+
+def explain(settings: Settings, spec: JobSpec, work_dir: Path) -> str:
+    """Flink's optimised plan of the job (needs the Flink virtualenv, not a cluster)."""
+    job = start_job(settings, spec, work_dir, plan=True)
+    out, err = job.communicate()
+    if job.returncode != 0:
+        tail = "\n".join(err.splitlines()[-20:])
+        raise RunnerError(f"planning the Flink job failed:\n{tail}")
+    return out
+
+
+def echo_event(event: dict[str, object]) -> None:
+    print(json.dumps(event), file=sys.stderr, flush=True)
