@@ -40,6 +40,7 @@ def job_options(settings: Settings, **overrides: object) -> JobOptions:
     parallelism), with ``overrides`` (e.g. ``environment``, ``bounded``, ``input_path``)."""
     values: dict[str, object] = {
         "checkpoint_dir": settings.flink_checkpoint_dir,
+        "checkpoint_interval": settings.flink_checkpoint_interval,
         "bootstrap_servers": settings.kafka_bootstrap_servers,
         "topic_prefix": settings.kafka_topic_prefix,
         "state_ttl": settings.flink_state_ttl,

@@ -136,6 +136,9 @@ class Settings(BaseSettings):
         "resent later than this is not recognised as a resend",
     )
     flink_parallelism: int = Field(1, ge=1, description="parallelism of the Flink job")
+    flink_checkpoint_interval: str = Field(
+        "10 s", description="how often the Flink job checkpoints (Flink duration, e.g. 30 s)"
+    )
     flink_checkpoint_dir: str = Field(
         "data/flink-checkpoints",
         description="checkpoints of `speedlayer flink run`; a new run resumes from the newest",

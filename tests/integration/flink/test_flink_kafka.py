@@ -1,16 +1,21 @@
 """The Flink job over a real Kafka broker: bars on the raw topic -> the job -> candle topics ->
-`speedlayer sink` -> SQLite, equal to the embedded resampler on the same arrivals."""
+`speedlayer sink` -> SQLite, equal to the embedded resampler on the same arrivals; and the job
+killed mid-stream, resumed from its checkpoint."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import signal
+import subprocess
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 
+from launch.flink import newest_checkpoint
 from speedlayer.bus.base import RAW_TOPIC
 from speedlayer.bus.kafka import KafkaBus
 from speedlayer.clock import SystemClock
@@ -32,7 +37,23 @@ pytestmark = pytest.mark.timeout(900)
 MINUTES = 300
 
 
-async def publish(bootstrap: str, prefix: str, arrivals: list[Bar], batch: int = 250) -> None:
+def kafka_env(bootstrap: str, tmp_path: Path) -> dict[str, str]:
+    """Settings of the job and the sink: a topic prefix of their own, checkpoints in tmp_path."""
+    return {
+        **os.environ,
+        **FLINK_ENV,
+        "SPEEDLAYER_BUS": "kafka",
+        "SPEEDLAYER_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "SPEEDLAYER_KAFKA_TOPIC_PREFIX": f"flink-{uuid.uuid4().hex[:8]}-",
+        "SPEEDLAYER_FLINK_CHECKPOINT_DIR": str(tmp_path / "checkpoints"),
+    }
+
+
+async def publish(env: dict[str, str], arrivals: list[Bar], batch: int = 250) -> None:
+    bootstrap, prefix = (
+        env["SPEEDLAYER_KAFKA_BOOTSTRAP_SERVERS"],
+        env["SPEEDLAYER_KAFKA_TOPIC_PREFIX"],
+    )
     async with KafkaBus(bootstrap, topic_prefix=prefix) as bus:
         await bus.ensure()
         for i in range(0, len(arrivals), batch):
@@ -40,52 +61,117 @@ async def publish(bootstrap: str, prefix: str, arrivals: list[Bar], batch: int =
 
 
 async def stored(db: Path, symbols: set[str]) -> dict[CandleKey, Candle]:
+    out: dict[CandleKey, Candle] = {}
     async with SQLiteStore(db, INTERVALS, SystemClock()) as store:
-        out: dict[CandleKey, Candle] = {}
         for interval in INTERVALS:
             for symbol in sorted(symbols):
                 for candle in await store.query(symbol, interval):
                     out[(symbol, interval.name, candle.timestamp)] = candle
-        return out
+    return out
+
+
+class Sink:
+    """`speedlayer sink` into a SQLite file, as a subprocess."""
+
+    def __init__(self, db: Path, env: dict[str, str]) -> None:
+        self.db = db
+        self.proc = subprocess.Popen([SPEEDLAYER, "sink", "--db", str(db)], env=env)
+
+    async def wait_for(
+        self, want: dict[CandleKey, Candle], within_s: float = 120
+    ) -> dict[CandleKey, Candle]:
+        """The stored candles once they equal ``want`` (or what is stored at the deadline)."""
+        symbols = {key[0] for key in want}
+        got: dict[CandleKey, Candle] = {}
+        deadline = time.monotonic() + within_s
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"speedlayer sink exited with {self.proc.returncode}"
+            got = await stored(self.db, symbols)
+            if len(got) >= len(want) and not differences(got, want):
+                break
+            await asyncio.sleep(1)
+        return got
+
+    async def wait_for_count(self, keys: set[CandleKey], within_s: float = 180) -> None:
+        """Until every key in ``keys`` is stored (whatever its values)."""
+        symbols = {key[0] for key in keys}
+        deadline = time.monotonic() + within_s
+        while not keys <= (await stored(self.db, symbols)).keys():
+            assert time.monotonic() < deadline, "the sink did not store the candles in time"
+            assert self.proc.poll() is None, f"speedlayer sink exited with {self.proc.returncode}"
+            await asyncio.sleep(1)
+
+    def stop(self) -> int:
+        self.proc.terminate()
+        return self.proc.wait(timeout=30)
+
+
+def start_job(env: dict[str, str], work_dir: Path) -> subprocess.Popen[bytes]:
+    """`speedlayer flink run` (unbounded) in a process group of its own: the CLI, PyFlink and
+    the mini-cluster's JVM die together with ``os.killpg``."""
+    return subprocess.Popen(
+        [SPEEDLAYER, "flink", "run", "--env", "kafka", "--work-dir", str(work_dir)],
+        env=env,
+        start_new_session=True,
+    )
 
 
 async def test_flink_job_over_kafka_and_the_sink_store_the_embedded_candles(
     tmp_path: Path, realbars: Path, flink_ready: None, kafka_bootstrap: str
 ) -> None:
-    prefix = f"flink-{uuid.uuid4().hex[:8]}-"
-    env = {
-        **FLINK_ENV,
-        "SPEEDLAYER_BUS": "kafka",
-        "SPEEDLAYER_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "SPEEDLAYER_KAFKA_TOPIC_PREFIX": prefix,
-        "SPEEDLAYER_FLINK_CHECKPOINT_DIR": str(tmp_path / "checkpoints"),
-    }
+    env = kafka_env(kafka_bootstrap, tmp_path)
     arrivals = adversarial(real_bars(realbars, MINUTES))
-    await publish(kafka_bootstrap, prefix, arrivals)
+    await publish(env, arrivals)
     # The job reads the raw topic to the offsets present at its start, then finishes.
     await asyncio.to_thread(
         run_cli, "flink", "run", "--env", "kafka", "--bounded",
         "--work-dir", str(tmp_path / "work"), env=env, timeout=800,
     )  # fmt: skip
-
-    db = tmp_path / "flink.db"
-    sink = await asyncio.create_subprocess_exec(
-        SPEEDLAYER, "sink", "--db", str(db), env={**os.environ, **env}
-    )
-    want = embedded_candles(arrivals)
-    symbols = {bar.symbol for bar in arrivals}
-    got: dict[CandleKey, Candle] = {}
+    sink = Sink(tmp_path / "flink.db", env)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert sink.returncode is None, f"speedlayer sink exited with {sink.returncode}"
-            if db.exists():
-                got = await stored(db, symbols)
-                if len(got) >= len(want) and not differences(got, want):
-                    break
-            await asyncio.sleep(1)
+        got = await sink.wait_for(embedded_candles(arrivals))
     finally:
-        sink.terminate()
-        code = await asyncio.wait_for(sink.wait(), 30)
-    assert differences(got, want) == []
+        code = sink.stop()
+    assert differences(got, embedded_candles(arrivals)) == []
+    assert code == 0
+
+
+async def test_flink_job_killed_mid_stream_resumes_from_its_checkpoint(
+    tmp_path: Path, realbars: Path, flink_ready: None, kafka_bootstrap: str
+) -> None:
+    env = {**kafka_env(kafka_bootstrap, tmp_path), "SPEEDLAYER_FLINK_CHECKPOINT_INTERVAL": "2 s"}
+    arrivals = adversarial(real_bars(realbars, MINUTES))
+    half = len(arrivals) // 2
+    await publish(env, arrivals[:half])
+    sink = Sink(tmp_path / "flink.db", env)
+    job = start_job(env, tmp_path / "work1")
+    try:
+        # Killed (the whole process tree, no chance to clean up) once the first half is
+        # processed and checkpointed.
+        await sink.wait_for_count(
+            {(bar.symbol, "1m", bar.t) for bar in arrivals[: half // 2]}, within_s=180
+        )
+        checkpoints = Path(env["SPEEDLAYER_FLINK_CHECKPOINT_DIR"])
+        first = newest_checkpoint(checkpoints)
+        for _ in range(60):  # and one more checkpoint after that, within 30 s
+            if newest_checkpoint(checkpoints) not in (None, first):
+                break
+            await asyncio.sleep(0.5)
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait(timeout=30)
+        resume_from = newest_checkpoint(checkpoints)
+        assert resume_from is not None
+
+        await publish(env, arrivals[half:])
+        job = start_job(env, tmp_path / "work2")
+        got = await sink.wait_for(embedded_candles(arrivals), within_s=240)
+        spec = json.loads((tmp_path / "work2" / "job.json").read_text())
+        assert spec["config"]["execution.state-recovery.path"] == resume_from.as_uri()
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGTERM)
+            job.wait(timeout=60)
+        code = sink.stop()
+    # Nothing lost, nothing counted twice: every candle as if the job had never stopped.
+    assert differences(got, embedded_candles(arrivals)) == []
     assert code == 0
