@@ -36,10 +36,9 @@ BASE_CONFIG: dict[str, str] = {
     "table.local-time-zone": "UTC",
     # Updates are written as their new value, keyed by symbol (sink.kafka.sql).
     "table.exec.sink.upsert-materialize": "NONE",
-    # Fold the updates of one bucket within a short interval into one (output volume).
-    "table.exec.mini-batch.enabled": "true",
-    "table.exec.mini-batch.allow-latency": "200 ms",
-    "table.exec.mini-batch.size": "5000",
+    # No mini-batches: their processing-time assigner replaces the event-time watermark that
+    # `final` is computed from (bars.sql) in the updating branch.
+    "table.exec.mini-batch.enabled": "false",
     # A partition without bars must not hold the watermark (and every closing candle) back.
     "table.exec.source.idle-timeout": "5 s",
 }
@@ -128,8 +127,13 @@ def render(intervals: IntervalSet, options: JobOptions) -> JobSpec:
         if interval.interval_ms % MINUTE_MS:
             raise ConfigError(f"interval {interval.name} is not a whole number of minutes")
     unpack = fragment("unpack.sql")
-    common = {"state_ttl": options.state_ttl, "unpack": unpack}
-    config = {**BASE_CONFIG, "parallelism.default": str(options.parallelism)}
+    common = {"unpack": unpack}
+    config = {
+        **BASE_CONFIG,
+        "parallelism.default": str(options.parallelism),
+        # Per minute, bucket and candle: kept this long after the last change.
+        "table.exec.state.ttl": options.state_ttl,
+    }
     env = options.environment
     source_values = {
         "raw_topic": options.topic_prefix + RAW_TOPIC,

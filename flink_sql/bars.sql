@@ -4,8 +4,11 @@
 -- (`arrival`), event time `rt` = the minute's start, watermark = the newest minute seen.
 
 -- Each bar with its `arrival` (the record's position on the bus: the Kafka offset, or the line in
--- a file; one symbol's bars share a partition, so a symbol's arrivals only grow) and the watermark
--- current when it was read (`wm`, epoch ms; -1 before the first). `packed`: the whole bar as one
+-- a file; one symbol's bars share a partition, so a symbol's arrivals only grow) and `wm` (epoch
+-- ms): the watermark current when it was read, or the symbol's newest minute read so far if that
+-- is later. The latter is kept in state: after a restart from a checkpoint Flink's watermark
+-- starts again from nothing, and a late bar read before it catches up would otherwise look
+-- early, while the closing window already dropped it as late. `packed`: the whole bar as one
 -- string that starts with the zero-padded arrival, so that MAX picks the newest version of a
 -- minute and keeps its fields together.
 CREATE TEMPORARY VIEW bars AS
@@ -16,8 +19,11 @@ SELECT symbol, t, rt, arrival,
                  CAST(wm AS STRING)) AS packed
 FROM (
   SELECT symbol, t, o, h, l, c, v, vw, n, rt, arrival,
-         COALESCE(CAST(TIMESTAMPDIFF(MINUTE, TO_TIMESTAMP_LTZ(0, 3), CURRENT_WATERMARK(rt))
-                       AS BIGINT) * 60000, -1) AS wm
+         GREATEST(
+           COALESCE(CAST(TIMESTAMPDIFF(MINUTE, TO_TIMESTAMP_LTZ(0, 3), CURRENT_WATERMARK(rt))
+                         AS BIGINT) * 60000, -1),
+           MAX(t) OVER (PARTITION BY symbol ORDER BY pt
+                        ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)) AS wm
   FROM raw_bars
   WHERE `type` = 'bar' AND symbol IS NOT NULL AND t IS NOT NULL AND MOD(t, 60000) = 0
     AND o IS NOT NULL AND h IS NOT NULL AND l IS NOT NULL AND c IS NOT NULL AND v IS NOT NULL
@@ -26,7 +32,7 @@ FROM (
 -- The newest version of every (symbol, minute) (last write wins, by arrival), unpacked: an
 -- updating table; a resent minute retracts its old version from every interval downstream.
 CREATE TEMPORARY VIEW latest_packed AS
-SELECT /*+ STATE_TTL('bars' = '${state_ttl}') */ symbol, t, MAX(packed) AS packed
+SELECT symbol, t, MAX(packed) AS packed
 FROM bars
 GROUP BY symbol, t;
 

@@ -5,6 +5,7 @@ CREATE TABLE raw_bars (
   o DOUBLE, h DOUBLE, l DOUBLE, c DOUBLE, v DOUBLE, vw DOUBLE, n BIGINT,
   arrival BIGINT,
   rt AS TO_TIMESTAMP_LTZ(t, 3),
+  pt AS PROCTIME(),
   WATERMARK FOR rt AS rt
 ) WITH (
   'connector' = 'filesystem',

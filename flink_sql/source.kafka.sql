@@ -4,6 +4,7 @@ CREATE TABLE raw_bars (
   o DOUBLE, h DOUBLE, l DOUBLE, c DOUBLE, v DOUBLE, vw DOUBLE, n BIGINT,
   arrival BIGINT METADATA FROM 'offset' VIRTUAL,
   rt AS TO_TIMESTAMP_LTZ(t, 3),
+  pt AS PROCTIME(),
   WATERMARK FOR rt AS rt
 ) WITH (
   'connector' = 'kafka',

@@ -561,9 +561,10 @@ def _flink_spec(work_dir: Path, **options: Any) -> tuple[Settings, Any]:
 
 
 def _work_dir(stack: contextlib.ExitStack, work_dir: Path | None) -> Path:
-    """``work_dir``, or a temporary directory removed when ``stack`` closes."""
+    """``work_dir`` (absolute: the job runs in it, and the spec names files in it), or a
+    temporary directory removed when ``stack`` closes."""
     if work_dir is not None:
-        return work_dir
+        return work_dir.resolve()
     import tempfile
 
     return Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="speedlayer-flink-")))
@@ -610,6 +611,35 @@ def flink_run(work_dir: Path | None, **options: Any) -> None:
             if options["environment"] == "files":
                 records = changelog_to_records(work / "changelog", Path(output))
                 echo_event({"event": "written", "records": records, "output": output})
+
+
+@flink.command("package")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("build/speedlayer-flink.zip"),
+    show_default=True,
+    help="the application zip to write",
+)
+@click.option(
+    "--env", "environment", type=click.Choice(["kafka"]), default="kafka", show_default=True,
+    help="where bars come from and candles go (Kafka or Amazon MSK)",
+)  # fmt: skip
+def flink_package(out: Path, environment: str) -> None:
+    """Build the job as a zip for Amazon Managed Service for Apache Flink (runtime FLINK-2_2):
+    the main file, the rendered job, the connector jar and an example of the application's
+    property groups, which are printed (JSON) on stdout."""
+    import json
+
+    from launch.flink_package import build_package
+
+    settings = _settings()
+    _setup_logging(settings.log_level)
+    package = _run_sync(lambda: build_package(settings, out, environment))
+    for warning in package.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(f"wrote {out} ({out.stat().st_size} bytes; jar lib/{package.jar})", err=True)
+    click.echo(json.dumps(package.properties, indent=2))
 
 
 def _run_sync(call: Callable[[], Any]) -> Any:

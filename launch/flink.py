@@ -61,13 +61,20 @@ def number_lines(source: Path, target: Path) -> Path:
     return target
 
 
+def _part_order(part: Path) -> tuple[str, int, int]:
+    """Part files in the order the sink wrote them: interval, subtask, then the rolling count
+    (``part-<uuid>-<subtask>-<count>``)."""
+    *_, subtask, count = part.name.rsplit("-", 2)
+    return part.parent.name, int(subtask), int(count)
+
+
 def changelog_to_records(changelog: Path, output: Path) -> int:
     """The files environment's output: every insert and update image in the job's changelog
     files (``changelog/<interval>/part-*``, Debezium JSON) as one candle record per line, in
     the order the job wrote them per interval. Returns the number of records."""
     count = 0
     with output.open("wb") as out:
-        for part in sorted(changelog.glob("*/part-*")):
+        for part in sorted(changelog.glob("*/part-*"), key=_part_order):
             for line in part.read_bytes().splitlines():
                 if not line.strip():
                     continue

@@ -76,12 +76,17 @@ def free_port() -> int:
 
 
 def run_cli(
-    *args: str, env: dict[str, str] | None = None, check: bool = True, timeout: float = 300
+    *args: str,
+    env: dict[str, str] | None = None,
+    check: bool = True,
+    timeout: float = 300,
+    cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run the installed `speedlayer` command; return the CompletedProcess (text mode)."""
+    """Run the installed `speedlayer` command (in ``cwd``, default ours); return the
+    CompletedProcess (text mode)."""
     merged = {**os.environ, **(env or {})}
     proc = subprocess.run(
-        [SPEEDLAYER, *args], capture_output=True, text=True, env=merged, timeout=timeout
+        [SPEEDLAYER, *args], capture_output=True, text=True, env=merged, timeout=timeout, cwd=cwd
     )
     if check and proc.returncode != 0:
         raise AssertionError(

@@ -8,6 +8,8 @@ import random
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import msgspec
+
 from ingest.files import read_bars
 from processors.resampler import Resampler
 from processors.sink import newest_per_key
@@ -75,6 +77,17 @@ def embedded_candles(arrivals: Sequence[Bar], batch: int = 500) -> dict[CandleKe
         for candle in resampler.process(arrivals[i : i + batch]).candles:
             out[(candle.symbol, candle.interval, candle.timestamp)] = candle
     return out
+
+
+def final_at(candles: dict[CandleKey, Candle], watermark: int) -> dict[CandleKey, Candle]:
+    """``candles`` as a job whose watermark stands at ``watermark`` (epoch ms) has them: final
+    only where the bucket ends at or before it (an unbounded job never closes its newest
+    buckets; the embedded resampler's far-future clock closes every one)."""
+    ends = {interval.name: interval.interval_ms for interval in INTERVALS}
+    return {
+        key: msgspec.structs.replace(c, final=c.timestamp + ends[c.interval] <= watermark)
+        for key, c in candles.items()
+    }
 
 
 def newest(candles: Iterable[Candle]) -> dict[CandleKey, Candle]:

@@ -1,0 +1,206 @@
+"""The Flink SQL job as an application for Amazon Managed Service for Apache Flink
+(``speedlayer flink package``, docs/flink.md#managed-service-for-apache-flink).
+
+The zip holds, at its root:
+
+* ``job.py``: the driver (flink_sql/job.py), the application's main Python file;
+* ``job.json``: the job rendered for a deployment: no local mini-cluster settings, and nothing
+  the service owns (checkpoints, their storage and restore, parallelism);
+* ``lib/<jar>``: the connector jar (Managed Flink takes one ``jarfile``: several jars in
+  ``.flink/lib`` are merged into ``lib/speedlayer-connectors.jar``);
+* ``application-properties.json``: the application's property groups, an example to start from;
+* ``README.txt``.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import zipfile
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flink_sql import JOB_SCRIPT, JobSpec, render
+from flink_sql.job import DEFAULT_SPEC, PROPERTY_GROUP, RUN_OPTIONS_GROUP
+from launch.flink import LOCAL_CONFIG, connector_jars, job_options
+from speedlayer import __version__
+from speedlayer.config import Settings
+from speedlayer.errors import ConfigError
+
+MAIN_FILE = "job.py"
+PROPERTIES_FILE = "application-properties.json"
+MERGED_JAR = "speedlayer-connectors.jar"
+RUNTIME = "FLINK-2_2"
+# Settings the service owns (its CheckpointConfiguration and ParallelismConfiguration); setting
+# them from the job's code is an error on Managed Flink 2.2.
+SERVICE_OWNED = ("parallelism.default", "execution.checkpointing.", "execution.state-recovery.")
+# Entries of a jar that describe the jar itself: stale (signatures) in a merged one.
+_SIGNATURES = (".SF", ".RSA", ".DSA", ".EC")
+_EPOCH = (1980, 1, 1, 0, 0, 0)
+
+
+@dataclass
+class Package:
+    """What ``build_package`` wrote."""
+
+    path: Path
+    jar: str
+    properties: list[dict[str, Any]]
+    spec: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+
+def deployment_spec(settings: Settings, environment: str = "kafka") -> dict[str, Any]:
+    """The job for a deployment, as the JSON object ``job.py`` reads: the rendered spec without
+    local or service-owned settings, plus the Kafka values it was rendered with (``kafka``),
+    which the runtime properties can override."""
+    if environment != "kafka":
+        raise ConfigError(f"Managed Flink runs the kafka environment, not {environment!r}")
+    options = job_options(settings, environment=environment, checkpoint_dir="", resume_from="")
+    spec: JobSpec = render(settings.interval_set, options)
+    config = {
+        key: value
+        for key, value in spec.config.items()
+        if key not in LOCAL_CONFIG and not key.startswith(SERVICE_OWNED)
+    }
+    return {
+        **asdict(spec),
+        "config": config,
+        "kafka": {
+            "bootstrap.servers": options.bootstrap_servers,
+            "topic.prefix": options.topic_prefix,
+            "group.id": options.group_id,
+        },
+    }
+
+
+def application_properties(jar: str, kafka: dict[str, str]) -> list[dict[str, Any]]:
+    """The application's property groups (``EnvironmentProperties.PropertyGroups``): where the
+    main file and the jar are, and the job's Kafka settings. Managed Flink takes no empty
+    values, so an empty topic prefix is left out."""
+    return [
+        {
+            "PropertyGroupId": RUN_OPTIONS_GROUP,
+            "PropertyMap": {"python": MAIN_FILE, "jarfile": f"lib/{jar}"},
+        },
+        {
+            "PropertyGroupId": PROPERTY_GROUP,
+            "PropertyMap": {key: value for key, value in kafka.items() if value},
+        },
+    ]
+
+
+def merge_jars(jars: Iterable[Path], target: Path) -> list[str]:
+    """Merge ``jars`` into one: the first copy of each entry wins, service registrations
+    (``META-INF/services/*``, how Flink finds connector factories) are concatenated, and
+    signature files are dropped. Returns the entries that occurred more than once."""
+    seen: set[str] = set()
+    duplicates: list[str] = []
+    services: dict[str, list[bytes]] = {}
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as out:
+        for jar in jars:
+            with zipfile.ZipFile(jar) as source:
+                for info in source.infolist():
+                    name = info.filename
+                    upper = name.upper()
+                    if upper.startswith("META-INF/") and upper.endswith(_SIGNATURES):
+                        continue
+                    if name.startswith("META-INF/services/") and not info.is_dir():
+                        services.setdefault(name, []).append(source.read(info))
+                        continue
+                    if name in seen:
+                        if not info.is_dir() and upper != "META-INF/MANIFEST.MF":
+                            duplicates.append(name)
+                        continue
+                    seen.add(name)
+                    out.writestr(info, b"" if info.is_dir() else source.read(info))
+        for name, parts in services.items():
+            lines = b"\n".join(part.rstrip(b"\n") for part in parts if part.strip())
+            out.writestr(name, lines + b"\n")
+    return duplicates
+
+
+def readme(spec: dict[str, Any], properties: list[dict[str, Any]], jar_note: str) -> str:
+    intervals = ", ".join(insert.split()[2].removeprefix("candles_") for insert in spec["inserts"])
+    return f"""speedlayer {__version__}: the Flink SQL candle job for Amazon Managed Service for
+Apache Flink (runtime {RUNTIME}, a Python application). Built by `speedlayer flink package`;
+docs/flink.md in the repository describes the deployment.
+
+  {MAIN_FILE:<29} the main file: runs {DEFAULT_SPEC} with PyFlink
+  {DEFAULT_SPEC:<29} the job: settings, tables, views, inserts ({intervals})
+  lib/                          {jar_note}
+  {PROPERTIES_FILE:<29} the application's property groups, an example
+
+Upload this zip to S3 and create the application with runtime {RUNTIME}, the zip as its code
+(CodeContentType ZIPFILE) and these property groups (EnvironmentProperties.PropertyGroups):
+
+{json.dumps(properties, indent=2)}
+
+{RUN_OPTIONS_GROUP} tells the service which file is the main file (python) and
+which jar to load (jarfile); both paths are relative to the root of this zip.
+The {PROPERTY_GROUP} group overrides the job's Kafka settings when it starts:
+
+  bootstrap.servers   the brokers (Amazon MSK: the cluster's bootstrap brokers)
+  topic.prefix        replaces the topic prefix the job was built with
+  group.id            the consumer group of the raw topic's source
+  kafka.<name>        any Kafka client property, e.g. kafka.security.protocol = SSL for
+                      the TLS listener of MSK (port 9094)
+
+Checkpoints, their interval and storage, and the parallelism are the service's
+(CheckpointConfiguration, ParallelismConfiguration): the job does not set them.
+"""
+
+
+def _entry(name: str) -> zipfile.ZipInfo:
+    """A zip entry with a fixed time (the same inputs give the same zip) and mode 0644."""
+    info = zipfile.ZipInfo(name, _EPOCH)
+    info.external_attr = 0o644 << 16
+    return info
+
+
+def build_package(settings: Settings, out: Path, environment: str = "kafka") -> Package:
+    """Write the application zip to ``out`` (replacing it); ConfigError without connector jars."""
+    spec = deployment_spec(settings, environment)
+    jars = connector_jars(settings)
+    warnings = []
+    servers = spec["kafka"]["bootstrap.servers"]
+    if "127.0.0.1" in servers or "localhost" in servers:
+        warnings.append(
+            f"the job's bootstrap servers are {servers} (loopback): "
+            f"set bootstrap.servers in the {PROPERTY_GROUP} property group, or build with "
+            "SPEEDLAYER_KAFKA_BOOTSTRAP_SERVERS"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    with tempfile.TemporaryDirectory(prefix="speedlayer-package-") as tmp:
+        if len(jars) == 1:
+            jar_path, jar = jars[0], jars[0].name
+            jar_note = f"{jar}: the connector jar"
+        else:
+            jar_path, jar = Path(tmp) / MERGED_JAR, MERGED_JAR
+            duplicates = merge_jars(jars, jar_path)
+            names = ", ".join(path.name for path in jars)
+            jar_note = f"{jar}: {len(jars)} connector jars merged into one ({names})"
+            warnings.append(
+                f"Managed Flink loads one jar: merged {names} into lib/{MERGED_JAR}"
+                + (f"; {len(duplicates)} duplicate entries kept from the first jar"
+                   if duplicates else "")
+            )  # fmt: skip
+        properties = application_properties(jar, spec["kafka"])
+        texts = {
+            MAIN_FILE: JOB_SCRIPT.read_text(),
+            DEFAULT_SPEC: json.dumps(spec, indent=1) + "\n",
+            PROPERTIES_FILE: json.dumps(properties, indent=2) + "\n",
+            "README.txt": readme(spec, properties, jar_note),
+        }
+        with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive:
+            for name, text in texts.items():
+                archive.writestr(_entry(name), text, zipfile.ZIP_DEFLATED)
+            # A jar is compressed already: stored as it is.
+            with archive.open(_entry(f"lib/{jar}"), "w") as target, jar_path.open("rb") as source:
+                while chunk := source.read(1 << 20):
+                    target.write(chunk)
+    partial.replace(out)
+    return Package(out, jar, properties, spec, warnings)
