@@ -29,7 +29,7 @@ from processors.pipeline import CandlePipeline
 from processors.supervisor import Supervisor
 from speedlayer.bus.base import RAW_TOPIC, Bus, Subscription, candle_topic
 from speedlayer.clock import Clock
-from speedlayer.errors import ServiceFailed, SubscriptionClosed
+from speedlayer.errors import ServiceFailed
 from speedlayer.models import Bar, Candle
 
 log = logging.getLogger(__name__)
@@ -105,24 +105,7 @@ class PipelineRunner(Supervisor):
         return self.clock.now_ms() - self.last_bar_end_ms
 
     async def _consume(self, subscription: Subscription) -> None:
-        queue = subscription.queue
-        async for _, batch in subscription:
-            bars: list[Bar] = list(batch)
-            while len(bars) < self.max_batch and not queue.empty():
-                try:
-                    _, more = await subscription.get()
-                except SubscriptionClosed:
-                    break
-                bars.extend(more)
-            await self._process(bars)  # raises when the batch cannot be done: not committed
-            try:
-                await subscription.commit()
-            except Exception:  # the next commit covers this batch too
-                log.exception("storing the consumer position failed; retrying at the next batch")
-        if subscription.failed:
-            raise ServiceFailed(f"raw topic consumer failed: {subscription.closed_reason}")
-        if not self._stopping:
-            raise ServiceFailed(f"raw topic subscription closed: {subscription.closed_reason}")
+        await self._consume_batches(subscription, self._process, self.max_batch, "raw topic")
 
     async def _process(self, bars: Sequence[Bar]) -> None:
         if not bars:  # e.g. only a position marker (the end of a closed shard)

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 
 from processors.supervisor import Supervisor
 from speedlayer.bus.base import Bus, Subscription, candle_topic
-from speedlayer.errors import ServiceFailed, SubscriptionClosed
+from speedlayer.errors import ServiceFailed
 from speedlayer.models import Candle
 from speedlayer.retry import Backoff, retry
 from speedlayer.store.base import Store
@@ -84,24 +84,7 @@ class CandleSink(Supervisor):
         return None
 
     async def _consume(self, subscription: Subscription) -> None:
-        queue = subscription.queue
-        async for _, batch in subscription:
-            candles: list[Candle] = list(batch)
-            while len(candles) < self.max_batch and not queue.empty():
-                try:
-                    _, more = await subscription.get()
-                except SubscriptionClosed:
-                    break
-                candles.extend(more)
-            await self._write(candles)  # raises when the batch cannot be stored: not committed
-            try:
-                await subscription.commit()
-            except Exception:  # the next commit covers this batch too
-                log.exception("storing the consumer position failed; retrying at the next batch")
-        if subscription.failed:
-            raise ServiceFailed(f"candle topic consumer failed: {subscription.closed_reason}")
-        if not self._stopping:
-            raise ServiceFailed(f"candle subscription closed: {subscription.closed_reason}")
+        await self._consume_batches(subscription, self._write, self.max_batch, "candle topic")
 
     def _failed_once(self, error: BaseException, _failures: int) -> None:
         self.write_retries += 1

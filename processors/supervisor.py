@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from speedlayer.bus.base import Subscription
-from speedlayer.errors import ServiceFailed
+from speedlayer.errors import ServiceFailed, SubscriptionClosed
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,36 @@ class Supervisor:
         for task in self._tasks:
             if task is not asyncio.current_task():
                 task.cancel()
+
+    async def _consume_batches(
+        self,
+        subscription: Subscription,
+        handle: Callable[[list[Any]], Awaitable[None]],
+        max_batch: int,
+        what: str,
+    ) -> None:
+        """Hand ``subscription``'s batches to ``handle``, what is queued joined up to
+        ``max_batch`` items, and commit each once handled. ``handle`` raises when a batch cannot
+        be done: it is not committed, and the task's end fails the owner. The subscription
+        closing other than by ``stop()`` fails it too (``what`` names the topic)."""
+        queue = subscription.queue
+        async for _, batch in subscription:
+            items: list[Any] = list(batch)
+            while len(items) < max_batch and not queue.empty():
+                try:
+                    _, more = await subscription.get()
+                except SubscriptionClosed:
+                    break
+                items.extend(more)
+            await handle(items)
+            try:
+                await subscription.commit()
+            except Exception:  # the next commit covers this batch too
+                log.exception("storing the consumer position failed; retrying at the next batch")
+        if subscription.failed:
+            raise ServiceFailed(f"{what} consumer failed: {subscription.closed_reason}")
+        if not self._stopping:
+            raise ServiceFailed(f"{what} subscription closed: {subscription.closed_reason}")
 
     async def stop(self) -> None:
         self._stopping = True
