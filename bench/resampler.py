@@ -27,7 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -101,9 +101,35 @@ def arrival_order(cols: Columns, disorder: float, seed: int = 11) -> tuple[np.nd
 # -- the two sides (each in its own process) ------------------------------------------------------
 
 
-def run_resampler(symbols: int, minutes: int, disorder: float) -> dict[str, Any]:
+def feed_frames(
+    frames: Sequence[Sequence[Any]], intervals: Any, keep: Callable[[Any], None] | None
+) -> int:
+    """Every frame (a list of Bars) through a new resampler as a live feed gives them: the frame
+    of minute m just after m ends (its bars are complete by then), then the clock far past the
+    last one. ``keep`` sees every candle emitted; returns how many were."""
     from processors.resampler import Resampler
     from speedlayer.clock import ManualClock
+
+    clock = ManualClock(START_MS)
+    resampler = Resampler(intervals, clock)
+    emitted = 0
+    for index, frame in enumerate(frames):
+        clock.set(START_MS + (index + 1) * MINUTE_MS + 500)
+        candles = resampler.process(frame).candles
+        resampler.evict()
+        emitted += len(candles)
+        if keep is not None:
+            for c in candles:
+                keep(c)
+    clock.set(START_MS + (len(frames) + 300) * MINUTE_MS)
+    candles = resampler.advance()
+    if keep is not None:
+        for c in candles:
+            keep(c)
+    return emitted + len(candles)
+
+
+def run_resampler(symbols: int, minutes: int, disorder: float) -> dict[str, Any]:
     from speedlayer.intervals import IntervalSet
     from speedlayer.models import Bar
     from speedlayer.runtime import tune_gc
@@ -122,24 +148,12 @@ def run_resampler(symbols: int, minutes: int, disorder: float) -> dict[str, Any]
 
     def feed(keep: dict[Key, Any] | None) -> int:
         """Every frame through a new resampler; ``keep`` collects the last state per key."""
-        clock = ManualClock(START_MS)
-        resampler = Resampler(intervals, clock)
-        emitted = 0
-        for index, frame in enumerate(frames):
-            # The frame of minute m arrives just after m ends: its bars are complete by then.
-            clock.set(START_MS + (index + 1) * MINUTE_MS + 500)
-            candles = resampler.process(frame).candles
-            resampler.evict()
-            emitted += len(candles)
-            if keep is not None:
-                for c in candles:
-                    keep[(c.interval, c.symbol, c.timestamp)] = c
-        clock.set(START_MS + (len(frames) + 300) * MINUTE_MS)
-        candles = resampler.advance()
-        if keep is not None:
-            for c in candles:
-                keep[(c.interval, c.symbol, c.timestamp)] = c
-        return emitted + len(candles)
+        collect = (
+            None
+            if keep is None
+            else lambda c: keep.__setitem__((c.interval, c.symbol, c.timestamp), c)
+        )
+        return feed_frames(frames, intervals, collect)
 
     # Timed run: the candles are dropped as they come (a consumer's cost is not the resampler's).
     with PeakRss() as memory:
