@@ -11,6 +11,12 @@ KAFKA_STAMP := .kafka/.installed
 FLINK_VENV  := .flink-venv
 FLINK_STAMP := $(FLINK_VENV)/.installed
 FLINK_JARS  := .flink/.installed
+# Flink's Kinesis SQL connector for Flink 2.x (the released artifact is
+# org.apache.flink:flink-sql-connector-aws-kinesis-streams:6.0.0-2.0). Where a Maven mirror lacks
+# it, FLINK_KINESIS_JAR names a build of it; the AWS-shape test of the Flink job needs it.
+SHARED_DIR  ?= $(or $(SPEEDLAYER_SHARED_DIR),../shared)
+FLINK_KINESIS_JAR ?= $(SHARED_DIR)/vendor/flink-connector-aws-6.0.0/flink-sql-connector-aws-kinesis-streams-6.0.0-srcbuild.jar
+FLINK_KINESIS := .flink/lib/flink-sql-connector-aws-kinesis-streams-6.0.0.jar
 CHROMIUM    := /usr/bin/chromium
 WRK         := /usr/bin/wrk
 SUDO        := $(if $(filter 0,$(shell id -u)),,sudo)
@@ -26,9 +32,9 @@ help: ## list the targets
 
 venv: $(STAMP) ## the Python virtualenv (.venv) with the project and its dev tools
 
-setup: $(STAMP) $(NODE_STAMP) $(KAFKA_STAMP) $(FLINK_STAMP) $(FLINK_JARS) $(CHROMIUM) $(WRK) ## everything the tests need
+setup: $(STAMP) $(NODE_STAMP) $(KAFKA_STAMP) $(FLINK_STAMP) $(FLINK_JARS) $(FLINK_KINESIS) $(CHROMIUM) $(WRK) ## everything the tests need
 
-flink: $(FLINK_STAMP) $(FLINK_JARS) ## the Flink SQL job's virtualenv (.flink-venv) and connector jars (.flink/lib)
+flink: $(FLINK_STAMP) $(FLINK_JARS) $(FLINK_KINESIS) ## the Flink SQL job's virtualenv (.flink-venv) and connector jars (.flink/lib)
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -66,6 +72,10 @@ $(FLINK_JARS): infra/flink/pom.xml $(KAFKA_STAMP)
 	rm -rf .flink/lib
 	mvn -q -B -Dstyle.color=never -f infra/flink/pom.xml dependency:copy-dependencies
 	@touch $@
+
+$(FLINK_KINESIS): $(FLINK_JARS)
+	@if [ -f "$(FLINK_KINESIS_JAR)" ]; then cp "$(FLINK_KINESIS_JAR)" $@; \
+	else echo "no Kinesis connector jar at $(FLINK_KINESIS_JAR) (FLINK_KINESIS_JAR=...): the Flink job runs on Kafka only"; fi
 
 # Headless Chromium for the dashboard's browser test (driven by Playwright, which downloads no
 # browser of its own): Debian's package, installed only when the binary is missing.

@@ -4,6 +4,8 @@ The SQL lives in the ``.sql`` files next to this module, one source of truth for
 environment; this module renders them for one environment (docs/flink.md):
 
 * ``kafka``: Kafka (self-hosted or Amazon MSK) topics in and out, the bus's topic names;
+* ``kinesis``: Kinesis streams in and out (Amazon Managed Service for Apache Flink), the bus's
+  stream names;
 * ``files``: a JSON-lines file of bar records in, a directory of changelog files per interval
   out (development and tests).
 
@@ -26,8 +28,10 @@ from speedlayer.intervals import MINUTE_MS, IntervalSet
 
 SQL_DIR = Path(__file__).resolve().parent
 JOB_SCRIPT = SQL_DIR / "job.py"
-Environment = Literal["kafka", "files"]
-ENVIRONMENTS: tuple[Environment, ...] = ("kafka", "files")
+Environment = Literal["kafka", "kinesis", "files"]
+ENVIRONMENTS: tuple[Environment, ...] = ("kafka", "kinesis", "files")
+# Environments that run until cancelled, checkpointing their state (the files one is a batch).
+STREAMING: tuple[Environment, ...] = ("kafka", "kinesis")
 
 # Flink settings every environment uses (docs/flink.md#settings).
 BASE_CONFIG: dict[str, str] = {
@@ -64,6 +68,12 @@ class JobOptions:
     # Stop at the newest offsets present when the job starts (a bounded run, for tests and
     # backfills); otherwise the job runs until it is cancelled.
     bounded: bool = False
+    # kinesis: the streams' region, account and name prefix (their ARNs), and an emulator's
+    # endpoint (kinesalite), which the connector then uses with placeholder credentials
+    aws_region: str = "us-east-1"
+    aws_account_id: str = "000000000000"
+    stream_prefix: str = ""
+    kinesis_endpoint: str = ""
     # files
     input_path: str = ""
     output_dir: str = ""
@@ -77,6 +87,8 @@ class JobSpec:
     config: dict[str, str]
     statements: list[str]
     inserts: list[str] = field(default_factory=list)
+    # JVM options a local run needs (the runner passes them to the mini-cluster's JVM).
+    jvm_options: list[str] = field(default_factory=list)
 
     @property
     def needs_connectors(self) -> bool:
@@ -119,6 +131,36 @@ def statements(script: str) -> list[str]:
     return out
 
 
+def stream_arn(options: JobOptions, name: str) -> str:
+    """The ARN of the Kinesis stream ``name`` (before the prefix)."""
+    return (
+        f"arn:aws:kinesis:{options.aws_region}:{options.aws_account_id}:stream/"
+        f"{options.stream_prefix}{name}"
+    )
+
+
+def _table_options(pairs: dict[str, str]) -> str:
+    """Table options to put before the last one of a WITH clause."""
+    return "".join(f"'{key}' = '{value}',\n  " for key, value in pairs.items())
+
+
+def kinesis_options(options: JobOptions) -> tuple[dict[str, str], dict[str, str]]:
+    """The AWS options of every Kinesis table, and those only sinks take. Against an emulator:
+    its endpoint, placeholder credentials, and HTTP/1.1 for the sink (kinesalite speaks no
+    HTTP/2); on AWS the default credential chain (the application's role)."""
+    common = {"aws.region": options.aws_region}
+    sink: dict[str, str] = {}
+    if options.kinesis_endpoint:
+        common |= {
+            "aws.endpoint": options.kinesis_endpoint,
+            "aws.credentials.provider": "BASIC",
+            "aws.credentials.basic.accesskeyid": "local",
+            "aws.credentials.basic.secretkey": "local",
+        }
+        sink["sink.http-client.protocol.version"] = "HTTP1_1"
+    return common, sink
+
+
 def render(intervals: IntervalSet, options: JobOptions) -> JobSpec:
     """The job for ``intervals`` in ``options.environment``."""
     if options.environment not in ENVIRONMENTS:
@@ -135,8 +177,11 @@ def render(intervals: IntervalSet, options: JobOptions) -> JobSpec:
         "table.exec.state.ttl": options.state_ttl,
     }
     env = options.environment
+    aws_common, aws_sink = kinesis_options(options)
     source_values = {
         "raw_topic": options.topic_prefix + RAW_TOPIC,
+        "raw_stream_arn": stream_arn(options, RAW_TOPIC),
+        "aws_options": _table_options(aws_common),
         "bootstrap_servers": options.bootstrap_servers,
         "group_id": options.group_id,
         "bounded": "'scan.bounded.mode' = 'latest-offset',\n  " if options.bounded else "",
@@ -156,13 +201,16 @@ def render(intervals: IntervalSet, options: JobOptions) -> JobSpec:
             "topic": options.topic_prefix + candle_topic(interval.name),
             "bootstrap_servers": options.bootstrap_servers,
             "output_dir": source_values["output_dir"],
+            "stream_arn": stream_arn(options, candle_topic(interval.name)),
+            "aws_options": source_values["aws_options"],
+            "sink_options": _table_options(aws_sink),
         }
         values["aggregates"] = Template(fragment("aggregates.sql")).substitute(values)
         script.append(Template(read("interval.sql")).substitute(values))
         script.append(Template(read(f"sink.{env}.sql")).substitute(values))
         name = interval.name
         inserts.append(f"INSERT INTO candles_{name} SELECT * FROM candles_out_{name}")
-    if env == "kafka":
+    if env in STREAMING:
         config["execution.checkpointing.interval"] = options.checkpoint_interval
         config["execution.checkpointing.externalized-checkpoint-retention"] = (
             "RETAIN_ON_CANCELLATION"
@@ -172,4 +220,8 @@ def render(intervals: IntervalSet, options: JobOptions) -> JobSpec:
             config["execution.checkpointing.dir"] = Path(options.checkpoint_dir).resolve().as_uri()
         if options.resume_from:
             config["execution.state-recovery.path"] = Path(options.resume_from).resolve().as_uri()
-    return JobSpec(env, config, statements("\n".join(script)), inserts)
+    spec = JobSpec(env, config, statements("\n".join(script)), inserts)
+    if env == "kinesis" and options.kinesis_endpoint:
+        # kinesalite answers JSON only; the AWS SDK asks for CBOR unless told not to.
+        spec.jvm_options.append("-Daws.cborEnabled=false")
+    return spec

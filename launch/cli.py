@@ -364,8 +364,14 @@ def up(
 )
 @click.option("--max-retries", type=click.IntRange(min=0), help="default: retry until done")
 @click.option("--bisect-on-error", is_flag=True, help="halve the batch on each function error")
-@click.option("--kinesis-endpoint-url", help="e.g. http://127.0.0.1:4568 (kinesalite)")
-@click.option("--dynamodb-endpoint-url", help="checkpoint table, e.g. http://127.0.0.1:4567")
+@click.option(
+    "--kinesis-endpoint-url",
+    help="e.g. http://127.0.0.1:4568 (kinesalite); default $SPEEDLAYER_KINESIS_ENDPOINT_URL",
+)
+@click.option(
+    "--dynamodb-endpoint-url",
+    help="checkpoint table, e.g. http://127.0.0.1:4567; default $SPEEDLAYER_DYNAMODB_ENDPOINT_URL",
+)
 @click.option("--until-idle", is_flag=True, help="exit once every shard is read to its end")
 def lambda_run(
     function: str,
@@ -394,8 +400,12 @@ def lambda_run(
                 starting_position=starting_position,
                 max_retries=max_retries,
                 bisect_on_error=bisect_on_error,
-                kinesis_endpoint_url=kinesis_endpoint_url,
-                dynamodb_endpoint_url=dynamodb_endpoint_url,
+                kinesis_endpoint_url=kinesis_endpoint_url
+                or settings.kinesis_endpoint_url
+                or settings.aws_endpoint_url,
+                dynamodb_endpoint_url=dynamodb_endpoint_url
+                or settings.dynamodb_endpoint_url
+                or settings.aws_endpoint_url,
                 region=settings.aws_region,
             )
         )
@@ -523,8 +533,8 @@ def flink_job_options(fn: F) -> F:
     for option in reversed(
         [
             click.option(
-                "--env", "environment", type=click.Choice(["kafka", "files"]), default="kafka",
-                show_default=True, help="where bars come from and candles go",
+                "--env", "environment", type=click.Choice(["kafka", "kinesis", "files"]),
+                default="kafka", show_default=True, help="where bars come from and candles go",
             ),
             click.option("--input", "input_path", type=click.Path(dir_okay=False),
                          help="files: JSON lines of bar records"),

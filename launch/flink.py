@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from flink_sql import JOB_SCRIPT, JobOptions, JobSpec, render
+from flink_sql import JOB_SCRIPT, STREAMING, JobOptions, JobSpec, render
 from speedlayer.config import Settings
 from speedlayer.errors import ConfigError, RunnerError
 
@@ -45,6 +45,10 @@ def job_options(settings: Settings, **overrides: object) -> JobOptions:
         "topic_prefix": settings.kafka_topic_prefix,
         "state_ttl": settings.flink_state_ttl,
         "parallelism": settings.flink_parallelism,
+        "aws_region": settings.aws_region,
+        "aws_account_id": settings.aws_account_id,
+        "stream_prefix": settings.kinesis_stream_prefix,
+        "kinesis_endpoint": settings.kinesis_endpoint_url or settings.aws_endpoint_url or "",
     }
     values.update({key: value for key, value in overrides.items() if value is not None})
     return JobOptions(**values)  # type: ignore[arg-type]
@@ -96,9 +100,9 @@ def local_spec(
     settings: Settings, options: JobOptions, work_dir: Path, *, resume: bool = True
 ) -> JobSpec:
     """The job for a local run; for the files environment, the input is numbered into
-    ``work_dir`` and the changelog goes to ``work_dir/changelog``. A Kafka job resumes from the
-    newest checkpoint in its checkpoint directory unless ``resume`` is false."""
-    if options.environment == "kafka" and resume and options.checkpoint_dir:
+    ``work_dir`` and the changelog goes to ``work_dir/changelog``. A Kafka or Kinesis job
+    resumes from the newest checkpoint in its checkpoint directory unless ``resume`` is false."""
+    if options.environment in STREAMING and resume and options.checkpoint_dir:
         checkpoint = newest_checkpoint(Path(options.checkpoint_dir))
         if checkpoint is not None:
             log.info("resuming the Flink job from %s", checkpoint)
@@ -120,11 +124,12 @@ def local_spec(
     return spec
 
 
-def connector_jars(settings: Settings) -> list[Path]:
+def connector_jars(settings: Settings, environment: str) -> list[Path]:
+    """The SQL connector jar(s) of ``environment`` (``*<environment>*.jar``) in the lib dir."""
     lib = Path(settings.flink_lib_dir) if settings.flink_lib_dir else ROOT / ".flink" / "lib"
-    jars = sorted(lib.glob("*.jar"))
+    jars = sorted(lib.glob(f"*{environment}*.jar"))
     if not jars:
-        raise ConfigError(f"no connector jars in {lib}: run `make flink` first")
+        raise ConfigError(f"no {environment} connector jar in {lib}: see `make flink`")
     return jars
 
 
@@ -146,13 +151,17 @@ def job_command(
     return command
 
 
-def job_env(work_dir: Path) -> dict[str, str]:
-    """The child's environment: a bounded heap and temporary files (mini-cluster state,
-    shipped jars) inside ``work_dir``, which the caller removes."""
+def job_env(work_dir: Path, jvm_options: list[str]) -> dict[str, str]:
+    """The child's environment: a bounded heap, temporary files (mini-cluster state, shipped
+    jars) and Flink's log (``log/``) inside ``work_dir``, and the job's own JVM options."""
     tmp = work_dir / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
-    jvm = f"{JVM_HEAP} -Djava.io.tmpdir={tmp}"
-    return {**os.environ, "JVM_ARGS": f"{os.environ.get('JVM_ARGS', '')} {jvm}".strip()}
+    jvm = " ".join([JVM_HEAP, f"-Djava.io.tmpdir={tmp}", *jvm_options])
+    return {
+        **os.environ,
+        "JVM_ARGS": f"{os.environ.get('JVM_ARGS', '')} {jvm}".strip(),
+        "FLINK_LOG_DIR": str(work_dir / "log"),
+    }
 
 
 def start_job(
@@ -163,10 +172,10 @@ def start_job(
     work_dir.mkdir(parents=True, exist_ok=True)
     spec_path = work_dir / "job.json"
     spec_path.write_text(spec.to_json())
-    jars = connector_jars(settings) if spec.needs_connectors else []
+    jars = connector_jars(settings, spec.environment) if spec.needs_connectors else []
     return subprocess.Popen(
         job_command(settings, spec_path, jars, plan),
-        env=job_env(work_dir),
+        env=job_env(work_dir, spec.jvm_options),
         stdout=subprocess.PIPE if plan else None,
         stderr=subprocess.PIPE,
         text=True,

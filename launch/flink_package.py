@@ -163,7 +163,7 @@ def _entry(name: str) -> zipfile.ZipInfo:
 def build_package(settings: Settings, out: Path, environment: str = "kafka") -> Package:
     """Write the application zip to ``out`` (replacing it); ConfigError without connector jars."""
     spec = deployment_spec(settings, environment)
-    jars = connector_jars(settings)
+    jars = connector_jars(settings, environment)
     warnings = []
     servers = spec["kafka"]["bootstrap.servers"]
     if "127.0.0.1" in servers or "localhost" in servers:

@@ -11,7 +11,9 @@ order)::
                   "awsRegion": "us-east-1", "invokeIdentityArn": "arn:aws:iam::...",
                   "eventSourceARN": "arn:aws:kinesis:us-east-1:...:stream/market-data-15m"}]}
 
-``data`` is a record of the bus wire format (:mod:`speedlayer.bus.wire`). A record that is not
+``data`` is a record of the bus wire format (:mod:`speedlayer.bus.wire`), bare or in the Debezium
+envelope the Flink job writes (its retractions, without a record, are counted apart and skipped:
+they are no fault). A record that is not
 (bad base64, bad JSON, an unknown type, a candle of an interval that is not configured or not on
 its bucket boundary, a bar where candles are expected) is **counted and skipped**: retrying it
 cannot help, so it is never reported as failed and never blocks the shard.
@@ -45,7 +47,7 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 
-from speedlayer.bus.wire import decode_item
+from speedlayer.bus.wire import decode_record
 from speedlayer.errors import BusError
 from speedlayer.intervals import IntervalSet
 from speedlayer.models import SYMBOL_RE, Bar, Candle
@@ -71,6 +73,7 @@ class DecodedBatch(Generic[T]):
     records: list[EventRecord]
     items: list[tuple[int, T]]  # (record index, item), in shard order
     skipped: Counter[str] = field(default_factory=Counter)
+    retractions: int = 0  # change records without a value (speedlayer.bus.wire.decode_record)
 
     @property
     def skipped_total(self) -> int:
@@ -111,17 +114,20 @@ def decode_candles(event: Mapping[str, Any], intervals: IntervalSet) -> DecodedB
     records, skipped = event_records(event)
     by_name = {iv.name: iv for iv in intervals}
     items: list[tuple[int, Candle]] = []
+    retractions = 0
     for record in records:
         reason = None
         if record.data is None:
             reason = "bad_base64"
         else:
             try:
-                item = decode_item(record.data)
+                item = decode_record(record.data)
             except (msgspec.DecodeError, BusError):
                 reason = "undecodable"
             else:
-                if isinstance(item, Bar):
+                if item is None:
+                    retractions += 1
+                elif isinstance(item, Bar):
                     reason = "not_a_candle"
                 else:
                     interval = by_name.get(item.interval)
@@ -140,7 +146,7 @@ def decode_candles(event: Mapping[str, Any], intervals: IntervalSet) -> DecodedB
             skipped[reason] += 1
             log.warning("skipping record %s (partition key %r): %s",
                         record.sequence, record.partition_key, reason)  # fmt: skip
-    return DecodedBatch(records, items, skipped)
+    return DecodedBatch(records, items, skipped, retractions)
 
 
 def latest_per_key(items: Iterable[tuple[int, Candle]]) -> list[tuple[int, Candle]]:

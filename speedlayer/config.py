@@ -111,6 +111,9 @@ class Settings(BaseSettings):
         None, description="AWS endpoint override, e.g. http://127.0.0.1:4567 for dynalite"
     )
     aws_region: str = "us-east-1"
+    aws_account_id: str = Field(
+        "000000000000", description="account of the Kinesis stream ARNs the Flink job names"
+    )
     dynamodb_endpoint_url: str | None = Field(
         None, description="DynamoDB endpoint (default: aws_endpoint_url, else AWS itself)"
     )

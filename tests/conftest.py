@@ -16,6 +16,7 @@ full run never passes by skipping.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -195,13 +196,15 @@ def dynalite_command(port: int, *extra: str) -> list[str]:
     return ["node", str(cli), "--host", "127.0.0.1", "--port", str(port), *extra]
 
 
-def kinesalite_command(port: int, options: str = "shardLimit: 1000") -> list[str]:
+def kinesalite_command(port: int, **options: object) -> list[str]:
+    """kinesalite with stream ARNs understood (infra/local/kinesalite.js), ``options`` given to
+    kinesalite (``path``, ``shardLimit``: default 1000)."""
     require(
         (NODE_MODULES / "kinesalite").exists(),
         "node_modules/kinesalite not found: run `make setup` (npm ci) first",
     )
-    script = f"require('kinesalite')({{{options}}}).listen({port}, '127.0.0.1')"
-    return ["node", "-e", script]
+    script = ROOT / "infra" / "local" / "kinesalite.js"
+    return ["node", str(script), str(port), json.dumps({"shardLimit": 1000, **options})]
 
 
 def start_emulator(command: list[str], port: int) -> subprocess.Popen[bytes]:

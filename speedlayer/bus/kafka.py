@@ -41,7 +41,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError, for_code
 
 from speedlayer.bus.base import RAW_TOPIC, ConsumerBus, InitialPosition, Subscription, candle_topic
-from speedlayer.bus.wire import decode_item, encode_item
+from speedlayer.bus.wire import decode_record, encode_item
 from speedlayer.errors import BusError
 from speedlayer.intervals import DEFAULT_INTERVALS
 from speedlayer.retry import Backoff
@@ -110,7 +110,8 @@ class KafkaBus(ConsumerBus):
         self.send_errors = 0
         self.records_received = 0
         self.undecodable_records = 0
-        self.tombstones = 0  # records without a value (deletes of an upsert topic), skipped
+        # records without an item (deletes of an upsert topic, retractions), skipped
+        self.tombstones = 0
         self.commits = 0
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -352,11 +353,16 @@ class KafkaBus(ConsumerBus):
                             self.tombstones += 1
                             continue
                         try:
-                            items.append(decode_item(record.value))
+                            item = decode_record(record.value)
                         except (msgspec.DecodeError, BusError) as exc:
                             self.undecodable_records += 1
                             log.warning("%s[%d]: skipping undecodable record at offset %d: %s",
                                         tp.topic, tp.partition, record.offset, exc)  # fmt: skip
+                            continue
+                        if item is None:
+                            self.tombstones += 1
+                        else:
+                            items.append(item)
                     self.records_received += len(items)
                     position = records[-1].offset + 1
                     manual = not sub.auto_commit

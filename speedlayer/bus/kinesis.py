@@ -51,7 +51,7 @@ from speedlayer.aws import (
     open_client,
 )
 from speedlayer.bus.base import RAW_TOPIC, ConsumerBus, InitialPosition, Subscription, candle_topic
-from speedlayer.bus.wire import decode_item, encode_item
+from speedlayer.bus.wire import decode_item, decode_record, encode_item
 from speedlayer.errors import BusError
 from speedlayer.intervals import DEFAULT_INTERVALS
 from speedlayer.kinesis_shards import (
@@ -147,6 +147,7 @@ class KinesisBus(ConsumerBus):
         self.records_put = 0
         self.records_retried = 0
         self.expired_iterators = 0
+        self.retractions = 0  # change records without an item (flink_sql/sink.kinesis.sql)
         self.checkpoints_written = 0
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -393,10 +394,15 @@ class KinesisBus(ConsumerBus):
                 items = []
                 for record in records:
                     try:
-                        items.append(decode_item(record["Data"]))
+                        item = decode_record(record["Data"])
                     except (msgspec.DecodeError, BusError) as exc:
                         log.warning("%s/%s: skipping undecodable record %s: %s",
                                     stream, shard_id, record["SequenceNumber"], exc)  # fmt: skip
+                        continue
+                    if item is None:
+                        self.retractions += 1
+                    else:
+                        items.append(item)
                 sequence = str(records[-1]["SequenceNumber"])
                 if sub.auto_commit:
                     if items and not await self._hand_over(sub, topic, items):

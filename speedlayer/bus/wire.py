@@ -1,6 +1,11 @@
 """The bus wire format, shared by every backend that leaves the process (Kinesis, Kafka) and by
 the Lambda handlers: one flat JSON object per record, the Bar/Candle's msgspec JSON with a
-``"type"`` tag (``bar`` or ``candle``) as its first field. The record key is the symbol."""
+``"type"`` tag (``bar`` or ``candle``) as its first field. The record key is the symbol.
+
+Consumers also take the same records in the Debezium JSON envelope, which the Flink job writes to
+Kinesis (flink_sql/sink.kinesis.sql): ``{"before": ..., "after": <record>, "op": "c"}`` carries
+``<record>``; a record whose ``after`` is null (``"op": "d"``, the old value of a changed
+candle) carries nothing, like a tombstone on a Kafka topic."""
 
 from __future__ import annotations
 
@@ -18,7 +23,14 @@ class _Tag(msgspec.Struct):
     type: str = ""
 
 
+class _Envelope(msgspec.Struct):
+    after: msgspec.Raw = msgspec.Raw(b"null")
+    op: str = ""
+
+
 _TAG_DECODER = msgspec.json.Decoder(_Tag)
+_ENVELOPE_DECODER = msgspec.json.Decoder(_Envelope)
+_ENVELOPE_TAG = b'{"before":'
 _BAR_DECODER = msgspec.json.Decoder(Bar)
 _CANDLE_DECODER = msgspec.json.Decoder(Candle)
 
@@ -40,3 +52,16 @@ def decode_item(data: bytes) -> Bar | Candle:
     if kind == "candle":
         return _CANDLE_DECODER.decode(data)
     raise BusError(f"unknown record type {kind!r}")
+
+
+def decode_record(data: bytes) -> Bar | Candle | None:
+    """:func:`decode_item`, or the item in a Debezium envelope; None for an envelope without one
+    (a retraction, skipped by consumers)."""
+    if data.startswith(_ENVELOPE_TAG):
+        envelope = _ENVELOPE_DECODER.decode(data)
+        if bytes(envelope.after) == b"null":
+            if envelope.op != "d":
+                raise BusError(f"a change record without a value (op {envelope.op!r})")
+            return None
+        return decode_item(envelope.after)
+    return decode_item(data)

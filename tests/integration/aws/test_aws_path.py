@@ -649,10 +649,11 @@ async def test_injected_aws_faults_on_the_ingest_and_process_path_lose_nothing(
 @contextlib.contextmanager
 def emulators(data: Path, ddb_port: int, kin_port: int) -> Iterator[tuple[str, str]]:
     (data / "kinesis").parent.mkdir(parents=True, exist_ok=True)
-    kin_options = f"path: {json.dumps(str(data / 'kinesis'))}, shardLimit: 100"
     ddb = start_emulator(dynalite_command(ddb_port, "--path", str(data / "dynamodb")), ddb_port)
     try:
-        kin = start_emulator(kinesalite_command(kin_port, kin_options), kin_port)
+        kin = start_emulator(
+            kinesalite_command(kin_port, path=str(data / "kinesis"), shardLimit=100), kin_port
+        )
     except BaseException:
         stop_process(ddb)
         raise

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -56,8 +55,7 @@ MINUTES = 40
 
 
 def kinesalite(port: int, data: Path) -> subprocess.Popen[bytes]:
-    options = f"path: {json.dumps(str(data))}, shardLimit: 100"
-    return start_emulator(kinesalite_command(port, options), port)
+    return start_emulator(kinesalite_command(port, path=str(data), shardLimit=100), port)
 
 
 def kill9(proc: subprocess.Popen[bytes]) -> None:

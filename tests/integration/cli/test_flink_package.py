@@ -42,7 +42,7 @@ def load_main_file(directory: Path) -> ModuleType:
 
 
 def test_package_holds_main_file_job_jar_and_properties(tmp_path: Path) -> None:
-    jars = sorted(FLINK_LIB.glob("*.jar"))
+    jars = sorted(FLINK_LIB.glob("*kafka*.jar"))
     require(bool(jars), f"no connector jars in {FLINK_LIB}: run `make flink`")
     out = tmp_path / "build" / "speedlayer-flink.zip"
     printed, stderr = package(
@@ -119,7 +119,7 @@ def test_without_connector_jars_the_command_fails_clearly(tmp_path: Path) -> Non
         env={"SPEEDLAYER_FLINK_LIB_DIR": str(empty)}, check=False,
     )  # fmt: skip
     assert proc.returncode != 0
-    assert f"no connector jars in {empty}" in proc.stderr
+    assert f"no kafka connector jar in {empty}" in proc.stderr
     assert "make flink" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not out.exists() and list(tmp_path.iterdir()) == [empty]
@@ -135,14 +135,14 @@ def write_jar(path: Path, entries: dict[str, str]) -> Path:
 def test_several_jars_are_merged_into_the_one_jar_managed_flink_loads(tmp_path: Path) -> None:
     lib = tmp_path / "lib"
     lib.mkdir()
-    write_jar(lib / "a-connector.jar", {
+    write_jar(lib / "a-kafka-connector.jar", {
         "META-INF/MANIFEST.MF": "Manifest-Version: 1.0\n",
         "META-INF/A.SF": "signature",
         FACTORIES: "org.example.AFactory\n",
         "org/example/AFactory.class": "a",
         "org/example/Shared.class": "from a",
     })  # fmt: skip
-    write_jar(lib / "b-connector.jar", {
+    write_jar(lib / "b-kafka-connector.jar", {
         "META-INF/MANIFEST.MF": "Manifest-Version: 1.0\n",
         FACTORIES: "org.example.BFactory",
         "org/example/BFactory.class": "b",
@@ -153,7 +153,7 @@ def test_several_jars_are_merged_into_the_one_jar_managed_flink_loads(tmp_path: 
         out, SPEEDLAYER_FLINK_LIB_DIR=str(lib), SPEEDLAYER_KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:9092"
     )
     assert groups(printed)[RUN_OPTIONS]["jarfile"] == "lib/speedlayer-connectors.jar"
-    assert "merged a-connector.jar, b-connector.jar" in stderr
+    assert "merged a-kafka-connector.jar, b-kafka-connector.jar" in stderr
     assert "1 duplicate entries" in stderr
     # A loopback broker is no broker on AWS: said so.
     assert "127.0.0.1:9092 (loopback)" in stderr

@@ -5,6 +5,7 @@ killed mid-stream, resumed from its checkpoint."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -107,14 +108,20 @@ class Sink:
         return self.proc.wait(timeout=30)
 
 
-def start_job(env: dict[str, str], work_dir: Path) -> subprocess.Popen[bytes]:
+def start_job(
+    env: dict[str, str], work_dir: Path, environment: str = "kafka", log: Path | None = None
+) -> subprocess.Popen[bytes]:
     """`speedlayer flink run` (unbounded) in a process group of its own: the CLI, PyFlink and
-    the mini-cluster's JVM die together with ``os.killpg``."""
-    return subprocess.Popen(
-        [SPEEDLAYER, "flink", "run", "--env", "kafka", "--work-dir", str(work_dir)],
-        env=env,
-        start_new_session=True,
-    )
+    the mini-cluster's JVM die together with ``os.killpg``. Output to ``log`` if given."""
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(log.open("ab")) if log is not None else None
+        return subprocess.Popen(
+            [SPEEDLAYER, "flink", "run", "--env", environment, "--work-dir", str(work_dir)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT if out is not None else None,
+            start_new_session=True,
+        )
 
 
 async def test_flink_job_over_kafka_and_the_sink_store_the_embedded_candles(

@@ -1,0 +1,68 @@
+"""The bus wire format: bare records, and the same records in the Debezium envelope that the
+Flink job writes to Kinesis (flink_sql/sink.kinesis.sql)."""
+
+from __future__ import annotations
+
+import base64
+
+import msgspec
+import pytest
+
+from processors.kinesis_events import decode_candles
+from speedlayer.bus.wire import decode_item, decode_record, encode_item
+from speedlayer.errors import BusError
+from speedlayer.intervals import IntervalSet
+from speedlayer.models import Bar, Candle
+
+CANDLE = Candle("AAPL", "5m", 1_704_204_000_000, 1.0, 2.0, 0.5, 1.5, 10.0, 1.25, 3, 2, True, 7, 0)
+
+
+def envelope(before: bytes, after: bytes, op: str) -> bytes:
+    return b'{"before":%s,"after":%s,"op":"%s"}' % (before, after, op.encode())
+
+
+def test_bare_records_decode_as_before() -> None:
+    bar = Bar("AAPL", 1_704_204_000_000, 1.0, 2.0, 0.5, 1.5, 10.0, None, None)
+    for item in (bar, CANDLE):
+        assert decode_record(encode_item(item)) == item == decode_item(encode_item(item))
+
+
+def test_an_envelope_carries_its_after_image() -> None:
+    record = envelope(b"null", encode_item(CANDLE), "c")
+    assert decode_record(record) == CANDLE
+
+
+def test_a_retraction_carries_nothing() -> None:
+    assert decode_record(envelope(encode_item(CANDLE), b"null", "d")) is None
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        envelope(b"null", b"null", "c"),  # an insert without a value
+        envelope(b"null", b'{"type":"quote"}', "c"),  # not a bus record
+        b'{"before":null,"after":{"type":"candle"',  # cut short
+    ],
+)
+def test_broken_envelopes_are_errors(record: bytes) -> None:
+    with pytest.raises((BusError, msgspec.DecodeError, msgspec.ValidationError)):
+        decode_record(record)
+
+
+def test_the_lambda_decoder_counts_retractions_apart_from_bad_records() -> None:
+    def entry(seq: int, data: bytes) -> dict[str, object]:
+        return {"kinesis": {"sequenceNumber": str(seq), "partitionKey": "AAPL",
+                            "data": base64.b64encode(data).decode()}}  # fmt: skip
+
+    intervals = IntervalSet(["1m", "5m"], {"*": "100y"})
+    event = {
+        "Records": [
+            entry(1, envelope(encode_item(CANDLE), b"null", "d")),
+            entry(2, envelope(b"null", encode_item(CANDLE), "c")),
+            entry(3, b"not json"),
+        ]
+    }
+    batch = decode_candles(event, intervals)
+    assert [index for index, _ in batch.items] == [1]
+    assert batch.retractions == 1
+    assert dict(batch.skipped) == {"undecodable": 1}
