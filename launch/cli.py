@@ -632,8 +632,8 @@ def flink_run(work_dir: Path | None, **options: Any) -> None:
     help="the application zip to write",
 )
 @click.option(
-    "--env", "environment", type=click.Choice(["kafka"]), default="kafka", show_default=True,
-    help="where bars come from and candles go (Kafka or Amazon MSK)",
+    "--env", "environment", type=click.Choice(["kafka", "kinesis"]), default="kafka",
+    show_default=True, help="where bars come from and candles go (Kafka or Amazon MSK; Kinesis)",
 )  # fmt: skip
 def flink_package(out: Path, environment: str) -> None:
     """Build the job as a zip for Amazon Managed Service for Apache Flink (runtime FLINK-2_2):

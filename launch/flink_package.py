@@ -14,6 +14,7 @@ The zip holds, at its root:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 import zipfile
@@ -33,6 +34,8 @@ MAIN_FILE = "job.py"
 PROPERTIES_FILE = "application-properties.json"
 MERGED_JAR = "speedlayer-connectors.jar"
 RUNTIME = "FLINK-2_2"
+DEPLOYABLE = ("kafka", "kinesis")
+PLACEHOLDER_ACCOUNT = "000000000000"
 # Settings the service owns (its CheckpointConfiguration and ParallelismConfiguration); setting
 # them from the job's code is an error on Managed Flink 2.2.
 SERVICE_OWNED = ("parallelism.default", "execution.checkpointing.", "execution.state-recovery.")
@@ -54,42 +57,56 @@ class Package:
 
 def deployment_spec(settings: Settings, environment: str = "kafka") -> dict[str, Any]:
     """The job for a deployment, as the JSON object ``job.py`` reads: the rendered spec without
-    local or service-owned settings, plus the Kafka values it was rendered with (``kafka``),
-    which the runtime properties can override."""
-    if environment != "kafka":
-        raise ConfigError(f"Managed Flink runs the kafka environment, not {environment!r}")
-    options = job_options(settings, environment=environment, checkpoint_dir="", resume_from="")
+    local or service-owned settings. A Kafka job carries the Kafka values it was rendered with
+    (``kafka``), which the runtime properties can override; a Kinesis job names its streams by
+    ARN from the settings (region, account, stream prefix), and never an emulator's endpoint."""
+    if environment not in DEPLOYABLE:
+        raise ConfigError(f"Managed Flink runs the kafka or kinesis job, not {environment!r}")
+    options = job_options(
+        settings, environment=environment, checkpoint_dir="", resume_from="", kinesis_endpoint=""
+    )
+    if environment == "kinesis":
+        options = dataclasses.replace(options, kinesis_endpoint="")
     spec: JobSpec = render(settings.interval_set, options)
     config = {
         key: value
         for key, value in spec.config.items()
         if key not in LOCAL_CONFIG and not key.startswith(SERVICE_OWNED)
     }
-    return {
-        **asdict(spec),
-        "config": config,
-        "kafka": {
+    out: dict[str, Any] = {**asdict(spec), "config": config, "jvm_options": []}
+    if environment == "kafka":
+        out["kafka"] = {
             "bootstrap.servers": options.bootstrap_servers,
             "topic.prefix": options.topic_prefix,
             "group.id": options.group_id,
-        },
-    }
+        }
+    else:
+        out["kinesis"] = {
+            "aws.region": options.aws_region,
+            "aws.account.id": options.aws_account_id,
+            "stream.prefix": options.stream_prefix,
+        }
+    return out
 
 
-def application_properties(jar: str, kafka: dict[str, str]) -> list[dict[str, Any]]:
+def application_properties(jar: str, kafka: dict[str, str] | None) -> list[dict[str, Any]]:
     """The application's property groups (``EnvironmentProperties.PropertyGroups``): where the
-    main file and the jar are, and the job's Kafka settings. Managed Flink takes no empty
-    values, so an empty topic prefix is left out."""
-    return [
+    main file and the jar are, and, for a Kafka job, its Kafka settings. Managed Flink takes no
+    empty values, so an empty topic prefix is left out."""
+    groups: list[dict[str, Any]] = [
         {
             "PropertyGroupId": RUN_OPTIONS_GROUP,
             "PropertyMap": {"python": MAIN_FILE, "jarfile": f"lib/{jar}"},
-        },
-        {
-            "PropertyGroupId": PROPERTY_GROUP,
-            "PropertyMap": {key: value for key, value in kafka.items() if value},
-        },
+        }
     ]
+    if kafka is not None:
+        groups.append(
+            {
+                "PropertyGroupId": PROPERTY_GROUP,
+                "PropertyMap": {key: value for key, value in kafka.items() if value},
+            }
+        )
+    return groups
 
 
 def merge_jars(jars: Iterable[Path], target: Path) -> list[str]:
@@ -140,16 +157,32 @@ Upload this zip to S3 and create the application with runtime {RUNTIME}, the zip
 
 {RUN_OPTIONS_GROUP} tells the service which file is the main file (python) and
 which jar to load (jarfile); both paths are relative to the root of this zip.
-The {PROPERTY_GROUP} group overrides the job's Kafka settings when it starts:
+{_settings_note(spec)}
+Checkpoints, their interval and storage, and the parallelism are the service's
+(CheckpointConfiguration, ParallelismConfiguration): the job does not set them.
+"""
+
+
+def _settings_note(spec: dict[str, Any]) -> str:
+    """How the deployment sets the job's connections (the readme's middle part)."""
+    if "kinesis" in spec:
+        kinesis = spec["kinesis"]
+        region, account = kinesis["aws.region"], kinesis["aws.account.id"]
+        return f"""The job names its streams by ARN, fixed when the zip was built (region
+{region}, account {account}, stream prefix "{kinesis["stream.prefix"]}"; set
+SPEEDLAYER_AWS_REGION, SPEEDLAYER_AWS_ACCOUNT_ID, SPEEDLAYER_KINESIS_STREAM_PREFIX to change
+them): it reads market-data-raw and writes market-data-<interval>, which
+`speedlayer init-aws` creates. The application's role needs kinesis:DescribeStreamSummary,
+ListShards, GetShardIterator and GetRecords on the raw stream and kinesis:PutRecords on the
+candle streams; the Lambda sinks read those (docs/aws.md).
+"""
+    return f"""The {PROPERTY_GROUP} group overrides the job's Kafka settings when it starts:
 
   bootstrap.servers   the brokers (Amazon MSK: the cluster's bootstrap brokers)
   topic.prefix        replaces the topic prefix the job was built with
   group.id            the consumer group of the raw topic's source
   kafka.<name>        any Kafka client property, e.g. kafka.security.protocol = SSL for
                       the TLS listener of MSK (port 9094)
-
-Checkpoints, their interval and storage, and the parallelism are the service's
-(CheckpointConfiguration, ParallelismConfiguration): the job does not set them.
 """
 
 
@@ -165,12 +198,18 @@ def build_package(settings: Settings, out: Path, environment: str = "kafka") -> 
     spec = deployment_spec(settings, environment)
     jars = connector_jars(settings, environment)
     warnings = []
-    servers = spec["kafka"]["bootstrap.servers"]
+    servers = spec.get("kafka", {}).get("bootstrap.servers", "")
     if "127.0.0.1" in servers or "localhost" in servers:
         warnings.append(
             f"the job's bootstrap servers are {servers} (loopback): "
             f"set bootstrap.servers in the {PROPERTY_GROUP} property group, or build with "
             "SPEEDLAYER_KAFKA_BOOTSTRAP_SERVERS"
+        )
+    if spec.get("kinesis", {}).get("aws.account.id") == PLACEHOLDER_ACCOUNT:
+        warnings.append(
+            f"the stream ARNs name account {PLACEHOLDER_ACCOUNT}: build with "
+            "SPEEDLAYER_AWS_ACCOUNT_ID (and SPEEDLAYER_AWS_REGION, "
+            "SPEEDLAYER_KINESIS_STREAM_PREFIX)"
         )
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
@@ -188,7 +227,7 @@ def build_package(settings: Settings, out: Path, environment: str = "kafka") -> 
                 + (f"; {len(duplicates)} duplicate entries kept from the first jar"
                    if duplicates else "")
             )  # fmt: skip
-        properties = application_properties(jar, spec["kafka"])
+        properties = application_properties(jar, spec.get("kafka"))
         texts = {
             MAIN_FILE: JOB_SCRIPT.read_text(),
             DEFAULT_SPEC: json.dumps(spec, indent=1) + "\n",

@@ -12,8 +12,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import pytest
-
 from launch.flink import LOCAL_CONFIG
 from tests.conftest import ROOT, require, run_cli
 
@@ -22,9 +20,9 @@ RUN_OPTIONS = "kinesis.analytics.flink.run.options"
 FACTORIES = "META-INF/services/org.apache.flink.table.factories.Factory"
 
 
-def package(out: Path, **env: str) -> tuple[Any, str]:
+def package(out: Path, *args: str, **env: str) -> tuple[Any, str]:
     """Run the command; return the property groups it printed and its stderr."""
-    proc = run_cli("flink", "package", "--out", str(out), env=env)
+    proc = run_cli("flink", "package", "--out", str(out), *args, env=env)
     return json.loads(proc.stdout), proc.stderr
 
 
@@ -172,7 +170,37 @@ def test_several_jars_are_merged_into_the_one_jar_managed_flink_loads(tmp_path: 
         assert "META-INF/A.SF" not in jar.namelist()
 
 
-@pytest.mark.parametrize("env", ["files", "kinesis"])
-def test_only_the_kafka_environment_is_packaged(tmp_path: Path, env: str) -> None:
-    proc = run_cli("flink", "package", "--out", str(tmp_path / "x.zip"), "--env", env, check=False)
+def test_the_files_environment_is_not_packaged(tmp_path: Path) -> None:
+    proc = run_cli(
+        "flink", "package", "--out", str(tmp_path / "x.zip"), "--env", "files", check=False
+    )
     assert proc.returncode == 2 and "--env" in proc.stderr
+
+
+def test_the_kinesis_package_names_its_streams_by_arn(tmp_path: Path) -> None:
+    require(any(FLINK_LIB.glob("*kinesis*.jar")), "no Kinesis connector jar: see `make flink`")
+    out = tmp_path / "kinesis.zip"
+    printed, stderr = package(
+        out, "--env", "kinesis", SPEEDLAYER_AWS_REGION="eu-west-1",
+        SPEEDLAYER_AWS_ACCOUNT_ID="123456789012", SPEEDLAYER_KINESIS_STREAM_PREFIX="prod-",
+        SPEEDLAYER_KINESIS_ENDPOINT_URL="http://127.0.0.1:4568",
+    )  # fmt: skip
+    assert "warning" not in stderr
+    # Only the run options: the Kafka override group has nothing to override here.
+    assert list(groups(printed)) == [RUN_OPTIONS]
+    with zipfile.ZipFile(out) as archive:
+        spec = json.loads(archive.read("job.json"))
+        jar = groups(printed)[RUN_OPTIONS]["jarfile"]
+        assert "kinesis" in jar and jar in archive.namelist()
+    assert spec["environment"] == "kinesis" and spec["jvm_options"] == []
+    ddl = "\n".join(spec["statements"])
+    assert (
+        "'stream.arn' = 'arn:aws:kinesis:eu-west-1:123456789012:stream/prod-market-data-raw'" in ddl
+    )
+    # The emulator's endpoint of the building machine never reaches the deployment.
+    assert "aws.endpoint" not in ddl and "BASIC" not in ddl
+    assert not any(key.startswith("execution.checkpointing") for key in spec["config"])
+
+    # Built for the placeholder account, it says so.
+    _, stderr = package(tmp_path / "placeholder.zip", "--env", "kinesis")
+    assert "account 000000000000" in stderr
