@@ -126,8 +126,7 @@ def render(intervals: IntervalSet, options: JobOptions) -> JobSpec:
     for interval in intervals:
         if interval.interval_ms % MINUTE_MS:
             raise ConfigError(f"interval {interval.name} is not a whole number of minutes")
-    unpack = fragment("unpack.sql")
-    common = {"unpack": unpack}
+    common: dict[str, object] = {}
     config = {
         **BASE_CONFIG,
         "parallelism.default": str(options.parallelism),
@@ -157,7 +156,8 @@ def render(intervals: IntervalSet, options: JobOptions) -> JobSpec:
             "bootstrap_servers": options.bootstrap_servers,
             "output_dir": source_values["output_dir"],
         }
-        values["aggregates"] = Template(fragment("aggregates.sql")).substitute(values)
+        values["aggregates"] = fragment("aggregates.sql")
+        values["minute"] = Template(fragment("minute.sql")).substitute(values)
         script.append(Template(read("interval.sql")).substitute(values))
         script.append(Template(read(f"sink.{env}.sql")).substitute(values))
         name = interval.name
