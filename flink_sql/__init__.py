@@ -168,8 +168,7 @@ def render(intervals: IntervalSet, options: JobOptions) -> JobSpec:
     for interval in intervals:
         if interval.interval_ms % MINUTE_MS:
             raise ConfigError(f"interval {interval.name} is not a whole number of minutes")
-    unpack = fragment("unpack.sql")
-    common = {"unpack": unpack}
+    common: dict[str, object] = {}
     config = {
         **BASE_CONFIG,
         "parallelism.default": str(options.parallelism),
@@ -205,7 +204,8 @@ def render(intervals: IntervalSet, options: JobOptions) -> JobSpec:
             "aws_options": source_values["aws_options"],
             "sink_options": _table_options(aws_sink),
         }
-        values["aggregates"] = Template(fragment("aggregates.sql")).substitute(values)
+        values["aggregates"] = fragment("aggregates.sql")
+        values["minute"] = Template(fragment("minute.sql")).substitute(values)
         script.append(Template(read("interval.sql")).substitute(values))
         script.append(Template(read(f"sink.{env}.sql")).substitute(values))
         name = interval.name

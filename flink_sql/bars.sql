@@ -8,34 +8,26 @@
 -- ms): the watermark current when it was read, or the symbol's newest minute read so far if that
 -- is later. The latter is kept in state: after a restart from a checkpoint Flink's watermark
 -- starts again from nothing, and a late bar read before it catches up would otherwise look
--- early, while the closing window already dropped it as late. `packed`: the whole bar as one
--- string that starts with the zero-padded arrival, so that MAX picks the newest version of a
--- minute and keeps its fields together.
+-- early, while the closing window already dropped it as late.
 CREATE TEMPORARY VIEW bars AS
-SELECT symbol, t, rt, arrival,
-       CONCAT_WS('|', LPAD(CAST(arrival AS STRING), 19, '0'), CAST(o AS STRING), CAST(h AS STRING),
-                 CAST(l AS STRING), CAST(c AS STRING), CAST(v AS STRING),
-                 COALESCE(CAST(vw AS STRING), ''), COALESCE(CAST(n AS STRING), ''),
-                 CAST(wm AS STRING)) AS packed
-FROM (
-  SELECT symbol, t, o, h, l, c, v, vw, n, rt, arrival,
-         GREATEST(
-           COALESCE(CAST(TIMESTAMPDIFF(MINUTE, TO_TIMESTAMP_LTZ(0, 3), CURRENT_WATERMARK(rt))
-                         AS BIGINT) * 60000, -1),
-           MAX(t) OVER (PARTITION BY symbol ORDER BY pt
-                        ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)) AS wm
-  FROM raw_bars
-  WHERE `type` = 'bar' AND symbol IS NOT NULL AND t IS NOT NULL AND MOD(t, 60000) = 0
-    AND o IS NOT NULL AND h IS NOT NULL AND l IS NOT NULL AND c IS NOT NULL AND v IS NOT NULL
-);
+SELECT symbol, t, rt, arrival, o, h, l, c, v, vw, n,
+       GREATEST(
+         COALESCE(CAST(TIMESTAMPDIFF(MINUTE, TO_TIMESTAMP_LTZ(0, 3), CURRENT_WATERMARK(rt))
+                       AS BIGINT) * 60000, -1),
+         MAX(t) OVER (PARTITION BY symbol ORDER BY pt
+                      ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)) AS wm
+FROM raw_bars
+WHERE `type` = 'bar' AND symbol IS NOT NULL AND t IS NOT NULL AND MOD(t, 60000) = 0
+  AND o IS NOT NULL AND h IS NOT NULL AND l IS NOT NULL AND c IS NOT NULL AND v IS NOT NULL;
 
--- The newest version of every (symbol, minute) (last write wins, by arrival), unpacked: an
--- updating table; a resent minute retracts its old version from every interval downstream.
-CREATE TEMPORARY VIEW latest_packed AS
-SELECT symbol, t, MAX(packed) AS packed
-FROM bars
-GROUP BY symbol, t;
-
+-- The newest version of every (symbol, minute) (last write wins, by arrival): an updating table;
+-- a resent minute retracts its old version from every interval downstream (a top-1 per minute,
+-- which Flink keeps as one row per minute).
 CREATE TEMPORARY VIEW latest AS
-SELECT symbol, t, ${unpack}
-FROM latest_packed;
+SELECT symbol, t, arrival, o, h, l, c, v, vw, n, wm
+FROM (
+  SELECT symbol, t, arrival, o, h, l, c, v, vw, n, wm,
+         ROW_NUMBER() OVER (PARTITION BY symbol, t ORDER BY arrival DESC) AS rn
+  FROM bars
+)
+WHERE rn = 1;

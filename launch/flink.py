@@ -12,8 +12,10 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -153,13 +155,15 @@ def job_command(
 
 def job_env(work_dir: Path, jvm_options: list[str]) -> dict[str, str]:
     """The child's environment: a bounded heap, temporary files (mini-cluster state, shipped
-    jars) and Flink's log (``log/``) inside ``work_dir``, and the job's own JVM options."""
+    jars) and Flink's log (``log/``) inside ``work_dir``, and the job's own JVM options.
+    ``JVM_ARGS`` of the caller's environment come last, so they override these (a larger
+    ``-Xmx``, a profiler such as ``-XX:StartFlightRecording=...``)."""
     tmp = work_dir / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
     jvm = " ".join([JVM_HEAP, f"-Djava.io.tmpdir={tmp}", *jvm_options])
     return {
         **os.environ,
-        "JVM_ARGS": f"{os.environ.get('JVM_ARGS', '')} {jvm}".strip(),
+        "JVM_ARGS": f"{jvm} {os.environ.get('JVM_ARGS', '')}".strip(),
         "FLINK_LOG_DIR": str(work_dir / "log"),
     }
 
@@ -203,14 +207,20 @@ def run_job(
     work_dir: Path,
     on_event: Callable[[dict[str, object]], None] | None = None,
 ) -> None:
-    """Run the job to its end (bounded input) or until stopped; RunnerError if it fails."""
+    """Run the job to its end (bounded input) or until stopped; RunnerError if it fails.
+    SIGTERM stops it as Ctrl-C does (KeyboardInterrupt): the job's process is terminated, which
+    cancels the job, instead of being left running without its parent."""
     job = start_job(settings, spec, work_dir)
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if main else None
     try:
         code = follow(job, on_event or (lambda e: log.info("flink: %s", e)))
     finally:
         if job.poll() is None:
             job.terminate()
             job.wait(timeout=60)
+        if main:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
     if code != 0:
         raise RunnerError(f"the Flink job exited with {code} (its errors are in the log above)")
 

@@ -86,7 +86,8 @@ async def test_flink_stack_serves_the_candles_of_the_embedded_path(
         got = await asyncio.to_thread(api_candles, api.url, symbols)
     finally:
         api.stop()
-    assert ingest.stop() == 0 and sink.stop() == 0
+    # The job too: killed (the fixture's cleanup), the CLI would leave it running.
+    assert ingest.stop() == 0 and sink.stop() == 0 and job.stop() == 0
     for service in (ingest, job, sink):
         assert "Traceback" not in service.text(), service.text()
 
