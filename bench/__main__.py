@@ -20,9 +20,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import live, resampler, rest, store_writes
+from bench import flink, live, resampler, rest, store_writes
 from bench.common import machine
 from bench.report import render
+
+# The Flink job's full size: the bars one run of it takes on a 2-core machine with its 768 MB heap
+# (docs/flink.md#benchmark: what bounds it, and what 1M bars would need).
+FLINK_SYMBOLS, FLINK_MINUTES = 200, 100
+FLINK_SCALE_SYMBOLS, FLINK_SCALE_MINUTES = 10_000, 2
 
 SIZES: dict[str, dict[str, dict[str, Any]]] = {
     "full": {
@@ -30,12 +35,28 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         "store_writes": {"symbols": 2000, "minutes": 60},
         "rest": {"symbols": 500, "seconds": 15},
         "live": {"symbols": 12_000, "speed": 0.1, "bursts": 3, "clients": 1000},
+        "flink": {
+            "symbols": FLINK_SYMBOLS,
+            "minutes": FLINK_MINUTES,
+            "parallelisms": (1, 2),
+            "kafka_symbols": FLINK_SCALE_SYMBOLS,
+            "kafka_minutes": FLINK_SCALE_MINUTES,
+            "kafka_parallelism": 2,
+        },
     },
     "smoke": {
         "resampler": {"symbols": 20, "minutes": 30},
         "store_writes": {"symbols": 20, "minutes": 10},
         "rest": {"symbols": 3, "seconds": 1, "hours_days": 3, "quarter_days": 2},
         "live": {"symbols": 100, "speed": 2.0, "bursts": 2, "clients": 4},
+        "flink": {
+            "symbols": 10,
+            "minutes": 12,
+            "parallelisms": (2,),
+            "kafka_symbols": 40,
+            "kafka_minutes": 2,
+            "kafka_parallelism": 2,
+        },
     },
 }
 RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
@@ -43,6 +64,7 @@ RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
     "store_writes": store_writes.run,
     "rest": rest.run,
     "live": live.run,
+    "flink": flink.run,
 }
 
 

@@ -412,41 +412,164 @@ def run_embedded(symbols: int, minutes: int, outputs: Sequence[str]) -> dict[str
     return figures
 
 
-def run_files(
-    symbols: int, minutes: int, parallelisms: Sequence[int], tmp: Path, timeout_s: float
+def run_same(
+    symbols: int,
+    minutes: int,
+    parallelisms: Sequence[int],
+    tmp: Path,
+    timeout_s: float,
+    bootstrap: str | None,
 ) -> dict[str, Any]:
+    """The job on the disordered bars from a file (parallelism 1: the files environment reads
+    with one reader) and, with a broker, over Kafka at each of ``parallelisms``; then the
+    embedded resampler on the same bars, and every job's candles checked against its."""
     source = tmp / "bars.jsonl"
     bars = in_child(__name__, "write_input", symbols, minutes, str(source))
-    runs = []
-    outputs = []
+    work, output = tmp / "files", tmp / "candles-files.jsonl"
+    job = FlinkJob(
+        ["--env", "files", "--input", str(source), "--output", str(output),
+         "--work-dir", str(work)],
+        flink_env(),
+    )  # fmt: skip
+    try:
+        wall = job.wait(timeout_s)
+    finally:
+        job.stop()
+        shutil.rmtree(work, ignore_errors=True)  # the changelog: gigabytes at full size
+    source.unlink()
+    runs = [
+        {
+            "environment": "files",
+            "parallelism": 1,
+            **job.timings(bars),
+            "wall_s": round(wall, 1),
+            "candle_updates": job.field("written", "records"),
+            **job.memory.figures(),
+        }
+    ]
+    outputs = [str(output)]
+    if bootstrap is not None:
+        kafka_runs, kafka_outputs = run_same_kafka(
+            symbols, minutes, parallelisms, tmp, timeout_s, bootstrap
+        )
+        runs += kafka_runs
+        outputs += kafka_outputs
+    embedded = in_child(__name__, "run_embedded", symbols, minutes, outputs)
+    checks = embedded.pop("checks")
+    for run, check in zip(runs, checks, strict=True):
+        run["ratio"] = round(run["bars_per_s"] / embedded["bars_per_s"], 4)
+        run["check"] = check
+    return {"bars": bars, "flink": runs, "embedded": embedded}
+
+
+# -- part 1b: the same bars over Kafka, at each parallelism --------------------------------------
+
+
+async def newest_on_topics(bootstrap: str, topics: Sequence[str]) -> tuple[dict[Key, Any], int]:
+    """Every record of ``topics`` (read to the end offsets at the start) decoded as the bus does
+    (tombstones and retractions skipped): per key the candle with the highest revision, and the
+    number of candle updates read."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from speedlayer.bus.wire import decode_record
+    from speedlayer.models import Candle
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+        max_partition_fetch_bytes=16 * 2**20, fetch_max_bytes=64 * 2**20,
+    )  # fmt: skip
+    await consumer.start()
+    try:
+        await consumer.topics()  # the metadata of every topic
+        parts = [
+            TopicPartition(topic, p)
+            for topic in topics
+            for p in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        ends = await consumer.end_offsets(parts)
+        todo = {tp for tp in parts if ends[tp] > 0}
+        newest: dict[Key, Any] = {}
+        updates = 0
+        while todo:
+            batches = await consumer.getmany(*todo, timeout_ms=1000, max_records=50_000)
+            for tp, records in batches.items():
+                for record in records:
+                    candle = None if record.value is None else decode_record(record.value)
+                    if not isinstance(candle, Candle):
+                        continue
+                    updates += 1
+                    key = (candle.symbol, candle.interval, candle.timestamp)
+                    held = newest.get(key)
+                    if held is None or candle.revision > held.revision:
+                        newest[key] = candle
+                if records and records[-1].offset + 1 >= ends[tp]:
+                    todo.discard(tp)
+        return newest, updates
+    finally:
+        await consumer.stop()
+
+
+def run_same_kafka(
+    symbols: int,
+    minutes: int,
+    parallelisms: Sequence[int],
+    tmp: Path,
+    timeout_s: float,
+    bootstrap: str,
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The disordered bars of part 1 published to a raw topic (4 partitions, keyed by symbol),
+    then ``flink run --env kafka --bounded`` once per parallelism (a topic prefix each). After
+    each job its candle topics are read back; per key the newest update is written as JSON lines
+    for the embedded resampler's check. Returns the runs' figures and those files."""
+    from speedlayer.bus.base import candle_topic
+
+    bars, _ = disordered(symbols, minutes)
+    encoder = msgspec.json.Encoder()
+    runs, outputs = [], []
     for parallelism in parallelisms:
-        work, output = tmp / f"p{parallelism}", tmp / f"candles-p{parallelism}.jsonl"
+        prefix = f"bench-{uuid.uuid4().hex[:8]}-"
+        began = time.monotonic()
+        asyncio.run(publish(bootstrap, prefix, bars))
+        published = round(len(bars) / (time.monotonic() - began))
+        env = flink_env(
+            SPEEDLAYER_BUS="kafka",
+            SPEEDLAYER_KAFKA_BOOTSTRAP_SERVERS=bootstrap,
+            SPEEDLAYER_KAFKA_TOPIC_PREFIX=prefix,
+            SPEEDLAYER_FLINK_CHECKPOINT_DIR=str(tmp / f"checkpoints-k{parallelism}"),
+        )
+        work = tmp / f"k{parallelism}"
         job = FlinkJob(
-            ["--env", "files", "--input", str(source), "--output", str(output),
-             "--work-dir", str(work), "--parallelism", str(parallelism)],
-            flink_env(),
+            ["--env", "kafka", "--bounded", "--fresh", "--work-dir", str(work),
+             "--parallelism", str(parallelism)],
+            env,
         )  # fmt: skip
         try:
             wall = job.wait(timeout_s)
         finally:
             job.stop()
-            shutil.rmtree(work, ignore_errors=True)  # the changelog: gigabytes at full size
+            shutil.rmtree(work, ignore_errors=True)
+        topics = [prefix + candle_topic(name) for name in INTERVALS]
+        newest, updates = asyncio.run(newest_on_topics(bootstrap, topics))
+        output = tmp / f"candles-k{parallelism}.jsonl"
+        with output.open("wb") as out:
+            for candle in newest.values():
+                out.write(encoder.encode(candle) + b"\n")
+        del newest
         runs.append(
             {
+                "environment": "kafka",
                 "parallelism": parallelism,
-                **job.timings(bars),
+                "publish_bars_per_s": published,
+                **job.timings(len(bars)),
                 "wall_s": round(wall, 1),
-                "candle_updates": job.field("written", "records"),
+                "candle_updates": updates,
                 **job.memory.figures(),
             }
         )
         outputs.append(str(output))
-    embedded = in_child(__name__, "run_embedded", symbols, minutes, outputs)
-    checks = embedded.pop("checks")
-    for run, check in zip(runs, checks, strict=True):
-        run["ratio"] = round(run["bars_per_s"] / embedded["bars_per_s"], 3)
-        run["check"] = check
-    return {"bars": bars, "flink": runs, "embedded": embedded}
+    return runs, outputs
 
 
 # -- part 2: Kafka at scale -----------------------------------------------------------------------
@@ -540,24 +663,34 @@ def check_store(symbols: int, minutes: int, db: str) -> dict[str, Any]:
     return compare(got, want)
 
 
-def run_kafka(
-    symbols: int, minutes: int, parallelism: int, tmp: Path, timeout_s: float
-) -> dict[str, Any]:
+@contextlib.contextmanager
+def kafka_broker(tmp: Path) -> Iterator[tuple[str | None, dict[str, Any]]]:
+    """The broker at ``$SPEEDLAYER_BENCH_KAFKA_BOOTSTRAP``, or one started for the run (stopped
+    after it): ``(bootstrap, figures)``; bootstrap None (and why, in figures) without one."""
     from tests.kafka_broker import KafkaBroker, missing_prerequisite
 
     bootstrap = os.environ.get(KAFKA_ENV)
-    broker = None
+    if bootstrap:
+        yield bootstrap, {}
+        return
+    missing = missing_prerequisite()
+    if missing:
+        yield None, {"skipped": missing}
+        return
+    broker = KafkaBroker(tmp / "kafka")
+    broker.start()
+    try:
+        yield broker.bootstrap, {"broker_start_s": round(broker.start_s or 0.0, 1)}
+    finally:
+        broker.stop()
+
+
+def run_kafka(
+    symbols: int, minutes: int, parallelism: int, tmp: Path, timeout_s: float, bootstrap: str
+) -> dict[str, Any]:
     figures: dict[str, Any] = {"symbols": symbols, "minutes": minutes, "parallelism": parallelism}
     if symbols <= 0 or minutes <= 0:
         return figures | {"skipped": "no bars asked for"}
-    if not bootstrap:
-        missing = missing_prerequisite()
-        if missing:
-            return figures | {"skipped": missing}
-        broker = KafkaBroker(tmp / "kafka")
-        broker.start()
-        bootstrap = broker.bootstrap
-        figures["broker_start_s"] = round(broker.start_s or 0.0, 1)
     prefix = f"bench-{uuid.uuid4().hex[:8]}-"
     env = flink_env(
         SPEEDLAYER_BUS="kafka",
@@ -633,8 +766,6 @@ def run_kafka(
             except subprocess.TimeoutExpired:
                 sink.kill()
                 sink.wait(timeout=10)
-        if broker is not None:
-            broker.stop()
     match = re.findall(rb"sink: (\d+) candles in, (\d+) written", sink_log.read_bytes())
     if match:
         figures["sink_candles_in"], figures["sink_candles_written"] = map(int, match[-1])
@@ -649,11 +780,11 @@ def run_kafka(
 def run(
     symbols: int,
     minutes: int,
-    parallelisms: Sequence[int] = (1,),
+    parallelisms: Sequence[int] = (1, 2),
     kafka_symbols: int = 100_000,
     kafka_minutes: int = 5,
-    kafka_parallelism: int = 1,
-    timeout_s: float = 1200,
+    kafka_parallelism: int = 2,
+    timeout_s: float = 1800,
 ) -> dict[str, Any]:
     """Both parts; the figures as ``bench/results.json`` records them."""
     missing = missing_prerequisite()
@@ -661,20 +792,27 @@ def run(
         raise RuntimeError(f"the Flink benchmark cannot run: {missing}")
     with tempfile.TemporaryDirectory(prefix="bench-flink-") as name:
         tmp = Path(name)
-        began = time.monotonic()
-        files = run_files(symbols, minutes, list(parallelisms), tmp, timeout_s)
-        files["seconds"] = round(time.monotonic() - began, 1)
-        for stale in tmp.glob("*.jsonl"):
-            stale.unlink()
-        began = time.monotonic()
-        kafka = run_kafka(kafka_symbols, kafka_minutes, kafka_parallelism, tmp, timeout_s)
-        kafka["seconds"] = round(time.monotonic() - began, 1)
+        with kafka_broker(tmp) as (bootstrap, broker):
+            began = time.monotonic()
+            same = run_same(symbols, minutes, parallelisms, tmp, timeout_s, bootstrap)
+            same["seconds"] = round(time.monotonic() - began, 1)
+            for stale in tmp.glob("*.jsonl"):
+                stale.unlink()
+            began = time.monotonic()
+            if bootstrap is None:
+                scale = {"skipped": broker["skipped"]}
+            else:
+                scale = run_kafka(
+                    kafka_symbols, kafka_minutes, kafka_parallelism, tmp, timeout_s, bootstrap
+                )
+            scale["seconds"] = round(time.monotonic() - began, 1)
     return {
         "symbols": symbols,
         "minutes": minutes,
         "intervals": list(INTERVALS),
-        "files": files,
-        "kafka": kafka,
+        "broker": broker,
+        "same_bars": same,
+        "scale": scale,
     }
 
 
@@ -682,10 +820,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--symbols", type=int, default=2000)
     parser.add_argument("--minutes", type=int, default=500)
-    parser.add_argument("--parallelisms", default="1", help="comma-separated (files: 1 only)")
+    parser.add_argument(
+        "--parallelisms", default="1,2", help="comma-separated, of the Kafka runs on the same bars"
+    )
     parser.add_argument("--kafka-symbols", type=int, default=100_000)
     parser.add_argument("--kafka-minutes", type=int, default=5)
-    parser.add_argument("--kafka-parallelism", type=int, default=1)
+    parser.add_argument("--kafka-parallelism", type=int, default=2)
     args = parser.parse_args()
     parallelisms = [int(p) for p in args.parallelisms.split(",")]
     figures = run(args.symbols, args.minutes, parallelisms, args.kafka_symbols,

@@ -106,6 +106,32 @@ def entries(runs: dict[str, Any]) -> list[dict[str, Any]]:
                 "met": None,
             }
         )
+    if "flink" in runs:
+        fig = runs["flink"]["figures"]
+        same = fig["same_bars"]
+        embedded = same["embedded"]["bars_per_s"]
+        jobs = {f"{r['environment']}_p{r['parallelism']}": r for r in same["flink"]}
+        out.append(
+            {
+                "name": "flink",
+                "figures": {
+                    name: {
+                        "bars_per_s": r["bars_per_s"],
+                        "startup_s": r["startup_s"],
+                        "peak_rss_mib": r.get("peak_rss_mib"),
+                        "check": r["check"]["result"],
+                    }
+                    for name, r in jobs.items()
+                }
+                | {"bars": same["bars"]},
+                "peer": {"bars_per_s": embedded},
+                "peer_name": "the embedded resampler, same bars",
+                "ratio": {name: r["ratio"] for name, r in jobs.items()},
+                "target": "1M bars at parallelism 1 and 2, candles equal",
+                "met": same["bars"] >= 1_000_000
+                and all(r["check"]["result"] == "equal" for r in jobs.values()),
+            }
+        )
     return out
 
 
@@ -148,6 +174,18 @@ def _summary_rows(items: list[dict[str, Any]]) -> list[str]:
                 f"{_fmt(f['messages_per_s'])} msgs/s, p99 {_fmt(f['latency_p99_ms'], ' ms')}, "
                 f"{f['dropped_slow']} dropped | — | — | {target} | {met} |"
             )
+        elif e["name"] == "flink":
+            for name, r in e["figures"].items():
+                if name == "bars":
+                    continue
+                rows.append(
+                    f"| {i} | Flink SQL job, {name.replace('_', ', ')} "
+                    f"({_fmt(f['bars'])} bars; candles {r['check']}) | "
+                    f"{_fmt(r['bars_per_s'])} bars/s after {_fmt(r['startup_s'], ' s')} of "
+                    f"start-up, {_fmt(r['peak_rss_mib'], ' MiB')} | "
+                    f"{_fmt(p['bars_per_s'])} bars/s (embedded) | {e['ratio'][name]:.3f} | "
+                    f"{target} | {met} |"
+                )
         elif e["name"] == "store_writes":
             rows.append(
                 f"| {i} | store writes (SQLite, batches) | "
@@ -262,11 +300,60 @@ def _details(runs: dict[str, Any]) -> list[str]:
             f"bare engine {fig['sqlite3_candles_per_s']:,} candles/s. "
             f"Run {run['machine']['date']}, {run['seconds']} s.",
         ]
+    if "flink" in runs:
+        lines += _flink_details(runs["flink"])
     lines += [
         "",
         "Earlier fan-out runs at 200 to 4,000 clients, with and without permessage-deflate: "
         "[benchmarks-fanout.md](benchmarks-fanout.md).",
     ]
+    return lines
+
+
+def _flink_details(run: dict[str, Any]) -> list[str]:
+    fig = run["figures"]
+    same, scale = fig["same_bars"], fig["scale"]
+    emb = same["embedded"]
+    lines = [
+        "",
+        "## 6. The Flink SQL job (`bench/flink.py`)",
+        "",
+        f"{same['bars']:,} disordered bars ({fig['symbols']:,} symbols x {fig['minutes']} "
+        f"minutes, 2.5 % late, 2.5 % sent twice), intervals {', '.join(fig['intervals'])}. "
+        f"The embedded resampler: {emb['bars_per_s']:,} bars/s, {emb['candle_updates']:,} "
+        f"candle updates, peak {emb['peak_rss_mib']} MiB. Start-up is the process start to the "
+        "job running (CLI, JVM, planning, submitting); processing is running to finished on the "
+        "job's clock (deploying the tasks, reading, every interval, writing); memory is the "
+        "whole process tree's peak.",
+        "",
+        "| job | start-up | processing | bars/s | of embedded | updates | peak RSS | candles |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in same["flink"]:
+        check = r["check"]
+        lines.append(
+            f"| {r['environment']}, parallelism {r['parallelism']} | {r['startup_s']} s | "
+            f"{r['processing_s']} s | {_fmt(r['bars_per_s'])} | {r['ratio']:.4f} | "
+            f"{_fmt(r['candle_updates'])} | {_fmt(r.get('peak_rss_mib'), ' MiB')} | "
+            f"{check['result']} ({check['candles']:,}; VWAP within "
+            f"{check['vwap_max_rel_diff']:.2g}) |"
+        )
+    if "skipped" in scale:
+        lines += ["", f"Scale run skipped: {scale['skipped']}."]
+    else:
+        check = scale.get("check", {})
+        lines += [
+            "",
+            f"Scale: {scale['symbols']:,} option-like symbols x {scale['minutes']} minutes "
+            f"({_fmt(scale.get('bars'))} bars) published to Kafka, the job (parallelism "
+            f"{scale['parallelism']}) and `speedlayer sink` into SQLite: the job "
+            f"{_fmt(scale.get('bars_per_s'))} bars/s, the last candle stored "
+            f"{_fmt(scale.get('last_stored_after_running_s'), ' s')} after the job was running, "
+            f"{_fmt(scale.get('candles_stored'))} of {_fmt(scale.get('candles_expected'))} "
+            f"candles, {check.get('result', '—')} to the embedded resampler's; peak "
+            f"{_fmt(scale.get('peak_rss_mib'), ' MiB')}.",
+        ]
+    lines += ["", f"Run {run['machine']['date']}, {run['seconds']} s."]
     return lines
 
 

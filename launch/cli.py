@@ -544,6 +544,8 @@ def flink_job_options(fn: F) -> F:
                          help="kafka: stop at the offsets present at start"),
             click.option("--parallelism", type=click.IntRange(min=1),
                          help="default $SPEEDLAYER_FLINK_PARALLELISM or 1"),
+            click.option("--fresh", is_flag=True,
+                         help="kafka, kinesis: start over, not from the newest checkpoint"),
         ]
     ):  # fmt: skip
         fn = option(fn)
