@@ -68,6 +68,7 @@ SAMPLE_S = 0.2
 POLL_S = 0.5
 BAR_FIELDS = ("symbol", "t", "o", "h", "l", "c", "v", "vw", "n")
 KAFKA_ENV = "SPEEDLAYER_BENCH_KAFKA_BOOTSTRAP"
+PARTITIONS = 4  # of every topic the benchmark creates: room for parallelism 2 and 4
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 Key = tuple[str, str, int]  # (symbol, interval, bucket start)
@@ -469,25 +470,27 @@ async def newest_on_topics(bootstrap: str, topics: Sequence[str]) -> tuple[dict[
     """Every record of ``topics`` (read to the end offsets at the start) decoded as the bus does
     (tombstones and retractions skipped): per key the candle with the highest revision, and the
     number of candle updates read."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import AIOKafkaConsumer
 
     from speedlayer.bus.wire import decode_record
     from speedlayer.models import Candle
 
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-        max_partition_fetch_bytes=16 * 2**20, fetch_max_bytes=64 * 2**20,
+        *topics, bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+        auto_offset_reset="earliest", max_partition_fetch_bytes=16 * 2**20,
+        fetch_max_bytes=64 * 2**20,
     )  # fmt: skip
     await consumer.start()
     try:
-        await consumer.topics()  # the metadata of every topic
-        parts = [
-            TopicPartition(topic, p)
-            for topic in topics
-            for p in sorted(consumer.partitions_for_topic(topic) or ())
-        ]
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
+        # Without a group every partition of the topics is assigned once their metadata is in.
+        want = len(topics) * PARTITIONS
+        for _ in range(600):  # polled for 60 s at most
+            if len(consumer.assignment()) >= want:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise RuntimeError(f"{len(consumer.assignment())} of {want} partitions assigned")
+        parts = sorted(consumer.assignment())
         ends = await consumer.end_offsets(parts)
         todo = {tp for tp in parts if ends[tp] > 0}
         newest: dict[Key, Any] = {}
@@ -610,7 +613,9 @@ async def publish(bootstrap: str, prefix: str, bars: Sequence[Any], batch: int =
     from speedlayer.bus.base import RAW_TOPIC
     from speedlayer.bus.kafka import KafkaBus
 
-    async with KafkaBus(bootstrap, topic_prefix=prefix, intervals=INTERVALS) as bus:
+    async with KafkaBus(
+        bootstrap, topic_prefix=prefix, intervals=INTERVALS, partitions=PARTITIONS
+    ) as bus:
         await bus.ensure()  # the raw and candle topics
         for i in range(0, len(bars), batch):
             await bus.publish(RAW_TOPIC, bars[i : i + batch])
