@@ -47,6 +47,8 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # uvicorn has configured its log handlers by now: no handler may print an API key
+        security.install_log_redaction(k.get_secret_value() for k in settings.api_keys)
         async with contextlib.AsyncExitStack() as stack:
             active = store
             if active is None:

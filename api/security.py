@@ -14,8 +14,13 @@ one pure ASGI middleware, so it covers routes mounted anywhere (REST, ``/ws``, `
 Keys are compared in constant time (SHA-256 digests compared with ``hmac.compare_digest``, over
 every configured key). The key is never logged: the middleware removes ``api_key`` from the
 request's query string (in place, before routing), so neither the routes nor uvicorn's access log
-(which prints path and query of the same scope) ever see it. The ``X-API-Key`` header is not
-logged by uvicorn.
+(which prints path and query of the same scope) ever see it. Lower down, uvicorn logs what it
+receives before the app runs: at DEBUG, the ``websockets`` handshake log (through the logger
+``uvicorn.error``) prints the request line with its query and every header, ``X-API-Key``
+included; at TRACE, uvicorn's ASGI message log (``uvicorn.asgi``) prints whole scopes. So the app
+also puts :class:`RedactKeys` on every log handler when it starts
+(:func:`install_log_redaction`): it rewrites any ``api_key=`` value, ``X-API-Key`` header value
+and configured key in a record before it is written, whatever the logger and level.
 
 With auth on, ``/docs`` and ``/openapi.json`` need the key too: fetch the schema with the header
 (``curl -H 'X-API-Key: ...' /openapi.json``); Swagger UI at ``/docs`` can only be used through a
@@ -27,6 +32,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from enum import Enum
 from typing import Any
@@ -113,6 +120,83 @@ def scope_api_key(scope: Scope) -> bytes | None:
         if name == _HEADER_BYTES:
             return bytes(value)
     return from_query
+
+
+# -- keys in logs --------------------------------------------------------------------------------
+
+REDACTED = "[redacted]"
+_LOG_SECRETS = re.compile(
+    r"(?i)(?:"
+    r"(?P<query>\bapi(?:_|%5f)key(?:=|%3d))[^&\s'\"#]*"  # ?api_key=... in a URL or query string
+    r"|(?P<line>\bx-api-key\s*:\s*)\S+"  # a header line: "x-api-key: ..."
+    r"|(?P<pair>\bx-api-key['\"]\s*,\s*b?['\"])[^'\"]*"  # a header pair: (b'x-api-key', b'...')
+    r")"
+)
+
+
+def redact(text: str, keys: Sequence[str] = ()) -> str:
+    """``text`` without API keys: ``api_key`` query values, ``X-API-Key`` header values and any
+    of ``keys`` replaced by ``[redacted]``."""
+    text = _LOG_SECRETS.sub(
+        lambda m: (m.group("query") or m.group("line") or m.group("pair")) + REDACTED, text
+    )
+    for key in keys:
+        if key in text:
+            text = text.replace(key, REDACTED)
+    return text
+
+
+class RedactKeys(logging.Filter):
+    """A handler filter that removes API keys from every record it passes (see the module
+    docstring): the message and each argument are redacted, keeping their positions, since
+    formatters such as uvicorn's access formatter read the arguments one by one."""
+
+    def __init__(self, keys: Iterable[str] = ()) -> None:
+        super().__init__()
+        self.keys = tuple(sorted({k for k in keys if k}, key=len, reverse=True))
+
+    def _clean(self, value: object) -> object:
+        if isinstance(value, (int, float)) or value is None:
+            return value
+        text = value if isinstance(value, str) else str(value)
+        cleaned = redact(text, self.keys)
+        return value if cleaned == text else cleaned
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+            if redact(message, self.keys) != message:
+                if isinstance(record.msg, str):
+                    record.msg = redact(record.msg, self.keys)
+                args = record.args
+                if isinstance(args, tuple):
+                    record.args = tuple(self._clean(a) for a in args)
+                elif isinstance(args, Mapping):
+                    record.args = {k: self._clean(v) for k, v in args.items()}
+                message = record.getMessage()
+                cleaned = redact(message, self.keys)
+                if cleaned != message:  # a key split over arguments ("< %s: %s"): the whole line
+                    record.msg, record.args = cleaned, None
+            if record.exc_text:
+                record.exc_text = redact(record.exc_text, self.keys)
+        except Exception:  # a filter must never lose a record
+            return True
+        return True
+
+
+def install_log_redaction(keys: Iterable[str] = ()) -> None:
+    """Put one :class:`RedactKeys` (with ``keys``) on every handler of every logger that exists
+    now (uvicorn configures its own before the app starts), replacing an earlier one."""
+    redactor = RedactKeys(keys)
+    loggers: list[logging.Logger] = [logging.getLogger()]
+    loggers += [
+        lg for lg in logging.root.manager.loggerDict.values() if isinstance(lg, logging.Logger)
+    ]
+    for lg in loggers:
+        for handler in lg.handlers:
+            for old in [f for f in handler.filters if isinstance(f, RedactKeys)]:
+                handler.removeFilter(old)
+            handler.addFilter(redactor)
 
 
 def _error_body(code: str, message: str) -> bytes:

@@ -10,6 +10,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from speedlayer.intervals import DEFAULT_INTERVALS, IntervalSet, parse_duration_s
 
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
 
 def _split(value: Any) -> Any:
     if isinstance(value, str):
@@ -42,7 +44,7 @@ class Settings(BaseSettings):
     purge_interval_s: float = Field(
         3600.0, gt=0, description="how often expired candles are purged"
     )
-    log_level: str = "info"
+    log_level: str = Field("info", description="debug, info, warning, error or critical (any case)")
     stats_interval_s: float = Field(
         5.0, gt=0, description="how often throughput and lag are logged"
     )
@@ -174,6 +176,14 @@ class Settings(BaseSettings):
     @classmethod
     def _parse_lists(cls, value: Any) -> Any:
         return _split(value)
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_log_level(cls, value: str) -> str:
+        level = value.strip().lower()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"log level {value!r}: expected one of {', '.join(LOG_LEVELS)}")
+        return level
 
     @field_validator("retention", mode="before")
     @classmethod

@@ -1,0 +1,107 @@
+"""Edges of the HTTP surface over real `speedlayer api` servers: what the logs may show at any
+level, which browser origins may open a WebSocket, HEAD, CORS preflight errors, tickers with a
+slash in the path, and the symbol index behind /symbols.
+
+Data is prepared as in test_api_more.py: recent synthetic bars replayed with `speedlayer replay`
+into a SQLite file that the servers of this module share.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect as ws_connect
+
+from ingest.synthetic import RandomWalk, write_csv
+from tests.conftest import run_cli
+from tests.integration.api.test_api_more import LoggedApiServer
+
+MINUTE_MS = 60_000
+HOUR_MS = 60 * MINUTE_MS
+MINUTES = 90
+SYMBOLS = ["AAPL", "MSFT"]
+KEY = "sekrit-gamma-51aa"
+OTHER_KEY = "sekrit-delta-77f0"
+WRONG_KEY = "wrong-key-c3d9"
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("edges")
+    now_ms = int(time.time() * 1000)
+    end_ms = now_ms - now_ms % HOUR_MS
+    csv_path = tmp / "bars.csv"
+    write_csv(
+        RandomWalk(SYMBOLS, seed=5).bars(end_ms - MINUTES * MINUTE_MS, MINUTES), str(csv_path)
+    )
+    path = tmp / "edges.db"
+    run_cli("replay", str(csv_path), "--db", str(path))
+    return path
+
+
+@pytest.fixture
+def debug_server(db: Path, tmp_path: Path) -> Iterator[LoggedApiServer]:
+    """`speedlayer api` at log level DEBUG with two keys, its whole output captured."""
+    env = {"SPEEDLAYER_API_KEYS": f"{KEY},{OTHER_KEY}", "SPEEDLAYER_LOG_LEVEL": "DEBUG"}
+    srv = LoggedApiServer(db, tmp_path / "server.log", env)
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+# -- keys in logs --------------------------------------------------------------------------------
+
+
+def _use_every_way_in(url: str) -> None:
+    """REST, SSE and WebSocket requests carrying keys in the query string and in the header,
+    right and wrong ones, accepted and refused."""
+    ws_url = url.replace("http", "ws", 1) + "/ws"
+    with httpx.Client(base_url=url, timeout=30) as http:
+        ways: tuple[tuple[dict[str, str], dict[str, str]], ...] = (
+            ({"api_key": KEY}, {}),
+            ({}, {"X-API-Key": OTHER_KEY}),
+            ({"api_key": WRONG_KEY}, {}),
+            ({}, {"X-API-Key": WRONG_KEY}),
+        )
+        for params, headers in ways:
+            query = {"interval": "5m", "limit": "2", **params}
+            http.get("/candles/AAPL", params=query, headers=headers)
+            http.get("/symbols", params=params, headers=headers)
+            stream = {"symbols": "AAPL", "intervals": "1m", "snapshot": "1", **params}
+            with http.stream("GET", "/stream/candles", params=stream, headers=headers) as resp:
+                for line in resp.iter_lines():  # the snapshot arrives after the comment line
+                    if line.startswith("event: snapshot"):
+                        break
+                    if resp.status_code != 200:
+                        break
+    for url_, headers_ in (
+        (ws_url + f"?api_key={KEY}", None),
+        (ws_url + f"?batch=0&api_key={OTHER_KEY}", None),
+        (ws_url, {"X-API-Key": KEY}),
+    ):
+        with ws_connect(url_, additional_headers=headers_, open_timeout=10) as ws:
+            ws.send(json.dumps({"action": "ping", "id": 1}))
+            assert json.loads(ws.recv(timeout=10)) == {"type": "pong", "id": 1}
+    for url_, headers_ in (
+        (ws_url + f"?api_key={WRONG_KEY}", None),
+        (ws_url, {"X-API-Key": WRONG_KEY}),
+    ):
+        with pytest.raises(InvalidStatus):
+            ws_connect(url_, additional_headers=headers_, open_timeout=10).close()
+
+
+def test_no_key_in_the_log_at_debug_level(debug_server: LoggedApiServer) -> None:
+    _use_every_way_in(debug_server.url)
+    time.sleep(0.5)  # let the server flush its log lines
+    log = debug_server.log_text()
+    # DEBUG really is on: the WebSocket handshakes and the access log are there
+    assert "GET /ws" in log and "x-api-key" in log.lower(), log[-3000:]
+    assert '"GET /candles/AAPL?interval=5m&limit=2 HTTP/1.1" 200' in log, log[-3000:]
+    for secret in (KEY, OTHER_KEY, WRONG_KEY):
+        assert secret not in log, f"{secret!r} appears in the server log:\n{log[-5000:]}"
