@@ -95,7 +95,8 @@ def create_app(
     app.include_router(ws.router)
     app.include_router(sse.router)
     app.include_router(dashboard.router)  # the live dashboard at /
-    # Middleware order, outermost first: metrics (sees every response), CORS, API-key check.
+    # Middleware order, outermost first: metrics (sees every response), CORS, API-key check,
+    # WebSocket origin check.
     security.install(app, settings, public_paths=dashboard.PUBLIC_PATHS)
     metrics.install(app)
     docs.install_openapi(app, settings)

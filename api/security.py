@@ -248,11 +248,69 @@ class ApiKeyMiddleware:
         await send({"type": "http.response.body", "body": body})
 
 
+# -- WebSocket origins ---------------------------------------------------------------------------
+
+
+def _own_origins(scope: Scope) -> set[str]:
+    """The origins a page served by this server has: http(s)://<Host header>."""
+    for name, value in scope.get("headers", ()):
+        if name == b"host":
+            host = bytes(value).decode("latin-1").strip().lower()
+            return {f"http://{host}", f"https://{host}"}
+    return set()
+
+
+class WebSocketOriginMiddleware:
+    """Pure ASGI: a WebSocket handshake whose ``Origin`` (sent by every browser) is neither the
+    server's own (the dashboard) nor in the CORS allow-list (``settings.cors_origins``; ``*``
+    allows all) is refused before the app runs, with HTTP 403 and the JSON error body
+    (``forbidden_origin``), or close code 1008 where the server cannot send a response body.
+    Browsers do not apply CORS to WebSockets, so without this any site could open ``/ws`` in a
+    visitor's browser. A handshake without ``Origin`` (not a browser) is let through."""
+
+    def __init__(self, app: ASGIApp, origins: Iterable[str]) -> None:
+        self.app = app
+        self.origins = frozenset(o.rstrip("/").lower() for o in origins)
+        self.any = "*" in self.origins
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket" or self.any:
+            await self.app(scope, receive, send)
+            return
+        origin = None
+        for name, value in scope.get("headers", ()):
+            if name == b"origin":
+                origin = bytes(value).decode("latin-1").strip()
+                break
+        if origin is None or (
+            (key := origin.rstrip("/").lower()) in self.origins or key in _own_origins(scope)
+        ):
+            await self.app(scope, receive, send)
+            return
+        message = (
+            f"origin {origin!r} may not open a WebSocket here: it is not this server's and not "
+            "in SPEEDLAYER_CORS_ORIGINS"
+        )
+        if "websocket.http.response" in scope.get("extensions", {}):
+            body = _error_body("forbidden_origin", message)
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ]
+            await send({"type": "websocket.http.response.start", "status": 403,
+                        "headers": headers})  # fmt: skip
+            await send({"type": "websocket.http.response.body", "body": body})
+        else:
+            await send({"type": "websocket.close", "code": WS_POLICY_VIOLATION, "reason": ""})
+
+
 def install(app: FastAPI, settings: Settings, public_paths: Iterable[str] = ()) -> None:
-    """Add the API-key check, then CORS outside it (so 401/403 carry CORS headers and preflight
+    """Add the WebSocket origin check, the API-key check outside it (which strips ``api_key``
+    from the query first), then CORS outside both (so 401/403 carry CORS headers and preflight
     requests, which never carry the key, are answered by CORS). ``public_paths`` are exempt
     like the health probes (the dashboard's static files, which carry no data)."""
     exempt = EXEMPT_PATHS | frozenset(public_paths)
+    app.add_middleware(WebSocketOriginMiddleware, origins=settings.cors_origins)
     app.add_middleware(ApiKeyMiddleware, keys=ApiKeys.from_settings(settings), exempt=exempt)
     if settings.cors_origins:
         app.add_middleware(

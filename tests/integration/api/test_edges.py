@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -19,7 +19,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
 from ingest.synthetic import RandomWalk, write_csv
-from tests.conftest import run_cli
+from tests.conftest import ApiServer, run_cli
 from tests.integration.api.test_api_more import LoggedApiServer
 
 MINUTE_MS = 60_000
@@ -105,3 +105,49 @@ def test_no_key_in_the_log_at_debug_level(debug_server: LoggedApiServer) -> None
     assert '"GET /candles/AAPL?interval=5m&limit=2 HTTP/1.1" 200' in log, log[-3000:]
     for secret in (KEY, OTHER_KEY, WRONG_KEY):
         assert secret not in log, f"{secret!r} appears in the server log:\n{log[-5000:]}"
+
+
+# -- WebSocket origins ---------------------------------------------------------------------------
+
+ORIGIN = "https://dash.example"
+EVIL = "https://evil.example"
+
+
+def _ws_status(url: str, origin: str | None) -> int:
+    """101 when the handshake succeeds (and the socket answers a ping), else the HTTP status."""
+    headers = {"X-API-Key": KEY} if origin is None else {"X-API-Key": KEY, "Origin": origin}
+    try:
+        with ws_connect(url, additional_headers=headers, open_timeout=10) as ws:
+            ws.send(json.dumps({"action": "ping", "id": 2}))
+            assert json.loads(ws.recv(timeout=10)) == {"type": "pong", "id": 2}
+            return 101
+    except InvalidStatus as exc:
+        response = exc.response
+        if response.status_code == 403:
+            body = json.loads(response.body or b"{}")
+            assert body.get("error") == "forbidden_origin", body
+            assert origin is not None and origin in body["message"], body
+        return response.status_code
+
+
+def test_websocket_origins_follow_the_cors_allow_list(
+    db: Path, api_server_factory: Callable[..., ApiServer]
+) -> None:
+    server = api_server_factory(db, {"SPEEDLAYER_API_KEYS": KEY, "SPEEDLAYER_CORS_ORIGINS": ORIGIN})
+    ws_url = server.url.replace("http", "ws", 1) + "/ws"
+    assert _ws_status(ws_url, EVIL) == 403  # a valid key does not let another site in
+    assert _ws_status(ws_url, "null") == 403
+    assert _ws_status(ws_url, ORIGIN) == 101
+    assert _ws_status(ws_url, None) == 101  # not a browser: no Origin header
+    assert _ws_status(ws_url, server.url) == 101  # the dashboard, served by the API itself
+
+
+def test_websocket_origins_without_an_allow_list_and_with_a_wildcard(
+    db: Path, api_server_factory: Callable[..., ApiServer]
+) -> None:
+    closed = api_server_factory(db, {"SPEEDLAYER_API_KEYS": KEY})
+    ws_url = closed.url.replace("http", "ws", 1) + "/ws"
+    assert _ws_status(ws_url, EVIL) == 403  # like CORS: no list, no other site
+    assert _ws_status(ws_url, closed.url) == 101 and _ws_status(ws_url, None) == 101
+    opened = api_server_factory(db, {"SPEEDLAYER_API_KEYS": KEY, "SPEEDLAYER_CORS_ORIGINS": "*"})
+    assert _ws_status(opened.url.replace("http", "ws", 1) + "/ws", EVIL) == 101
