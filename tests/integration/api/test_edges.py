@@ -8,10 +8,14 @@ into a SQLite file that the servers of this module share.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -19,13 +23,13 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
 from ingest.synthetic import RandomWalk, write_csv
-from tests.conftest import ApiServer, run_cli
+from tests.conftest import SPEEDLAYER, ApiServer, free_port, run_cli, stop_process
 from tests.integration.api.test_api_more import LoggedApiServer
 
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
 MINUTES = 90
-SYMBOLS = ["AAPL", "MSFT"]
+SYMBOLS = ["AAPL", "MSFT", "BRK/B", "EUR/USD"]
 KEY = "sekrit-gamma-51aa"
 OTHER_KEY = "sekrit-delta-77f0"
 WRONG_KEY = "wrong-key-c3d9"
@@ -151,3 +155,91 @@ def test_websocket_origins_without_an_allow_list_and_with_a_wildcard(
     assert _ws_status(ws_url, closed.url) == 101 and _ws_status(ws_url, None) == 101
     opened = api_server_factory(db, {"SPEEDLAYER_API_KEYS": KEY, "SPEEDLAYER_CORS_ORIGINS": "*"})
     assert _ws_status(opened.url.replace("http", "ws", 1) + "/ws", EVIL) == 101
+
+
+# -- tickers with a slash ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def plain(db: Path) -> Iterator[ApiServer]:
+    """`speedlayer api`, auth off."""
+    srv = ApiServer(db)
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.mark.parametrize("symbol", ["BRK/B", "EUR/USD"])
+def test_tickers_with_a_slash_in_the_path(plain: ApiServer, symbol: str) -> None:
+    with httpx.Client(base_url=plain.url, timeout=30) as http:
+        listed = http.get("/symbols").json()["symbols"]
+        assert symbol in listed
+        many = http.get("/candles", params={"symbols": f"AAPL,{symbol}", "interval": "15m"})
+        expected = many.json()["candles"][1]
+        assert expected["symbol"] == symbol
+        for path in ("/candles/" + symbol, "/candles/" + quote(symbol, safe="")):
+            page = http.get(path, params={"interval": "15m", "order": "desc", "limit": 1})
+            assert page.status_code == 200, (path, page.text)
+            assert page.json()["symbol"] == symbol and page.json()["candles"] == [expected]
+            latest = http.get(path + "/latest", params={"interval": "15m"})
+            assert latest.status_code == 200, (path, latest.text)
+            assert latest.json() == expected
+        # the other routes under /candles are not shadowed
+        assert http.get("/candles/AAPL/latest").json()["symbol"] == "AAPL"
+        assert http.get("/candles/AAPL").json()["symbol"] == "AAPL"
+        missing = http.get("/candles/NO/SUCH/latest")
+        assert missing.status_code == 404 and missing.json()["error"] == "not_found"
+        bad = http.get("/candles/" + quote("BRK B", safe=""))
+        assert bad.status_code == 422 and bad.json()["error"] == "invalid_parameter"
+
+
+def test_a_forex_feed_through_the_simulator_is_served_by_pair(tmp_path: Path) -> None:
+    """`speedlayer simulate --market forex` (pairs such as EUR/USD on the WebSocket, C:EURUSD on
+    REST) feeding `speedlayer up --source polygon`: the pairs' candles by their path."""
+    sim_port, api_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "SPEEDLAYER_LOG_LEVEL": "info",
+        "POLYGON_API_KEY": "sim-key",
+        "SPEEDLAYER_POLYGON_WS_URL": f"ws://127.0.0.1:{sim_port}",
+        "SPEEDLAYER_POLYGON_REST_URL": f"http://127.0.0.1:{sim_port}",
+        "SPEEDLAYER_POLYGON_MARKET": "forex",
+        "SPEEDLAYER_POLYGON_SYMBOLS": "EUR/USD,USD/JPY",
+        "SPEEDLAYER_BACKFILL_LOOKBACK_MIN": "60",
+    }
+    log_path = tmp_path / "forex.log"
+    url = f"http://127.0.0.1:{api_port}"
+    with log_path.open("w") as log:
+        sim = subprocess.Popen(
+            [SPEEDLAYER, "simulate", "--market", "forex", "--symbols", "4", "--port",
+             str(sim_port)], env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        up = None
+        try:
+            up = subprocess.Popen(
+                [SPEEDLAYER, "up", "--source", "polygon", "--db", str(tmp_path / "fx.db"),
+                 "--port", str(api_port)], env=env, stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+            deadline = time.monotonic() + 60
+            symbols: list[str] = []
+            while set(symbols) != {"EUR/USD", "USD/JPY"}:
+                assert up.poll() is None and sim.poll() is None, log_path.read_text()
+                assert time.monotonic() < deadline, "no forex candles\n" + log_path.read_text()
+                time.sleep(0.3)
+                with contextlib.suppress(httpx.TransportError):
+                    resp = httpx.get(url + "/symbols", timeout=2)
+                    symbols = resp.json()["symbols"] if resp.status_code == 200 else []
+            with httpx.Client(base_url=url, timeout=10) as http:
+                for pair in ("EUR/USD", "USD/JPY"):
+                    for path in ("/candles/" + pair, "/candles/" + quote(pair, safe="")):
+                        page = http.get(path, params={"interval": "5m"})
+                        assert page.status_code == 200, page.text
+                        candles = page.json()["candles"]
+                        assert candles and all(c["symbol"] == pair for c in candles)
+                        latest = http.get(path + "/latest", params={"interval": "5m"})
+                        assert latest.status_code == 200, latest.text
+                        assert latest.json()["timestamp"] >= candles[-1]["timestamp"]
+        finally:
+            for proc in (up, sim):
+                if proc is not None:
+                    stop_process(proc)
