@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from api import dashboard, docs, errors, metrics, security, sse, ws
 from api.deps import Resources
+from api.head import HeadAsGetMiddleware
 from api.live.hub import CandleHub
 from api.routes import router
 from speedlayer import __version__
@@ -96,7 +97,8 @@ def create_app(
     app.include_router(sse.router)
     app.include_router(dashboard.router)  # the live dashboard at /
     # Middleware order, outermost first: metrics (sees every response), CORS, API-key check,
-    # WebSocket origin check.
+    # WebSocket origin check, HEAD as GET.
+    app.add_middleware(HeadAsGetMiddleware)
     security.install(app, settings, public_paths=dashboard.PUBLIC_PATHS)
     metrics.install(app)
     docs.install_openapi(app, settings)

@@ -41,13 +41,17 @@ from urllib.parse import unquote_plus
 
 import msgspec
 from fastapi import FastAPI
+from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from speedlayer.config import Settings
 
 API_KEY_HEADER = "X-API-Key"
 API_KEY_QUERY = "api_key"
+CORS_METHODS = ("GET", "HEAD", "OPTIONS")
+CORS_HEADERS = (API_KEY_HEADER, "Last-Event-ID")
 EXEMPT_PATHS: frozenset[str] = frozenset({"/healthz", "/readyz"})
 WS_POLICY_VIOLATION = 1008
 
@@ -248,6 +252,32 @@ class ApiKeyMiddleware:
         await send({"type": "http.response.body", "body": body})
 
 
+class JsonCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS, with a refused preflight answered in the API's error shape (400
+    ``{"error": "cors_rejected", "message": ...}``) instead of plain text."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code != 400:
+            return response
+        what = bytes(response.body).decode("utf-8", "replace")  # "Disallowed CORS origin, ..."
+        message = (
+            f"{what}: allowed are the origins of SPEEDLAYER_CORS_ORIGINS, the methods "
+            f"{', '.join(CORS_METHODS)} and the headers {', '.join(CORS_HEADERS)}"
+        )
+        headers = {
+            k: v
+            for k, v in response.headers.items()
+            if k.lower() not in ("content-type", "content-length")
+        }
+        return Response(
+            _error_body("cors_rejected", message),
+            status_code=400,
+            media_type="application/json",
+            headers=headers,
+        )
+
+
 # -- WebSocket origins ---------------------------------------------------------------------------
 
 
@@ -314,10 +344,10 @@ def install(app: FastAPI, settings: Settings, public_paths: Iterable[str] = ()) 
     app.add_middleware(ApiKeyMiddleware, keys=ApiKeys.from_settings(settings), exempt=exempt)
     if settings.cors_origins:
         app.add_middleware(
-            CORSMiddleware,
+            JsonCORSMiddleware,
             allow_origins=list(settings.cors_origins),
-            allow_methods=["GET", "HEAD", "OPTIONS"],
-            allow_headers=[API_KEY_HEADER, "Last-Event-ID"],
+            allow_methods=list(CORS_METHODS),
+            allow_headers=list(CORS_HEADERS),
             allow_credentials=False,
             max_age=600,
         )

@@ -33,6 +33,8 @@ SYMBOLS = ["AAPL", "MSFT", "BRK/B", "EUR/USD"]
 KEY = "sekrit-gamma-51aa"
 OTHER_KEY = "sekrit-delta-77f0"
 WRONG_KEY = "wrong-key-c3d9"
+ORIGIN = "https://dash.example"
+EVIL = "https://evil.example"
 
 
 @pytest.fixture(scope="module")
@@ -113,9 +115,6 @@ def test_no_key_in_the_log_at_debug_level(debug_server: LoggedApiServer) -> None
 
 # -- WebSocket origins ---------------------------------------------------------------------------
 
-ORIGIN = "https://dash.example"
-EVIL = "https://evil.example"
-
 
 def _ws_status(url: str, origin: str | None) -> int:
     """101 when the handshake succeeds (and the socket answers a ping), else the HTTP status."""
@@ -162,8 +161,8 @@ def test_websocket_origins_without_an_allow_list_and_with_a_wildcard(
 
 @pytest.fixture(scope="module")
 def plain(db: Path) -> Iterator[ApiServer]:
-    """`speedlayer api`, auth off."""
-    srv = ApiServer(db)
+    """`speedlayer api`, auth off, CORS for ORIGIN."""
+    srv = ApiServer(db, env={"SPEEDLAYER_CORS_ORIGINS": ORIGIN})
     srv.start()
     yield srv
     srv.stop()
@@ -243,3 +242,68 @@ def test_a_forex_feed_through_the_simulator_is_served_by_pair(tmp_path: Path) ->
             for proc in (up, sim):
                 if proc is not None:
                     stop_process(proc)
+
+
+# -- HEAD and CORS preflight errors --------------------------------------------------------------
+
+GET_ROUTES = [
+    "/healthz", "/readyz", "/symbols", "/intervals", "/candles/AAPL?interval=5m",
+    "/candles/AAPL/latest", "/candles/BRK%2FB/latest", "/candles?symbols=AAPL,MSFT",
+    "/openapi.json", "/docs", "/asyncapi.json", "/", "/nope", "/candles/AAPL/latest?interval=7x",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("path", GET_ROUTES)
+def test_head_answers_like_get_without_a_body(plain: ApiServer, path: str) -> None:
+    with httpx.Client(base_url=plain.url, timeout=10) as http:
+        got = http.get(path)
+        head = http.head(path)
+    assert head.status_code == got.status_code, head.headers
+    assert head.content == b""
+    assert head.headers["content-type"] == got.headers["content-type"]
+    if path not in ("/asyncapi.json",):  # (its host line is the same either way)
+        assert head.headers.get("content-length") == got.headers.get("content-length")
+
+
+def test_head_on_streams_and_metrics_ends_at_once(plain: ApiServer) -> None:
+    with httpx.Client(base_url=plain.url, timeout=10) as http:
+        stream = http.head("/stream/candles", params={"symbols": "AAPL", "snapshot": "1"})
+        assert stream.status_code == 200 and stream.content == b""
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        not_allowed = http.post("/symbols")
+        assert not_allowed.status_code == 405 and not_allowed.headers["allow"] == "GET, HEAD"
+        metrics = http.head("/metrics")
+        assert metrics.status_code == 200 and metrics.content == b""
+        assert metrics.headers["content-type"].startswith("text/plain")
+        # the stream's live client was released
+        deadline = time.monotonic() + 5
+        while "speedlayer_live_subscribers 0.0" not in http.get("/metrics").text:
+            assert time.monotonic() < deadline, "the HEAD stream still holds a live client"
+            time.sleep(0.1)
+        # the preflight advertises HEAD, and a HEAD request with an allowed Origin gets CORS
+        preflight = http.options(
+            "/symbols", headers={"Origin": ORIGIN, "Access-Control-Request-Method": "HEAD"}
+        )
+        assert (
+            preflight.status_code == 200
+            and "HEAD" in preflight.headers["access-control-allow-methods"]
+        )
+        head = http.head("/symbols", headers={"Origin": ORIGIN})
+        assert head.status_code == 200 and head.headers["access-control-allow-origin"] == ORIGIN
+
+
+def test_a_refused_cors_preflight_is_a_json_error(plain: ApiServer) -> None:
+    asks = {"Access-Control-Request-Method": "GET", "Access-Control-Request-Headers": "X-API-Key"}
+    with httpx.Client(base_url=plain.url, timeout=10) as http:
+        for headers, needle in (
+            ({**asks, "Origin": EVIL}, "origin"),
+            ({**asks, "Origin": ORIGIN, "Access-Control-Request-Method": "DELETE"}, "method"),
+            ({**asks, "Origin": ORIGIN, "Access-Control-Request-Headers": "X-Other"}, "headers"),
+        ):
+            resp = http.options("/candles/AAPL/latest", headers=headers)
+            assert resp.status_code == 400, resp.text
+            assert resp.headers["content-type"] == "application/json"
+            body = resp.json()
+            assert set(body) == {"error", "message"} and body["error"] == "cors_rejected", body
+            assert needle in body["message"], body
+            assert int(resp.headers["content-length"]) == len(resp.content)
