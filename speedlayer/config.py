@@ -75,6 +75,12 @@ class Settings(BaseSettings):
     live_max_snapshot: int = Field(1000, ge=0, description="largest snapshot per pair")
     sse_replay_events: int = Field(100_000, ge=0, description="events kept for Last-Event-ID")
     sse_heartbeat_s: float = Field(15.0, gt=0, description="SSE comment line when idle")
+    sse_send_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="an SSE stream whose writes stay blocked this long (the client reads "
+        "nothing) is closed, without an error event: none can be written any more",
+    )
 
     # Live feed: the simulator (default) or Polygon when a key is configured.
     source: Literal["auto", "simulator", "polygon"] = Field(
