@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from api import dashboard, docs, errors, metrics, security, sse, ws
 from api.deps import Resources
+from api.head import HeadAsGetMiddleware
 from api.live.hub import CandleHub
 from api.routes import router
 from speedlayer import __version__
@@ -47,6 +48,8 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # uvicorn has configured its log handlers by now: no handler may print an API key
+        security.install_log_redaction(k.get_secret_value() for k in settings.api_keys)
         async with contextlib.AsyncExitStack() as stack:
             active = store
             if active is None:
@@ -93,7 +96,9 @@ def create_app(
     app.include_router(ws.router)
     app.include_router(sse.router)
     app.include_router(dashboard.router)  # the live dashboard at /
-    # Middleware order, outermost first: metrics (sees every response), CORS, API-key check.
+    # Middleware order, outermost first: metrics (sees every response), CORS, API-key check,
+    # WebSocket origin check, HEAD as GET.
+    app.add_middleware(HeadAsGetMiddleware)
     security.install(app, settings, public_paths=dashboard.PUBLIC_PATHS)
     metrics.install(app)
     docs.install_openapi(app, settings)

@@ -18,8 +18,8 @@ from speedlayer import __version__
 from speedlayer.config import Settings
 
 ASYNCAPI_PATH = "/asyncapi.json"
-# SYMBOL_RE without "/": a slash cannot be sent inside a path segment (servers decode %2F).
-SYMBOL_PATTERN_BODY = r"[A-Za-z0-9][A-Za-z0-9.:_^=+-]{0,39}"
+# SYMBOL_RE. In the path a "/" may be sent as it is or as %2F (the server decodes both the same
+# way; a ticker ending in "/latest" would therefore name the /latest route).
 SYMBOL_LIST_BODY = r"[A-Za-z0-9][A-Za-z0-9.:/_^=+-]{0,39}"
 
 
@@ -54,7 +54,7 @@ def complete_openapi(spec: dict[str, Any], settings: Settings) -> None:
                         if option.get("type") == "integer":
                             option["maximum"] = settings.max_page
                 elif param["name"] == "symbol" and param["in"] == "path":
-                    schema["pattern"] = f"^{SYMBOL_PATTERN_BODY}$"
+                    schema["pattern"] = f"^{SYMBOL_LIST_BODY}$"
     description = spec.setdefault("info", {}).get("description", "")
     spec["info"]["description"] = (
         f"{description}\n\n"

@@ -56,5 +56,9 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        # keep the exception's headers (405 must say Allow: ...)
-        return error_response(exc.status_code, code, str(exc.detail), exc.headers)
+        # keep the exception's headers (405 must say Allow: ...); GET routes answer HEAD too
+        headers = dict(exc.headers or {})
+        allow = headers.get("Allow", "")
+        if "GET" in allow.split(", ") and "HEAD" not in allow:
+            headers["Allow"] = f"{allow}, HEAD"
+        return error_response(exc.status_code, code, str(exc.detail), headers or None)

@@ -188,8 +188,9 @@ def _flatten(routes: Iterable[Any], prefix: str) -> Iterator[tuple[re.Pattern[st
         if isinstance(route, Mount):
             template = f"{prefix}{path}/{{path}}"
             yield compile_path(f"{prefix}{path}/{{path:path}}")[0], template
-        else:
-            yield compile_path(prefix + path)[0], prefix + path
+        else:  # the template without converters: /candles/{symbol}, not {symbol:path}
+            regex, template, _ = compile_path(prefix + path)
+            yield regex, template
 
 
 def _method(scope: Scope) -> str:

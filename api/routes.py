@@ -13,6 +13,7 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel, Field, ValidationError
+from starlette.convertors import Convertor, register_url_convertor
 
 from api import docs
 from api.deps import Resources, ResourcesDep
@@ -31,6 +32,20 @@ from speedlayer.intervals import Interval
 from speedlayer.models import SYMBOL_RE, Candle
 from speedlayer.timeparse import MAX_MS, MIN_MS, parse_time_ms
 
+
+class _TickerConvertor(Convertor[str]):
+    """A path parameter that may span "/" but not be empty (``/candles/`` stays unmatched)."""
+
+    regex = ".+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("ticker", _TickerConvertor())
 router = APIRouter()
 Q = TypeVar("Q", bound="BaseModel")
 INVALID: dict[int | str, dict[str, object]] = {
@@ -116,14 +131,71 @@ def parse_query(model: type[Q], request: Request) -> Q:
         raise RequestValidationError(errors) from None
 
 
+@router.get("/intervals", response_model=IntervalList, summary="Configured intervals and retention")
+async def get_intervals(resources: ResourcesDep) -> Response:
+    return _json(
+        {
+            "intervals": [
+                {
+                    "name": iv.name,
+                    "interval_ms": iv.interval_ms,
+                    "retention_s": iv.retention_s,
+                    "retention": f"{iv.retention_s / 86400:g}d",
+                    "table": iv.table,
+                }
+                for iv in resources.settings.interval_set
+            ]
+        }
+    )
+
+
+@router.get("/symbols", response_model=SymbolList, responses=ERRORS, summary="Symbols with data")
+async def get_symbols(resources: ResourcesDep) -> Response:
+    return _json({"symbols": await resources.store.symbols()})
+
+
+# Symbols may contain "/" (BRK/B, forex EUR/USD; uvicorn decodes %2F to "/" before routing): both
+# routes take the rest of the path (the `ticker` convertor: one or more characters, checked
+# against SYMBOL_RE by the route), and the /latest route is declared first so that ".../latest"
+# is never read as part of a symbol.
 @router.get(
-    "/candles/{symbol}",
+    "/candles/{symbol:ticker}/latest",
+    response_model=CandleOut,
+    responses={200: {"description": "the newest candle"}, **NOT_FOUND, **ERRORS},
+    summary="The newest candle of one symbol (the forming one if any)",
+    description=(
+        "The newest unexpired candle of `symbol` at `interval`: the one still forming while its "
+        "bucket is open (`final: false`), else the last final one. Served from the live hub's "
+        "cache when the API runs with the pipeline, else from the store. 404 when the symbol "
+        "has no candle at this interval."
+    ),
+)
+async def get_latest(
+    resources: ResourcesDep,
+    symbol: Annotated[str, Path(description="ticker, e.g. AAPL", examples=["AAPL"])],
+    interval: Annotated[str, Query(description=INTERVAL_DOC)] = "1m",
+) -> Response:
+    if SYMBOL_RE.match(symbol) is None:
+        raise ConfigError(f"symbol {symbol!r} is not a valid ticker")
+    iv = resources.settings.interval_set.get(interval)
+    candle = await latest_candle(resources, symbol, iv)
+    if candle is None:
+        return _json(
+            {"error": "not_found", "message": f"no candle for {symbol} at interval {iv.name}"},
+            status=404,
+        )
+    return _json(candle)
+
+
+@router.get(
+    "/candles/{symbol:ticker}",
     response_model=CandlePage,
     responses=ERRORS,
     summary="Candles of one symbol over a time range",
     description=(
         "Stored, unexpired candles with `start <= timestamp < end` (bucket starts), oldest first "
-        "by default. Pages hold `limit` candles; follow `next_cursor` until it is null."
+        "by default. Pages hold `limit` candles; follow `next_cursor` until it is null. A ticker "
+        "with a slash (`BRK/B`, forex `EUR/USD`) goes into the path as it is or as `%2F`."
     ),
     openapi_extra={"parameters": query_parameters(CandleRange)},
 )
@@ -161,58 +233,6 @@ async def get_candles(
     return _json(
         {"symbol": symbol, "interval": iv.name, "candles": candles, "next_cursor": next_cursor}
     )
-
-
-@router.get("/intervals", response_model=IntervalList, summary="Configured intervals and retention")
-async def get_intervals(resources: ResourcesDep) -> Response:
-    return _json(
-        {
-            "intervals": [
-                {
-                    "name": iv.name,
-                    "interval_ms": iv.interval_ms,
-                    "retention_s": iv.retention_s,
-                    "retention": f"{iv.retention_s / 86400:g}d",
-                    "table": iv.table,
-                }
-                for iv in resources.settings.interval_set
-            ]
-        }
-    )
-
-
-@router.get("/symbols", response_model=SymbolList, responses=ERRORS, summary="Symbols with data")
-async def get_symbols(resources: ResourcesDep) -> Response:
-    return _json({"symbols": await resources.store.symbols()})
-
-
-@router.get(
-    "/candles/{symbol}/latest",
-    response_model=CandleOut,
-    responses={200: {"description": "the newest candle"}, **NOT_FOUND, **ERRORS},
-    summary="The newest candle of one symbol (the forming one if any)",
-    description=(
-        "The newest unexpired candle of `symbol` at `interval`: the one still forming while its "
-        "bucket is open (`final: false`), else the last final one. Served from the live hub's "
-        "cache when the API runs with the pipeline, else from the store. 404 when the symbol "
-        "has no candle at this interval."
-    ),
-)
-async def get_latest(
-    resources: ResourcesDep,
-    symbol: Annotated[str, Path(description="ticker, e.g. AAPL", examples=["AAPL"])],
-    interval: Annotated[str, Query(description=INTERVAL_DOC)] = "1m",
-) -> Response:
-    if SYMBOL_RE.match(symbol) is None:
-        raise ConfigError(f"symbol {symbol!r} is not a valid ticker")
-    iv = resources.settings.interval_set.get(interval)
-    candle = await latest_candle(resources, symbol, iv)
-    if candle is None:
-        return _json(
-            {"error": "not_found", "message": f"no candle for {symbol} at interval {iv.name}"},
-            status=404,
-        )
-    return _json(candle)
 
 
 @router.get(

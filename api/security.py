@@ -14,8 +14,13 @@ one pure ASGI middleware, so it covers routes mounted anywhere (REST, ``/ws``, `
 Keys are compared in constant time (SHA-256 digests compared with ``hmac.compare_digest``, over
 every configured key). The key is never logged: the middleware removes ``api_key`` from the
 request's query string (in place, before routing), so neither the routes nor uvicorn's access log
-(which prints path and query of the same scope) ever see it. The ``X-API-Key`` header is not
-logged by uvicorn.
+(which prints path and query of the same scope) ever see it. Lower down, uvicorn logs what it
+receives before the app runs: at DEBUG, the ``websockets`` handshake log (through the logger
+``uvicorn.error``) prints the request line with its query and every header, ``X-API-Key``
+included; at TRACE, uvicorn's ASGI message log (``uvicorn.asgi``) prints whole scopes. So the app
+also puts :class:`RedactKeys` on every log handler when it starts
+(:func:`install_log_redaction`): it rewrites any ``api_key=`` value, ``X-API-Key`` header value
+and configured key in a record before it is written, whatever the logger and level.
 
 With auth on, ``/docs`` and ``/openapi.json`` need the key too: fetch the schema with the header
 (``curl -H 'X-API-Key: ...' /openapi.json``); Swagger UI at ``/docs`` can only be used through a
@@ -27,6 +32,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from enum import Enum
 from typing import Any
@@ -34,13 +41,17 @@ from urllib.parse import unquote_plus
 
 import msgspec
 from fastapi import FastAPI
+from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from speedlayer.config import Settings
 
 API_KEY_HEADER = "X-API-Key"
 API_KEY_QUERY = "api_key"
+CORS_METHODS = ("GET", "HEAD", "OPTIONS")
+CORS_HEADERS = (API_KEY_HEADER, "Last-Event-ID")
 EXEMPT_PATHS: frozenset[str] = frozenset({"/healthz", "/readyz"})
 WS_POLICY_VIOLATION = 1008
 
@@ -115,6 +126,83 @@ def scope_api_key(scope: Scope) -> bytes | None:
     return from_query
 
 
+# -- keys in logs --------------------------------------------------------------------------------
+
+REDACTED = "[redacted]"
+_LOG_SECRETS = re.compile(
+    r"(?i)(?:"
+    r"(?P<query>\bapi(?:_|%5f)key(?:=|%3d))[^&\s'\"#]*"  # ?api_key=... in a URL or query string
+    r"|(?P<line>\bx-api-key\s*:\s*)\S+"  # a header line: "x-api-key: ..."
+    r"|(?P<pair>\bx-api-key['\"]\s*,\s*b?['\"])[^'\"]*"  # a header pair: (b'x-api-key', b'...')
+    r")"
+)
+
+
+def redact(text: str, keys: Sequence[str] = ()) -> str:
+    """``text`` without API keys: ``api_key`` query values, ``X-API-Key`` header values and any
+    of ``keys`` replaced by ``[redacted]``."""
+    text = _LOG_SECRETS.sub(
+        lambda m: (m.group("query") or m.group("line") or m.group("pair")) + REDACTED, text
+    )
+    for key in keys:
+        if key in text:
+            text = text.replace(key, REDACTED)
+    return text
+
+
+class RedactKeys(logging.Filter):
+    """A handler filter that removes API keys from every record it passes (see the module
+    docstring): the message and each argument are redacted, keeping their positions, since
+    formatters such as uvicorn's access formatter read the arguments one by one."""
+
+    def __init__(self, keys: Iterable[str] = ()) -> None:
+        super().__init__()
+        self.keys = tuple(sorted({k for k in keys if k}, key=len, reverse=True))
+
+    def _clean(self, value: object) -> object:
+        if isinstance(value, (int, float)) or value is None:
+            return value
+        text = value if isinstance(value, str) else str(value)
+        cleaned = redact(text, self.keys)
+        return value if cleaned == text else cleaned
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+            if redact(message, self.keys) != message:
+                if isinstance(record.msg, str):
+                    record.msg = redact(record.msg, self.keys)
+                args = record.args
+                if isinstance(args, tuple):
+                    record.args = tuple(self._clean(a) for a in args)
+                elif isinstance(args, Mapping):
+                    record.args = {k: self._clean(v) for k, v in args.items()}
+                message = record.getMessage()
+                cleaned = redact(message, self.keys)
+                if cleaned != message:  # a key split over arguments ("< %s: %s"): the whole line
+                    record.msg, record.args = cleaned, None
+            if record.exc_text:
+                record.exc_text = redact(record.exc_text, self.keys)
+        except Exception:  # a filter must never lose a record
+            return True
+        return True
+
+
+def install_log_redaction(keys: Iterable[str] = ()) -> None:
+    """Put one :class:`RedactKeys` (with ``keys``) on every handler of every logger that exists
+    now (uvicorn configures its own before the app starts), replacing an earlier one."""
+    redactor = RedactKeys(keys)
+    loggers: list[logging.Logger] = [logging.getLogger()]
+    loggers += [
+        lg for lg in logging.root.manager.loggerDict.values() if isinstance(lg, logging.Logger)
+    ]
+    for lg in loggers:
+        for handler in lg.handlers:
+            for old in [f for f in handler.filters if isinstance(f, RedactKeys)]:
+                handler.removeFilter(old)
+            handler.addFilter(redactor)
+
+
 def _error_body(code: str, message: str) -> bytes:
     return msgspec.json.encode({"error": code, "message": message})
 
@@ -164,18 +252,102 @@ class ApiKeyMiddleware:
         await send({"type": "http.response.body", "body": body})
 
 
+class JsonCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS, with a refused preflight answered in the API's error shape (400
+    ``{"error": "cors_rejected", "message": ...}``) instead of plain text."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code != 400:
+            return response
+        what = bytes(response.body).decode("utf-8", "replace")  # "Disallowed CORS origin, ..."
+        message = (
+            f"{what}: allowed are the origins of SPEEDLAYER_CORS_ORIGINS, the methods "
+            f"{', '.join(CORS_METHODS)} and the headers {', '.join(CORS_HEADERS)}"
+        )
+        headers = {
+            k: v
+            for k, v in response.headers.items()
+            if k.lower() not in ("content-type", "content-length")
+        }
+        return Response(
+            _error_body("cors_rejected", message),
+            status_code=400,
+            media_type="application/json",
+            headers=headers,
+        )
+
+
+# -- WebSocket origins ---------------------------------------------------------------------------
+
+
+def _own_origins(scope: Scope) -> set[str]:
+    """The origins a page served by this server has: http(s)://<Host header>."""
+    for name, value in scope.get("headers", ()):
+        if name == b"host":
+            host = bytes(value).decode("latin-1").strip().lower()
+            return {f"http://{host}", f"https://{host}"}
+    return set()
+
+
+class WebSocketOriginMiddleware:
+    """Pure ASGI: a WebSocket handshake whose ``Origin`` (sent by every browser) is neither the
+    server's own (the dashboard) nor in the CORS allow-list (``settings.cors_origins``; ``*``
+    allows all) is refused before the app runs, with HTTP 403 and the JSON error body
+    (``forbidden_origin``), or close code 1008 where the server cannot send a response body.
+    Browsers do not apply CORS to WebSockets, so without this any site could open ``/ws`` in a
+    visitor's browser. A handshake without ``Origin`` (not a browser) is let through."""
+
+    def __init__(self, app: ASGIApp, origins: Iterable[str]) -> None:
+        self.app = app
+        self.origins = frozenset(o.rstrip("/").lower() for o in origins)
+        self.any = "*" in self.origins
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket" or self.any:
+            await self.app(scope, receive, send)
+            return
+        origin = None
+        for name, value in scope.get("headers", ()):
+            if name == b"origin":
+                origin = bytes(value).decode("latin-1").strip()
+                break
+        if origin is None or (
+            (key := origin.rstrip("/").lower()) in self.origins or key in _own_origins(scope)
+        ):
+            await self.app(scope, receive, send)
+            return
+        message = (
+            f"origin {origin!r} may not open a WebSocket here: it is not this server's and not "
+            "in SPEEDLAYER_CORS_ORIGINS"
+        )
+        if "websocket.http.response" in scope.get("extensions", {}):
+            body = _error_body("forbidden_origin", message)
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ]
+            await send({"type": "websocket.http.response.start", "status": 403,
+                        "headers": headers})  # fmt: skip
+            await send({"type": "websocket.http.response.body", "body": body})
+        else:
+            await send({"type": "websocket.close", "code": WS_POLICY_VIOLATION, "reason": ""})
+
+
 def install(app: FastAPI, settings: Settings, public_paths: Iterable[str] = ()) -> None:
-    """Add the API-key check, then CORS outside it (so 401/403 carry CORS headers and preflight
+    """Add the WebSocket origin check, the API-key check outside it (which strips ``api_key``
+    from the query first), then CORS outside both (so 401/403 carry CORS headers and preflight
     requests, which never carry the key, are answered by CORS). ``public_paths`` are exempt
     like the health probes (the dashboard's static files, which carry no data)."""
     exempt = EXEMPT_PATHS | frozenset(public_paths)
+    app.add_middleware(WebSocketOriginMiddleware, origins=settings.cors_origins)
     app.add_middleware(ApiKeyMiddleware, keys=ApiKeys.from_settings(settings), exempt=exempt)
     if settings.cors_origins:
         app.add_middleware(
-            CORSMiddleware,
+            JsonCORSMiddleware,
             allow_origins=list(settings.cors_origins),
-            allow_methods=["GET", "HEAD", "OPTIONS"],
-            allow_headers=[API_KEY_HEADER, "Last-Event-ID"],
+            allow_methods=list(CORS_METHODS),
+            allow_headers=list(CORS_HEADERS),
             allow_credentials=False,
             max_age=600,
         )

@@ -3,7 +3,10 @@
 Events: ``snapshot`` (one per pair, ``id`` = the hub's sequence when the stream subscribed),
 ``candle`` (one update, ``id`` = its event sequence), ``error`` (the stream ends after it: a slow
 consumer, the server shutting down, or ``live feed interrupted`` when the server's candle bus
-subscription failed and updates may have been missed: reconnect for a fresh snapshot). Comment
+subscription failed and updates may have been missed: reconnect for a fresh snapshot). A client
+that reads nothing at all gets no ``error``: once the server's writes have been blocked for
+``sse_send_timeout_s`` the stream is closed (counted as a dropped slow consumer), since nothing
+more, an error event included, can be written to it. Comment
 lines (``: ping ...``) every ``sse_heartbeat_s`` keep idle proxies from closing the stream.
 
 Resume: a reconnect with ``Last-Event-ID`` (what ``EventSource`` sends by itself; or
@@ -44,7 +47,6 @@ from speedlayer.errors import RequestError
 log = logging.getLogger(__name__)
 router = APIRouter()
 
-SEND_TIMEOUT_S = 30.0  # a stream whose client has not read for this long is closed
 REPLAY_CHUNK = 1000  # replayed events per write
 DEFAULT_SNAPSHOT = 100
 
@@ -57,7 +59,9 @@ A `text/event-stream` of candle updates for `symbols` x `intervals`.
   with `revision`); `id:` is `seq`, the server's global event sequence;
 * `event: error`: `{"type":"error","message"}`, after which the stream ends (e.g. `slow consumer`:
   the client did not read fast enough and its bounded queue overflowed; `live feed interrupted`:
-  updates may have been missed, reconnect for a fresh snapshot);
+  updates may have been missed, reconnect for a fresh snapshot); a client that reads nothing at
+  all for `SPEEDLAYER_SSE_SEND_TIMEOUT_S` seconds gets no error event: its stream is closed, since
+  nothing more can be written to it;
 * comment lines (`: ping ...`) every `SPEEDLAYER_SSE_HEARTBEAT_S` seconds.
 
 Reconnect with `Last-Event-ID` (browsers' `EventSource` does it by itself) to receive exactly the
@@ -127,22 +131,33 @@ async def stream_candles(
         on_close=lambda: hub.disconnect(client),
         ping=settings.sse_heartbeat_s,
         sep="\n",
-        send_timeout=SEND_TIMEOUT_S,
+        send_timeout=settings.sse_send_timeout_s,
+        on_stalled=lambda: hub.count_stalled(client),
     )
 
 
 class _LiveEventSource(EventSourceResponse):
     """Releases the hub client however the response ends (even if the stream never started)."""
 
-    def __init__(self, content: Any, *, on_close: Callable[[], None], **kwargs: Any) -> None:
+    def __init__(
+        self,
+        content: Any,
+        *,
+        on_close: Callable[[], None],
+        on_stalled: Callable[[], None],
+        **kwargs: Any,
+    ) -> None:
         super().__init__(content, **kwargs)
         self._on_close = on_close
+        self._on_stalled = on_stalled
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         except SendTimeoutError:
+            # Nothing more can be written to this client, not even an error event.
             log.info("closing an SSE stream whose client stopped reading")
+            self._on_stalled()
         finally:
             self._on_close()
 

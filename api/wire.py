@@ -29,11 +29,13 @@ class CandleOut(BaseModel):
     symbol: str = Field(examples=["AAPL"])
     interval: str = Field(examples=["15m"])
     timestamp: int = Field(description="bucket start, epoch ms UTC", examples=[1704205800000])
-    open: float
+    open: float = Field(description="open of the earliest bar; prices are in (0, 1e15]")
     high: float
     low: float
     close: float
-    volume: float
+    volume: float = Field(
+        description="sum of the bars' volumes (each in [0, 1e15]), so always a finite number"
+    )
     vwap: float | None = Field(description="sum(vw*v)/sum(v) over bars with a VWAP; null if none")
     trades: int | None = Field(description="sum of trade counts; null if no bar carried one")
     bars: int = Field(description="number of 1-minute bars in the candle")

@@ -10,6 +10,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from speedlayer.intervals import DEFAULT_INTERVALS, IntervalSet, parse_duration_s
 
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
 
 def _split(value: Any) -> Any:
     if isinstance(value, str):
@@ -42,7 +44,7 @@ class Settings(BaseSettings):
     purge_interval_s: float = Field(
         3600.0, gt=0, description="how often expired candles are purged"
     )
-    log_level: str = "info"
+    log_level: str = Field("info", description="debug, info, warning, error or critical (any case)")
     stats_interval_s: float = Field(
         5.0, gt=0, description="how often throughput and lag are logged"
     )
@@ -73,6 +75,12 @@ class Settings(BaseSettings):
     live_max_snapshot: int = Field(1000, ge=0, description="largest snapshot per pair")
     sse_replay_events: int = Field(100_000, ge=0, description="events kept for Last-Event-ID")
     sse_heartbeat_s: float = Field(15.0, gt=0, description="SSE comment line when idle")
+    sse_send_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="an SSE stream whose writes stay blocked this long (the client reads "
+        "nothing) is closed, without an error event: none can be written any more",
+    )
 
     # Live feed: the simulator (default) or Polygon when a key is configured.
     source: Literal["auto", "simulator", "polygon"] = Field(
@@ -174,6 +182,14 @@ class Settings(BaseSettings):
     @classmethod
     def _parse_lists(cls, value: Any) -> Any:
         return _split(value)
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_log_level(cls, value: str) -> str:
+        level = value.strip().lower()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"log level {value!r}: expected one of {', '.join(LOG_LEVELS)}")
+        return level
 
     @field_validator("retention", mode="before")
     @classmethod

@@ -15,6 +15,14 @@ SYMBOL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:/_^=+-]{0,39}\Z")
 MINUTE_MS = 60_000
 # Bars must lie between 1970 and 2200; anything else is a unit mistake (seconds, microseconds).
 _T_MAX_MS = 7_258_118_400_000
+# Upper bounds of a bar's values, so that a candle's sums stay finite and exact enough: a year of
+# 1-minute bars at the bounds sums to ~5e20 volume and ~5e35 in sum(vw*v), far below the float
+# maximum (~1.8e308), and a day's trade count to ~1.4e15 < 2**53 (exact in JSON numbers and in
+# JavaScript) and an SQLite INTEGER. Real values are far below: the dearest share trades under
+# 1e6, a minute's volume of the most traded token under 1e13.
+MAX_PRICE = 1e15  # o, h, l, c and vw
+MAX_VOLUME = 1e15
+MAX_TRADES = 10**12
 
 
 class Bar(msgspec.Struct, frozen=True, gc=False):
@@ -80,8 +88,10 @@ def validate_bar(
 
     Numbers may arrive as numbers or as strings (CSV). Rejected: a symbol not matching
     ``SYMBOL_RE``; a time that is not a whole minute in 1970..2200; prices that are not finite
-    and positive; a volume, VWAP or trade count that is negative or not finite; high < low;
-    open or close outside [low, high].
+    and positive or above ``MAX_PRICE`` (``price_too_large``); a volume that is negative, not
+    finite or above ``MAX_VOLUME`` (``volume_too_large``); a VWAP outside [0, ``MAX_PRICE``]
+    or a trade count outside [0, ``MAX_TRADES``]; high < low; open or close outside
+    [low, high].
     """
     if not isinstance(symbol, str) or SYMBOL_RE.match(symbol) is None:
         return "bad_symbol"
@@ -100,17 +110,40 @@ def validate_bar(
         return "price_not_finite"
     if fo <= 0 or fh <= 0 or fl <= 0 or fc <= 0:
         return "price_not_positive"
+    if fo > MAX_PRICE or fh > MAX_PRICE or fl > MAX_PRICE or fc > MAX_PRICE:
+        return "price_too_large"
     if not math.isfinite(fv) or fv < 0:
         return "bad_volume"
+    if fv > MAX_VOLUME:
+        return "volume_too_large"
     if fh < fl:
         return "high_below_low"
     if not (fl <= fo <= fh and fl <= fc <= fh):
         return "open_close_outside_range"
-    if fvw is not None and (not math.isfinite(fvw) or fvw < 0):
+    if fvw is not None and (not math.isfinite(fvw) or fvw < 0 or fvw > MAX_PRICE):
         return "bad_vwap"
-    if tn is not None and tn < 0:
+    if tn is not None and not 0 <= tn <= MAX_TRADES:
         return "bad_trade_count"
     return Bar(symbol, t_ms, fo, fh, fl, fc, fv, fvw, tn)
+
+
+def bar_problem(bar: Bar) -> str | None:
+    """Why a Bar built elsewhere (decoded from the bus) is not one ``validate_bar`` accepts, or
+    None when it is."""
+    checked = validate_bar(bar.symbol, bar.t, bar.o, bar.h, bar.l, bar.c, bar.v, bar.vw, bar.n)
+    return checked if isinstance(checked, str) else None
+
+
+def candle_problem(candle: Candle) -> str | None:
+    """Why a Candle decoded from the bus cannot be stored or served (a number JSON cannot carry,
+    such as the inf that ``1e999`` decodes to; a negative volume), or None."""
+    if not all(
+        math.isfinite(x) for x in (candle.open, candle.high, candle.low, candle.close)
+    ) or not (candle.volume >= 0 and math.isfinite(candle.volume)):
+        return "value_not_finite"
+    if candle.vwap is not None and not math.isfinite(candle.vwap):
+        return "value_not_finite"
+    return None
 
 
 def _to_int(value: object) -> int:

@@ -183,6 +183,12 @@ class CandleHub:
             self.sse_clients += 1
         return client
 
+    def count_stalled(self, client: LiveClient) -> None:
+        """An SSE stream closed because its client read nothing for the send timeout: a slow
+        consumer too (counted once, if its queue had not overflowed already)."""
+        if client.closed_reason != SLOW_CONSUMER:
+            self.dropped_slow += 1
+
     def disconnect(self, client: LiveClient) -> None:
         """The connection ended (idempotent)."""
         if client not in self._clients:

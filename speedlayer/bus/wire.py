@@ -12,7 +12,7 @@ from __future__ import annotations
 import msgspec
 
 from speedlayer.errors import BusError
-from speedlayer.models import Bar, Candle
+from speedlayer.models import Bar, Candle, bar_problem, candle_problem
 
 _ENCODER = msgspec.json.Encoder()
 _BAR_TAG = b'{"type":"bar",'
@@ -45,12 +45,22 @@ def encode_item(item: Bar | Candle) -> bytes:
 
 
 def decode_item(data: bytes) -> Bar | Candle:
-    """The Bar/Candle of one record; msgspec.DecodeError or BusError when it is not one."""
+    """The Bar/Candle of one record; msgspec.DecodeError or BusError when it is not one, or not
+    a valid one: a bar is checked as ``validate_bar`` checks bars where they enter (a record
+    need not come from speedlayer), a candle for numbers that cannot be stored or served."""
     kind = _TAG_DECODER.decode(data).type
     if kind == "bar":
-        return _BAR_DECODER.decode(data)
+        bar = _BAR_DECODER.decode(data)
+        problem = bar_problem(bar)
+        if problem is not None:
+            raise BusError(f"invalid bar ({problem})")
+        return bar
     if kind == "candle":
-        return _CANDLE_DECODER.decode(data)
+        candle = _CANDLE_DECODER.decode(data)
+        problem = candle_problem(candle)
+        if problem is not None:
+            raise BusError(f"invalid candle ({problem})")
+        return candle
     raise BusError(f"unknown record type {kind!r}")
 
 

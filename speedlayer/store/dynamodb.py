@@ -40,9 +40,11 @@ read back with ``float()``, so the value read equals the value written.
 ``ttl > now`` (DynamoDB deletes expired items only lazily, emulators never), and page with
 ``LastEvaluatedKey`` until ``limit`` unexpired items are collected (Limit applies before the
 filter). Resampler state (``get_candles``, ``bars_between``, ``last_bar_times``, ``forming``) is
-read with ConsistentRead. ``forming`` and ``symbols`` are Scans: they read every item of every
-table (capacity proportional to the table size, not to the answer) — fine for recovery at start-up
-and for an occasionally cached symbol list, not for a hot path.
+read with ConsistentRead. ``forming`` is a Scan: it reads every item of every table (capacity
+proportional to the table size, not to the answer) — fine for recovery at start-up, not for a hot
+path. ``symbols`` is answered from an index in memory (each symbol's largest ``ttl``), filled by a
+Scan of the tables at most once every ``SYMBOLS_SCAN_EVERY_S`` (60 s) and by the store's own
+upserts at once: symbols that another process writes appear within that minute.
 
 **Expiry.** On AWS, TTL deletes expired items (``purge_expired`` returns 0 there). Emulators never
 expire anything, so with an ``endpoint_url`` (or ``scan_purge=True``) ``purge_expired`` scans for
@@ -59,6 +61,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from decimal import Decimal
@@ -167,6 +170,9 @@ async def run_bounded(jobs: Iterable[Callable[[], Awaitable[None]]], limit: int)
         raise
 
 
+SYMBOLS_SCAN_EVERY_S = 60.0  # symbols(): how old the Scan behind the index may be
+
+
 class DynamoDBStore(Store):
     def __init__(
         self,
@@ -205,6 +211,8 @@ class DynamoDBStore(Store):
         self.active_timeout_s = active_timeout_s
         self.tables = {iv.name: table_prefix + iv.table for iv in intervals}
         self._minute_table = self.tables[intervals.items[0].name]
+        self._symbol_ttl: dict[str, int] = {}  # symbol -> largest ttl seen (symbols())
+        self._symbols_scanned_at: float | None = None  # time.monotonic() of the last Scan
         self._client: Any = None
         self._stack: contextlib.AsyncExitStack | None = None
 
@@ -324,6 +332,10 @@ class DynamoDBStore(Store):
             held = best.get(key)
             if held is None or c.revision >= held.revision:
                 best[key] = c
+        symbol_ttl = self._symbol_ttl
+        for c in best.values():
+            if symbol_ttl.get(c.symbol, -1) < c.ttl:
+                symbol_ttl[c.symbol] = c.ttl
         minute = self.intervals.items[0].name
         derived = [c for c in best.values() if c.interval != minute]
         minutes = [c for c in best.values() if c.interval == minute]
@@ -627,18 +639,28 @@ class DynamoDBStore(Store):
         return {symbol: result[symbol] for symbol in symbols}
 
     async def symbols(self) -> list[str]:
-        found: set[str] = set()
-        now = {":now": {"N": str(self.now_s())}}
-        for table in self.tables.values():
-            async for item in self._scan(
-                table,
-                ProjectionExpression="#s",
-                FilterExpression="#ttl > :now",
-                ExpressionAttributeNames={"#s": "symbol", "#ttl": "ttl"},
-                ExpressionAttributeValues=now,
-            ):
-                found.add(item["symbol"]["S"])
-        return sorted(found)
+        scanned_at = self._symbols_scanned_at
+        if scanned_at is None or time.monotonic() - scanned_at >= SYMBOLS_SCAN_EVERY_S:
+            started = time.monotonic()
+            found: dict[str, int] = {}
+            now = {":now": {"N": str(self.now_s())}}
+            for table in self.tables.values():
+                async for item in self._scan(
+                    table,
+                    ProjectionExpression="#s, #ttl",
+                    FilterExpression="#ttl > :now",
+                    ExpressionAttributeNames={"#s": "symbol", "#ttl": "ttl"},
+                    ExpressionAttributeValues=now,
+                ):
+                    symbol, ttl = item["symbol"]["S"], int(item["ttl"]["N"])
+                    if found.get(symbol, -1) < ttl:
+                        found[symbol] = ttl
+            for symbol, ttl in found.items():  # upserts made during the Scan are kept
+                if self._symbol_ttl.get(symbol, -1) < ttl:
+                    self._symbol_ttl[symbol] = ttl
+            self._symbols_scanned_at = started
+        now_s = self.now_s()
+        return sorted(symbol for symbol, ttl in self._symbol_ttl.items() if ttl > now_s)
 
     async def ping(self) -> None:
         await self._call("describe_table", TableName=self._minute_table)

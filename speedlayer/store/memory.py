@@ -19,6 +19,7 @@ class MemoryStore(Store):
     async def start(self) -> None:
         self._tables = {iv.name: {} for iv in self.intervals}
         self._index = {iv.name: {} for iv in self.intervals}
+        self._symbol_ttl: dict[str, int] = {}  # symbol -> largest ttl of its candles
         self._running = True
 
     async def stop(self) -> None:
@@ -39,6 +40,8 @@ class MemoryStore(Store):
                 insort(self._index[candle.interval].setdefault(candle.symbol, []), candle.timestamp)
             rows[candle.timestamp] = candle
             changed += 1
+            if self._symbol_ttl.get(candle.symbol, -1) < candle.ttl:
+                self._symbol_ttl[candle.symbol] = candle.ttl
         return changed
 
     async def query(
@@ -93,14 +96,7 @@ class MemoryStore(Store):
 
     async def symbols(self) -> list[str]:
         now_s = self.now_s()
-        return sorted(
-            {
-                symbol
-                for table in self._tables.values()
-                for symbol, rows in table.items()
-                if any(candle.ttl > now_s for candle in rows.values())
-            }
-        )
+        return sorted(symbol for symbol, ttl in self._symbol_ttl.items() if ttl > now_s)
 
     async def purge_expired(self) -> int:
         now_s = self.now_s()
@@ -113,4 +109,6 @@ class MemoryStore(Store):
                     times = self._index[name][symbol]
                     del times[bisect_left(times, ts)]
                 purged += len(dead)
+        for symbol in [s for s, ttl in self._symbol_ttl.items() if ttl <= now_s]:
+            del self._symbol_ttl[symbol]
         return purged

@@ -52,6 +52,22 @@ CREATE TABLE IF NOT EXISTS {table} (
 """
 
 
+# The symbol index behind symbols(): each symbol with the largest ttl of its candles, kept by
+# every upsert and purge, so /symbols reads this small table instead of grouping every candle
+# table. A symbol is listed while its largest ttl is in the future.
+SYMBOLS_TABLE = "speed_layer_symbols"
+_SYMBOLS_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS {SYMBOLS_TABLE} (
+    symbol TEXT    NOT NULL PRIMARY KEY,
+    ttl    INTEGER NOT NULL
+) WITHOUT ROWID
+"""
+_SYMBOLS_UPSERT = (
+    f"INSERT INTO {SYMBOLS_TABLE} (symbol, ttl) VALUES (?, ?) "
+    f"ON CONFLICT (symbol) DO UPDATE SET ttl = excluded.ttl WHERE excluded.ttl > ttl"
+)
+
+
 def _row_to_candle(row: tuple[object, ...]) -> Candle:
     s, iv, ts, o, h, lo, c, v, vw, n, bars, final, rev, ttl = row
     return Candle(s, iv, ts, o, h, lo, c, v, vw, n, bars, bool(final), rev, ttl)  # type: ignore[arg-type]
@@ -104,6 +120,20 @@ class SQLiteStore(Store):
                         f"CREATE INDEX IF NOT EXISTS {table}_forming ON {table} (timestamp) "
                         "WHERE final = 0"
                     )
+                had_index = conn.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                    (SYMBOLS_TABLE,),
+                ).fetchone()
+                conn.execute(_SYMBOLS_SCHEMA)
+                if had_index is None:  # a database from before the index: fill it once
+                    union = " UNION ALL ".join(
+                        f"SELECT symbol, MAX(ttl) AS ttl FROM {table} GROUP BY symbol"
+                        for table in self._tables.values()
+                    )
+                    conn.execute(
+                        f"INSERT OR REPLACE INTO {SYMBOLS_TABLE} (symbol, ttl) "
+                        f"SELECT symbol, MAX(ttl) FROM ({union}) GROUP BY symbol"
+                    )
         except sqlite3.Error as exc:
             raise StoreError(f"cannot initialise SQLite database {self.path}: {exc}") from exc
         self._writer = conn
@@ -150,8 +180,11 @@ class SQLiteStore(Store):
             table: [] for table in self._tables.values()
         }
         tables = self._tables
+        newest_ttl: dict[str, int] = {}
         for c in candles:
             by_table[tables[c.interval]].append(astuple(c))
+            if newest_ttl.get(c.symbol, -1) < c.ttl:
+                newest_ttl[c.symbol] = c.ttl
 
         def write() -> int:
             conn = self._writer
@@ -169,6 +202,7 @@ class SQLiteStore(Store):
                             rows,
                         )
                         changed += cur.rowcount
+                    conn.executemany(_SYMBOLS_UPSERT, newest_ttl.items())
             except sqlite3.Error as exc:
                 raise StoreError(f"SQLite write failed: {exc}") from exc
             return changed
@@ -187,6 +221,8 @@ class SQLiteStore(Store):
                     deleted += conn.execute(
                         f"DELETE FROM {table} WHERE ttl <= ?", (now_s,)
                     ).rowcount
+                # every candle of these symbols has expired, so they are gone from the tables
+                conn.execute(f"DELETE FROM {SYMBOLS_TABLE} WHERE ttl <= ?", (now_s,))
             return deleted
 
         return await self._write(purge)
@@ -270,14 +306,9 @@ class SQLiteStore(Store):
         return await self._read(read)
 
     async def symbols(self) -> list[str]:
-        sql = " UNION ".join(
-            f"SELECT symbol FROM {table} GROUP BY symbol HAVING MAX(ttl) > :now"
-            for table in self._tables.values()
-        )
+        sql = f"SELECT symbol FROM {SYMBOLS_TABLE} WHERE ttl > ? ORDER BY symbol"
         now_s = self.now_s()
-        return await self._read(
-            lambda conn: sorted(row[0] for row in conn.execute(sql, {"now": now_s}))
-        )
+        return await self._read(lambda conn: [row[0] for row in conn.execute(sql, (now_s,))])
 
     async def ping(self) -> None:
         # Touch a real table, so a missing or corrupted database file is noticed.

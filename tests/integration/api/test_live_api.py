@@ -780,6 +780,41 @@ async def test_sse_slow_consumer_stream_ends_with_an_error_event(tmp_path: Path)
         await until(lambda: stack.hub.clients == 0, 5, "the streams to be released")
 
 
+async def test_sse_stream_of_a_stalled_client_is_closed_after_the_send_timeout(
+    tmp_path: Path,
+) -> None:
+    """A client that stops reading altogether: once the server's writes have been blocked for
+    SPEEDLAYER_SSE_SEND_TIMEOUT_S the stream is closed and counted as a dropped slow consumer.
+    No `event: error` can reach it (nothing more can be written), as the README says: what the
+    client finds when it reads again is the data that was in flight, then the end of the stream."""
+    async with LiveStack(
+        tmp_path, live_queue_messages=1_000_000, sndbuf=8192, sse_send_timeout_s=1.0
+    ) as stack:
+        symbols = ",".join(stack.sim.symbols)
+        raw = socket.socket()
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        raw.setblocking(False)
+        loop = asyncio.get_running_loop()
+        await loop.sock_connect(raw, ("127.0.0.1", stack.port))
+        request = (
+            f"GET /stream/candles?symbols={symbols}&intervals=1m,5m&snapshot=30 HTTP/1.1\r\n"
+            f"Host: 127.0.0.1:{stack.port}\r\n\r\n"
+        )
+        await loop.sock_sendall(raw, request.encode())
+        await until(lambda: stack.hub.clients == 1, 10, "the stream to start")
+        # not reading: the server's socket buffer fills, its writes block, the timeout hits
+        await until(lambda: stack.hub.clients == 0, 30, "the stalled stream to be closed")
+        assert stack.hub.dropped_slow == 1
+        received = bytearray()
+        async with asyncio.timeout(20):
+            while chunk := await loop.sock_recv(raw, 65536):
+                received += chunk
+        raw.close()
+        assert received.startswith(b"HTTP/1.1 200"), bytes(received[:200])
+        assert b"event: snapshot" in received
+        assert b"event: error" not in received  # it could not be written
+
+
 # -- without a bus --------------------------------------------------------------------------------
 
 

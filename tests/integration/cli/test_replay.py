@@ -878,3 +878,39 @@ def test_history_past_its_retention_is_written_but_never_returned(tmp_path: Path
     assert ttl == (T0 - 150 * MIN + 4 * 3_600_000) // 1000 + 90 * 86_400
     purged = run_cli("purge", "--db", str(db)).stdout
     assert f"purged {summary['rows_written']} " in purged
+
+
+# -- values whose sums would overflow -------------------------------------------------------------
+
+
+def test_bars_too_large_to_sum_are_rejected_and_counted(tmp_path: Path) -> None:
+    """Each of these bars is a well-formed row; a bucket of them would sum to inf (volume, VWAP)
+    or overflow SQLite's integers (trades). They are counted and skipped; the rest is stored and
+    every number served is finite, in the CLI and over REST (where the schema says number)."""
+    big = [1e308] * 5
+    rows = [
+        ["BIG", T0, *big, 1e308, 5],
+        ["BIG", T0 + MIN, *big, 1e308, 5],
+        ["HUGE", T0, 1e16, 1e16, 1e16, 1e16, 10, "", ""],
+        ["VOL", T0, 1, 2, 1, 2, 2e15, "", ""],
+        ["NN", T0, 1, 2, 1, 2, 3, 1.5, 10**20],
+        ["OK", T0, 1, 2, 1, 2, 3, 1.5, 4],
+        ["OK", T0 + MIN, 1e15, 1e15, 1e15, 1e15, 1e15, 1e15, 10**12],  # at the bounds
+    ]
+    header = ["symbol", "t", "o", "h", "l", "c", "v", "vw", "n"]
+    source = write_csv(tmp_path / "big.csv", header, rows)
+    db = tmp_path / "big.db"
+    summary = replay(db, source)
+    assert summary["accepted"] == 2, summary
+    assert summary["rejected_by_reason"] == {
+        "price_too_large": 3,
+        "volume_too_large": 1,
+        "bad_trade_count": 1,
+    }, summary
+    for symbol in ("BIG", "HUGE", "VOL", "NN"):
+        assert candles_json(db, symbol, "5m") == []
+    csv_out = run_cli("candles", "OK", "--interval", "5m", "--db", str(db), "--format", "csv")
+    assert "inf" not in csv_out.stdout.lower() and "nan" not in csv_out.stdout.lower()
+    (candle,) = candles_json(db, "OK", "5m")
+    assert candle["volume"] == 1e15 + 3 and candle["trades"] == 10**12 + 4
+    assert candle["vwap"] is not None and candle["vwap"] > 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import threading
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -467,6 +468,23 @@ async def test_symbols_are_those_with_unexpired_candles_in_any_interval(env: Env
     assert "HALF" not in await env.store.symbols()
 
 
+async def test_symbols_follow_purges_and_later_writes(env: Env) -> None:
+    """The symbol list is kept as candles come and go: a symbol whose candles all expired is
+    gone, and comes back with a new candle."""
+    now_s = NOW_MS // 1000
+    base = ms("2024-01-02T14:00")
+    await env.store.upsert(
+        [make("KEEP", "1m", base, ttl=now_s + 100), make("DROP", "5m", base, ttl=now_s + 10),
+         make("DROP", "1h", base, ttl=now_s + 20)]
+    )  # fmt: skip
+    assert await env.store.symbols() == ["DROP", "KEEP"]
+    env.clock.set((now_s + 30) * 1000)
+    await env.store.purge_expired()
+    assert await env.store.symbols() == ["KEEP"]
+    await env.store.upsert([make("DROP", "15m", base, ttl=now_s + 1000)])
+    assert await env.store.symbols() == ["DROP", "KEEP"]
+
+
 # -- SQLite specifics ---------------------------------------------------------------------------
 
 
@@ -494,6 +512,36 @@ async def test_sqlite_file_layout(tmp_path: Path) -> None:
                 ("AAPL",)
             ]
         conn.close()
+
+
+async def test_sqlite_symbols_read_an_index_not_the_candle_tables(tmp_path: Path) -> None:
+    """/symbols is one read of a small index table: no statement of ``symbols()`` touches a
+    candle table, however many candles there are. A database written before the index existed
+    gets it filled when the store opens."""
+    path = tmp_path / "symbols.db"
+    base = ms("2024-01-02T14:00")
+    candles = [make(s, "1m", base + i * MIN_MS) for s in ("AAPL", "MSFT") for i in range(5)]
+    async with SQLiteStore(path, INTERVALS, ManualClock(NOW_MS)) as store:
+        await store.upsert([*candles, make("SPY", "4h", ms("2024-01-02T12:00"))])
+        statements: list[str] = []
+        original = store._connect
+
+        def traced() -> sqlite3.Connection:
+            conn = original()
+            conn.set_trace_callback(statements.append)
+            return conn
+
+        store._connect = traced  # type: ignore[method-assign]
+        store._local = threading.local()  # new reader connections, traced
+        assert await store.symbols() == ["AAPL", "MSFT", "SPY"]
+        assert statements, "symbols() ran no statement"
+        assert not [s for s in statements if "speed_layer_ohlcv_" in s], statements
+    # an older database: the same tables without the index
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP TABLE speed_layer_symbols")
+    conn.close()
+    async with SQLiteStore(path, INTERVALS, ManualClock(NOW_MS)) as store:
+        assert await store.symbols() == ["AAPL", "MSFT", "SPY"]
 
 
 async def test_sqlite_data_survives_close_and_reopen(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
@@ -12,7 +13,7 @@ from processors.pipeline import CandlePipeline
 from processors.resampler import Resampler
 from speedlayer.clock import ManualClock
 from speedlayer.intervals import DEFAULT_INTERVALS, IntervalSet
-from speedlayer.models import Bar, Candle
+from speedlayer.models import MAX_PRICE, MAX_TRADES, MAX_VOLUME, Bar, Candle
 from speedlayer.store.base import Store
 from speedlayer.store.memory import MemoryStore
 from speedlayer.store.sqlite import SQLiteStore
@@ -609,3 +610,25 @@ async def test_duplicate_of_evicted_bar_is_a_duplicate(
     republished = [(c.interval, c.revision) for c in result.candles]
     assert (result.accepted, result.duplicates, republished) == (0, 1, [])
     assert await dump(pipeline.store) == before
+
+
+# -- bars at the bounds of validate_bar -----------------------------------------------------------
+
+BOUND_T = 1_700_006_400_000
+
+
+def test_a_day_of_bars_at_the_bounds_sums_to_finite_numbers() -> None:
+    bars = [
+        Bar("MAX", BOUND_T + i * 60_000, MAX_PRICE, MAX_PRICE, MAX_PRICE, MAX_PRICE, MAX_VOLUME,
+            MAX_PRICE, MAX_TRADES)
+        for i in range(1440)
+    ]  # fmt: skip
+    resampler = Resampler(
+        IntervalSet(["1m", "4h", "1d"], {}), ManualClock(BOUND_T + 10 * 86_400_000)
+    )
+    candles = resampler.process(bars).candles
+    assert {c.interval for c in candles} == {"1m", "4h", "1d"}
+    for c in candles:
+        assert all(math.isfinite(x) for x in (c.open, c.high, c.low, c.close, c.volume))
+        assert c.vwap is not None and math.isfinite(c.vwap)
+        assert c.trades is not None and c.trades < 2**53

@@ -6,7 +6,15 @@ from typing import Any
 
 import pytest
 
-from speedlayer.models import Bar, Candle, candle_as_bar, validate_bar
+from speedlayer.models import (
+    MAX_PRICE,
+    MAX_TRADES,
+    MAX_VOLUME,
+    Bar,
+    Candle,
+    candle_as_bar,
+    validate_bar,
+)
 
 T = 1_700_006_400_000  # 2023-11-15T00:00:00Z
 GOOD: dict[str, Any] = {
@@ -196,3 +204,29 @@ def test_fractional_trade_count_rejected(n: object) -> None:
 def test_candle_as_bar_round_trip() -> None:
     candle = Candle("AAPL", "1m", T, 10.0, 12.0, 9.5, 11.0, 1500.0, 10.8, 42, 1, False, 3, 0)
     assert candle_as_bar(candle) == Bar("AAPL", T, 10.0, 12.0, 9.5, 11.0, 1500.0, 10.8, 42)
+
+
+# -- bounds: sums over a bucket stay finite -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"o": 1e308, "h": 1e308, "l": 1e308, "c": 1e308}, "price_too_large"),
+        ({"h": 2e15}, "price_too_large"),
+        ({"o": 1e16, "h": 1e16, "c": 1e16}, "price_too_large"),
+        ({"v": 1e308}, "volume_too_large"),
+        ({"v": "1.5e15"}, "volume_too_large"),
+        ({"vw": 1e300}, "bad_vwap"),
+        ({"n": 10**20}, "bad_trade_count"),
+        ({"n": "1e13"}, "bad_trade_count"),
+    ],
+)
+def test_values_beyond_the_bounds_are_rejected(changes: dict[str, Any], reason: str) -> None:
+    assert check(**changes) == reason
+
+
+def test_the_bounds_themselves_are_accepted() -> None:
+    bar = check(o=1e15, h=1e15, l=1e15, c=1e15, v=1e15, vw=1e15, n=10**12)
+    assert isinstance(bar, Bar)
+    assert (bar.h, bar.v, bar.n) == (MAX_PRICE, MAX_VOLUME, MAX_TRADES)

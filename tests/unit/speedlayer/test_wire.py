@@ -66,3 +66,30 @@ def test_the_lambda_decoder_counts_retractions_apart_from_bad_records() -> None:
     assert [index for index, _ in batch.items] == [1]
     assert batch.retractions == 1
     assert dict(batch.skipped) == {"undecodable": 1}
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        # a bar that validate_bar rejects never comes off the bus (the record is skipped)
+        b'{"type":"bar","symbol":"AAPL","t":1704204000000,"o":1e308,"h":1e308,"l":1e308,'
+        b'"c":1e308,"v":1e308,"vw":null,"n":null}',
+        b'{"type":"bar","symbol":"AAPL","t":1704204000000,"o":1.0,"h":2.0,"l":0.5,"c":1.5,'
+        b'"v":-1.0,"vw":null,"n":null}',
+        b'{"type":"bar","symbol":"AA PL","t":1704204000000,"o":1.0,"h":2.0,"l":0.5,"c":1.5,'
+        b'"v":1.0,"vw":null,"n":null}',
+        # a candle with a number out of range, or a negative volume
+        b'{"type":"candle","symbol":"AAPL","interval":"5m","timestamp":1704204000000,"open":1.0,'
+        b'"high":2.0,"low":0.5,"close":1.5,"volume":1e999,"vwap":1.25,"trades":3,"bars":2,'
+        b'"final":true,"revision":7,"ttl":0}',
+        b'{"type":"candle","symbol":"AAPL","interval":"5m","timestamp":1704204000000,"open":1.0,'
+        b'"high":2.0,"low":0.5,"close":1.5,"volume":-10.0,"vwap":1.0,"trades":3,"bars":2,'
+        b'"final":true,"revision":7,"ttl":0}',
+    ],
+)
+def test_records_with_values_that_let_sums_overflow_are_errors(record: bytes) -> None:
+    # what the consumers catch, count and skip (speedlayer/bus/kinesis.py, kafka.py, the Lambdas)
+    with pytest.raises((BusError, msgspec.DecodeError)):
+        decode_record(record)
+    with pytest.raises((BusError, msgspec.DecodeError)):
+        decode_record(envelope(b"null", record, "c"))
