@@ -6,7 +6,7 @@
 
 Each benchmark compares the project with a peer run in the same process or the same run where
 there is one (pandas, a no-op endpoint, the bare SQLite engine), because the machines are shared
-and noisy: the ratio means more than an absolute time. Runs at full size take about 10 minutes.
+and noisy: the ratio means more than an absolute time. Runs at full size take about 15 minutes.
 """
 
 from __future__ import annotations
