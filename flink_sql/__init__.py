@@ -43,8 +43,6 @@ BASE_CONFIG: dict[str, str] = {
     # No mini-batches: their processing-time assigner replaces the event-time watermark that
     # `final` is computed from (bars.sql) in the updating branch.
     "table.exec.mini-batch.enabled": "false",
-    # A partition without bars must not hold the watermark (and every closing candle) back.
-    "table.exec.source.idle-timeout": "5 s",
 }
 
 
@@ -57,6 +55,11 @@ class JobOptions:
     # change: a minute resent later than this is counted as new (docs/flink.md#state).
     state_ttl: str = "2 h"
     parallelism: int = 1
+    # A source split without bars for this long no longer holds the watermark (and every
+    # closing candle) back. Short timeouts let a reader that is merely starved under load count
+    # as idle: the watermark then moves on without it, and a bucket all of whose bars it
+    # delivers afterwards is never closed by the window (docs/flink.md#finality).
+    idle_timeout: str = "60 s"
     checkpoint_interval: str = "10 s"
     # Where checkpoints go (kept when the job is cancelled), and the one to resume from.
     checkpoint_dir: str = ""
@@ -174,6 +177,7 @@ def render(intervals: IntervalSet, options: JobOptions) -> JobSpec:
         "parallelism.default": str(options.parallelism),
         # Per minute, bucket and candle: kept this long after the last change.
         "table.exec.state.ttl": options.state_ttl,
+        "table.exec.source.idle-timeout": options.idle_timeout,
     }
     env = options.environment
     aws_common, aws_sink = kinesis_options(options)

@@ -47,6 +47,7 @@ def job_options(settings: Settings, **overrides: object) -> JobOptions:
         "topic_prefix": settings.kafka_topic_prefix,
         "state_ttl": settings.flink_state_ttl,
         "parallelism": settings.flink_parallelism,
+        "idle_timeout": settings.flink_idle_timeout,
         "aws_region": settings.aws_region,
         "aws_account_id": settings.aws_account_id,
         "stream_prefix": settings.kinesis_stream_prefix,

@@ -147,6 +147,11 @@ class Settings(BaseSettings):
         "resent later than this is not recognised as a resend",
     )
     flink_parallelism: int = Field(1, ge=1, description="parallelism of the Flink job")
+    flink_idle_timeout: str = Field(
+        "60 s",
+        description="how long a Kafka partition or Kinesis shard without bars holds the Flink "
+        "job's watermark back (Flink duration)",
+    )
     flink_checkpoint_interval: str = Field(
         "10 s", description="how often the Flink job checkpoints (Flink duration, e.g. 30 s)"
     )
