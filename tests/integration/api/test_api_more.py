@@ -68,18 +68,23 @@ Candle = dict[str, Any]
 # -- fixtures ------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tmp = tmp_path_factory.mktemp("api_more")
+def replayed_walk(tmp: Path, symbols: list[str], minutes: int, seed: int) -> Path:
+    """A database made by `speedlayer replay` of a random walk of ``symbols`` over the
+    ``minutes`` before the current hour."""
     now_ms = int(time.time() * 1000)
     end_ms = now_ms - now_ms % HOUR_MS
     csv_path = tmp / "bars.csv"
     write_csv(
-        RandomWalk(SYMBOLS, seed=23).bars(end_ms - MINUTES * MINUTE_MS, MINUTES), str(csv_path)
+        RandomWalk(symbols, seed=seed).bars(end_ms - minutes * MINUTE_MS, minutes), str(csv_path)
     )
     path = tmp / "api.db"
     run_cli("replay", str(csv_path), "--db", str(path))
     return path
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return replayed_walk(tmp_path_factory.mktemp("api_more"), SYMBOLS, MINUTES, seed=23)
 
 
 @pytest.fixture(scope="module")

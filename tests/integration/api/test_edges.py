@@ -22,9 +22,8 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
-from ingest.synthetic import RandomWalk, write_csv
-from tests.conftest import SPEEDLAYER, ApiServer, free_port, run_cli, stop_process
-from tests.integration.api.test_api_more import LoggedApiServer
+from tests.conftest import SPEEDLAYER, ApiServer, free_port, stop_process
+from tests.integration.api.test_api_more import LoggedApiServer, replayed_walk
 
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
@@ -39,16 +38,7 @@ EVIL = "https://evil.example"
 
 @pytest.fixture(scope="module")
 def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tmp = tmp_path_factory.mktemp("edges")
-    now_ms = int(time.time() * 1000)
-    end_ms = now_ms - now_ms % HOUR_MS
-    csv_path = tmp / "bars.csv"
-    write_csv(
-        RandomWalk(SYMBOLS, seed=5).bars(end_ms - MINUTES * MINUTE_MS, MINUTES), str(csv_path)
-    )
-    path = tmp / "edges.db"
-    run_cli("replay", str(csv_path), "--db", str(path))
-    return path
+    return replayed_walk(tmp_path_factory.mktemp("edges"), SYMBOLS, MINUTES, seed=5)
 
 
 @pytest.fixture
