@@ -72,7 +72,7 @@ def per_symbol(items: Sequence[Bar]) -> dict[str, list[int]]:
 
 
 def test_records_are_flat_tagged_json_and_decode_back() -> None:
-    bar = Bar("AAPL", T0, 0.1 + 0.2, 1e-7, 1.0, 2.0, 3.0)
+    bar = Bar("AAPL", T0, 0.1 + 0.2, 2.0 + 1e-9, 1e-7, 1.0, 3.0)  # floats that need all digits
     candle = Candle("AAPL", "5m", T0, 1.0, 2.0, 0.5, 1.5, 10.0, None, 3, 2, False, 4, 99)
     assert encode_item(bar).startswith(b'{"type":"bar","symbol":"AAPL","t":')
     assert encode_item(candle).startswith(b'{"type":"candle","symbol":"AAPL"')
