@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import signal
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -45,6 +47,8 @@ PROPERTY_KEYS = ("bootstrap.servers", "topic.prefix", "group.id")
 # ``kafka.<name>`` in the group sets ``properties.<name>`` on every Kafka table.
 KAFKA_PREFIX = "kafka."
 DEFAULT_SPEC = "job.json"
+# How long a stop waits for the job to be cancelled before this process exits anyway.
+CANCEL_TIMEOUT_S = 20.0
 
 _VALUE = r"'((?:[^']|'')*)'"
 
@@ -199,7 +203,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     def cancel(signum: int, _frame: object) -> None:
+        # Once: a second signal ends this process at once. Cancelling goes through the JVM,
+        # which may itself be shutting down; the watchdog bounds the wait.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         event("stopping", signal=signum)
+        watchdog = threading.Timer(CANCEL_TIMEOUT_S, os._exit, (3,))
+        watchdog.daemon = True
+        watchdog.start()
         if client is not None:
             client.cancel().result()
         sys.exit(0)

@@ -188,6 +188,24 @@ def start_job(
     )
 
 
+STOP_GRACE_S = 30.0
+
+
+def stop_job(job: subprocess.Popen[str], grace: float = STOP_GRACE_S) -> None:
+    """Stop a running job: SIGTERM (the job cancels itself), then SIGKILL after ``grace``
+    seconds. The mini-cluster's JVM ends with the job's process (PyFlink's gateway exits when
+    its parent's pipe closes)."""
+    if job.poll() is not None:
+        return
+    job.terminate()
+    try:
+        job.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        log.warning("the Flink job did not stop within %.0f s of SIGTERM: killing it", grace)
+        job.kill()
+        job.wait()
+
+
 def follow(job: subprocess.Popen[str], on_event: Callable[[dict[str, object]], None]) -> int:
     """Relay the job's progress events to ``on_event`` and its other stderr lines to the log
     (errors at error level); return its exit code."""
@@ -217,9 +235,7 @@ def run_job(
     try:
         code = follow(job, on_event or (lambda e: log.info("flink: %s", e)))
     finally:
-        if job.poll() is None:
-            job.terminate()
-            job.wait(timeout=60)
+        stop_job(job)
         if main:
             signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
     if code != 0:

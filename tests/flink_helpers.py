@@ -3,8 +3,12 @@ resampler's candles for it, and the comparison of two candle sets."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import random
+import signal
+import subprocess
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -113,3 +117,16 @@ def differences(got: dict[CandleKey, Candle], want: dict[CandleKey, Candle]) -> 
             if not same:
                 out.append(f"{key} {name}: got {x!r}, want {y!r}")
     return out
+
+
+def stop_group(job: subprocess.Popen[bytes], within_s: float = 60) -> None:
+    """SIGTERM to a job started in a process group of its own (the CLI, PyFlink, the JVM: all
+    signalled at once, as a service manager does); it must exit ``within_s``. Whatever is left
+    of the group is killed either way."""
+    try:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGTERM)
+            job.wait(timeout=within_s)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(job.pid, signal.SIGKILL)

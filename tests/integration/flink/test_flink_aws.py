@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import time
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from tests.flink_helpers import (
     embedded_candles,
     final_at,
     real_bars,
+    stop_group,
 )
 from tests.integration.aws.test_aws_path import Aws, Service, api_candles, aws, services
 from tests.integration.flink.test_flink_kafka import start_job
@@ -97,9 +97,7 @@ async def test_flink_job_on_kinesis_through_the_lambda_sink_gives_the_embedded_c
         finally:
             api.stop()
     finally:
-        if job.poll() is None:
-            os.killpg(job.pid, signal.SIGTERM)
-            job.wait(timeout=60)
+        stop_group(job)
     diffs = differences(got, want)
     assert not diffs, "\n".join(diffs[:50])
     assert sink.stop() == 0

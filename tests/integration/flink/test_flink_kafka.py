@@ -32,6 +32,7 @@ from tests.flink_helpers import (
     embedded_candles,
     final_at,
     real_bars,
+    stop_group,
 )
 
 pytestmark = pytest.mark.timeout(900)
@@ -179,9 +180,7 @@ async def test_flink_job_killed_mid_stream_resumes_from_its_checkpoint(
         spec = json.loads((tmp_path / "work2" / "job.json").read_text())
         assert spec["config"]["execution.state-recovery.path"] == resume_from.as_uri()
     finally:
-        if job.poll() is None:
-            os.killpg(job.pid, signal.SIGTERM)
-            job.wait(timeout=60)
+        stop_group(job)
         code = sink.stop()
     # Nothing lost, nothing counted twice: every candle as if the job had never stopped.
     diffs = differences(got, want)
