@@ -17,6 +17,9 @@ FLINK_JARS  := .flink/.installed
 SHARED_DIR  ?= $(or $(SPEEDLAYER_SHARED_DIR),../shared)
 FLINK_KINESIS_JAR ?= $(SHARED_DIR)/vendor/flink-connector-aws-6.0.0/flink-sql-connector-aws-kinesis-streams-6.0.0-srcbuild.jar
 FLINK_KINESIS := .flink/lib/flink-sql-connector-aws-kinesis-streams-6.0.0.jar
+# The job's Java aggregate functions (flink_sql/udf), loaded in every environment.
+FLINK_UDF   := .flink/lib/speedlayer-flink-udf.jar
+FLINK_UDF_SRC := flink_sql/udf/pom.xml $(shell find flink_sql/udf/src -name '*.java' 2>/dev/null)
 CHROMIUM    := /usr/bin/chromium
 WRK         := /usr/bin/wrk
 SUDO        := $(if $(filter 0,$(shell id -u)),,sudo)
@@ -32,9 +35,9 @@ help: ## list the targets
 
 venv: $(STAMP) ## the Python virtualenv (.venv) with the project and its dev tools
 
-setup: $(STAMP) $(NODE_STAMP) $(KAFKA_STAMP) $(FLINK_STAMP) $(FLINK_JARS) $(FLINK_KINESIS) $(CHROMIUM) $(WRK) ## everything the tests need
+setup: $(STAMP) $(NODE_STAMP) $(KAFKA_STAMP) $(FLINK_STAMP) $(FLINK_JARS) $(FLINK_KINESIS) $(FLINK_UDF) $(CHROMIUM) $(WRK) ## everything the tests need
 
-flink: $(FLINK_STAMP) $(FLINK_JARS) $(FLINK_KINESIS) ## the Flink SQL job's virtualenv (.flink-venv) and connector jars (.flink/lib)
+flink: $(FLINK_STAMP) $(FLINK_JARS) $(FLINK_KINESIS) $(FLINK_UDF) ## the Flink SQL job's virtualenv (.flink-venv), connector jars and functions (.flink/lib)
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -76,6 +79,13 @@ $(FLINK_JARS): infra/flink/pom.xml $(KAFKA_STAMP)
 $(FLINK_KINESIS): $(FLINK_JARS)
 	@if [ -f "$(FLINK_KINESIS_JAR)" ]; then cp "$(FLINK_KINESIS_JAR)" $@; \
 	else echo "no Kinesis connector jar at $(FLINK_KINESIS_JAR) (FLINK_KINESIS_JAR=...): the Flink job runs on Kafka only"; fi
+
+# The job's aggregate functions (flink_sql/udf/pom.xml: Java 17, Flink 2.2.1 `provided`), built
+# with Maven into .flink/lib; again when a source or the pom changes, or .flink/lib was rebuilt.
+$(FLINK_UDF): $(FLINK_UDF_SRC) $(FLINK_JARS)
+	mvn -q -B -Dstyle.color=never -f flink_sql/udf/pom.xml package
+	@mkdir -p $(@D)
+	cp flink_sql/udf/target/speedlayer-flink-udf.jar $@
 
 # Headless Chromium for the dashboard's browser test (driven by Playwright, which downloads no
 # browser of its own): Debian's package, installed only when the binary is missing.

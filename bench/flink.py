@@ -826,13 +826,15 @@ def main() -> None:
     parser.add_argument("--symbols", type=int, default=2000)
     parser.add_argument("--minutes", type=int, default=500)
     parser.add_argument(
-        "--parallelisms", default="1,2", help="comma-separated, of the Kafka runs on the same bars"
+        "--parallelisms",
+        default="1,2",
+        help="comma-separated, of the Kafka runs on the same bars (empty: none)",
     )
     parser.add_argument("--kafka-symbols", type=int, default=100_000)
     parser.add_argument("--kafka-minutes", type=int, default=5)
     parser.add_argument("--kafka-parallelism", type=int, default=2)
     args = parser.parse_args()
-    parallelisms = [int(p) for p in args.parallelisms.split(",")]
+    parallelisms = [int(p) for p in args.parallelisms.split(",") if p.strip()]
     figures = run(args.symbols, args.minutes, parallelisms, args.kafka_symbols,
                   args.kafka_minutes, args.kafka_parallelism)  # fmt: skip
     print(json.dumps(figures, indent=2))

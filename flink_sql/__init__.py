@@ -95,7 +95,8 @@ class JobSpec:
 
     @property
     def needs_connectors(self) -> bool:
-        """Whether the job loads connector jars (Kafka; the files environment needs none)."""
+        """Whether the job loads connector jars (Kafka, Kinesis; the files environment needs
+        none). Every environment loads the jar of the job's functions (functions.sql)."""
         return self.environment != "files"
 
     def to_json(self) -> str:
@@ -116,12 +117,6 @@ class JobSpec:
 
 def read(name: str) -> str:
     return (SQL_DIR / name).read_text()
-
-
-def fragment(name: str) -> str:
-    """A select-list fragment without its leading comment lines."""
-    lines = [line for line in read(name).splitlines() if not line.startswith("--")]
-    return "\n       ".join(lines)
 
 
 def statements(script: str) -> list[str]:
@@ -191,7 +186,7 @@ def render(intervals: IntervalSet, options: JobOptions) -> JobSpec:
         "path": Path(options.input_path).resolve().as_uri() if options.input_path else "",
         "output_dir": Path(options.output_dir).resolve().as_uri() if options.output_dir else "",
     }
-    script = [Template(read(f"source.{env}.sql")).substitute(source_values)]
+    script = [read("functions.sql"), Template(read(f"source.{env}.sql")).substitute(source_values)]
     script.append(Template(read("bars.sql")).substitute(common))
     inserts = []
     for interval in intervals:
@@ -208,8 +203,6 @@ def render(intervals: IntervalSet, options: JobOptions) -> JobSpec:
             "aws_options": source_values["aws_options"],
             "sink_options": _table_options(aws_sink),
         }
-        values["aggregates"] = fragment("aggregates.sql")
-        values["minute"] = Template(fragment("minute.sql")).substitute(values)
         script.append(Template(read("interval.sql")).substitute(values))
         script.append(Template(read(f"sink.{env}.sql")).substitute(values))
         name = interval.name

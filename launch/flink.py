@@ -127,13 +127,25 @@ def local_spec(
     return spec
 
 
+# The job's own aggregate functions (flink_sql/udf, built by `make flink`): every environment
+# loads it (flink_sql/functions.sql).
+UDF_JAR = "speedlayer-flink-udf.jar"
+
+
 def connector_jars(settings: Settings, environment: str) -> list[Path]:
-    """The SQL connector jar(s) of ``environment`` (``*<environment>*.jar``) in the lib dir."""
+    """The jars the job loads in ``environment``: the SQL connector jar(s) of a streaming
+    environment (``*<environment>*.jar``; the files environment needs none), then the jar of the
+    job's functions, all from the lib dir."""
     lib = Path(settings.flink_lib_dir) if settings.flink_lib_dir else ROOT / ".flink" / "lib"
-    jars = sorted(lib.glob(f"*{environment}*.jar"))
-    if not jars:
-        raise ConfigError(f"no {environment} connector jar in {lib}: see `make flink`")
-    return jars
+    jars = []
+    if environment in STREAMING:
+        jars = sorted(lib.glob(f"*{environment}*.jar"))
+        if not jars:
+            raise ConfigError(f"no {environment} connector jar in {lib}: see `make flink`")
+    udf = lib / UDF_JAR
+    if not udf.is_file():
+        raise ConfigError(f"no {UDF_JAR} (the job's functions) in {lib}: see `make flink`")
+    return [*jars, udf]
 
 
 def flink_python(settings: Settings) -> Path:
@@ -177,7 +189,7 @@ def start_job(
     work_dir.mkdir(parents=True, exist_ok=True)
     spec_path = work_dir / "job.json"
     spec_path.write_text(spec.to_json())
-    jars = connector_jars(settings, spec.environment) if spec.needs_connectors else []
+    jars = connector_jars(settings, spec.environment)
     return subprocess.Popen(
         job_command(settings, spec_path, jars, plan),
         env=job_env(work_dir, spec.jvm_options),

@@ -6,8 +6,8 @@ The zip holds, at its root:
 * ``job.py``: the driver (flink_sql/job.py), the application's main Python file;
 * ``job.json``: the job rendered for a deployment: no local mini-cluster settings, and nothing
   the service owns (checkpoints, their storage and restore, parallelism);
-* ``lib/<jar>``: the connector jar (Managed Flink takes one ``jarfile``: several jars in
-  ``.flink/lib`` are merged into ``lib/speedlayer-connectors.jar``);
+* ``lib/<jar>``: the connector jar and the jar of the job's functions (Managed Flink takes one
+  ``jarfile``: they are merged into ``lib/speedlayer-connectors.jar``);
 * ``application-properties.json``: the application's property groups, an example to start from;
 * ``README.txt``.
 """
@@ -25,7 +25,7 @@ from typing import Any
 
 from flink_sql import JOB_SCRIPT, JobSpec, render
 from flink_sql.job import DEFAULT_SPEC, PROPERTY_GROUP, RUN_OPTIONS_GROUP
-from launch.flink import LOCAL_CONFIG, connector_jars, job_options
+from launch.flink import LOCAL_CONFIG, UDF_JAR, connector_jars, job_options
 from speedlayer import __version__
 from speedlayer.config import Settings
 from speedlayer.errors import ConfigError
@@ -221,12 +221,15 @@ def build_package(settings: Settings, out: Path, environment: str = "kafka") -> 
             jar_path, jar = Path(tmp) / MERGED_JAR, MERGED_JAR
             duplicates = merge_jars(jars, jar_path)
             names = ", ".join(path.name for path in jars)
-            jar_note = f"{jar}: {len(jars)} connector jars merged into one ({names})"
-            warnings.append(
-                f"Managed Flink loads one jar: merged {names} into lib/{MERGED_JAR}"
-                + (f"; {len(duplicates)} duplicate entries kept from the first jar"
-                   if duplicates else "")
-            )  # fmt: skip
+            jar_note = f"{jar}: {len(jars)} jars merged into one ({names})"
+            # The connector and the job's functions are always merged; more is worth a word.
+            connectors = [path for path in jars if path.name != UDF_JAR]
+            if duplicates or len(connectors) > 1:
+                warnings.append(
+                    f"Managed Flink loads one jar: merged {names} into lib/{MERGED_JAR}"
+                    + (f"; {len(duplicates)} duplicate entries kept from the first jar"
+                       if duplicates else "")
+                )  # fmt: skip
         properties = application_properties(jar, spec.get("kafka"))
         texts = {
             MAIN_FILE: JOB_SCRIPT.read_text(),

@@ -12,7 +12,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from launch.flink import LOCAL_CONFIG
+from launch.flink import LOCAL_CONFIG, UDF_JAR
 from tests.conftest import ROOT, require, run_cli
 
 FLINK_LIB = ROOT / ".flink" / "lib"
@@ -42,6 +42,7 @@ def load_main_file(directory: Path) -> ModuleType:
 def test_package_holds_main_file_job_jar_and_properties(tmp_path: Path) -> None:
     jars = sorted(FLINK_LIB.glob("*kafka*.jar"))
     require(bool(jars), f"no connector jars in {FLINK_LIB}: run `make flink`")
+    require((FLINK_LIB / UDF_JAR).is_file(), f"no {UDF_JAR} in {FLINK_LIB}: run `make flink`")
     out = tmp_path / "build" / "speedlayer-flink.zip"
     printed, stderr = package(
         out,
@@ -56,7 +57,7 @@ def test_package_holds_main_file_job_jar_and_properties(tmp_path: Path) -> None:
         names = set(archive.namelist())
         assert names == {
             "job.py", "job.json", "application-properties.json", "README.txt",
-            f"lib/{jars[0].name}" if len(jars) == 1 else "lib/speedlayer-connectors.jar",
+            "lib/speedlayer-connectors.jar",
         }  # fmt: skip
         main_file = archive.read("job.py").decode()
         spec = json.loads(archive.read("job.json"))
@@ -98,6 +99,11 @@ def test_package_holds_main_file_job_jar_and_properties(tmp_path: Path) -> None:
     assert by_id["speedlayer"] == spec["kafka"]
     with zipfile.ZipFile(tmp_path / "app" / jarfile) as jar:
         assert "KafkaDynamicTableFactory" in jar.read(FACTORIES).decode()
+        # The job's functions (flink_sql/functions.sql) are in the same jar.
+        assert {"speedlayer/flink/CandleAgg.class", "speedlayer/flink/VersionAgg.class"} <= set(
+            jar.namelist()
+        )
+    assert "CREATE TEMPORARY SYSTEM FUNCTION IF NOT EXISTS candle_agg" in statements
     assert "FLINK-2_2" in readme and jarfile in readme
 
     # Unpacked, the main file finds the spec next to itself, and the example properties
@@ -146,12 +152,13 @@ def test_several_jars_are_merged_into_the_one_jar_managed_flink_loads(tmp_path: 
         "org/example/BFactory.class": "b",
         "org/example/Shared.class": "from b",
     })  # fmt: skip
+    write_jar(lib / UDF_JAR, {"speedlayer/flink/CandleAgg.class": "udf"})
     out = tmp_path / "speedlayer-flink.zip"
     printed, stderr = package(
         out, SPEEDLAYER_FLINK_LIB_DIR=str(lib), SPEEDLAYER_KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:9092"
     )
     assert groups(printed)[RUN_OPTIONS]["jarfile"] == "lib/speedlayer-connectors.jar"
-    assert "merged a-kafka-connector.jar, b-kafka-connector.jar" in stderr
+    assert f"merged a-kafka-connector.jar, b-kafka-connector.jar, {UDF_JAR}" in stderr
     assert "1 duplicate entries" in stderr
     # A loopback broker is no broker on AWS: said so.
     assert "127.0.0.1:9092 (loopback)" in stderr
@@ -166,7 +173,10 @@ def test_several_jars_are_merged_into_the_one_jar_managed_flink_loads(tmp_path: 
             "org.example.BFactory",
         ]
         assert jar.read("org/example/Shared.class") == b"from a"
-        assert {"org/example/AFactory.class", "org/example/BFactory.class"} <= set(jar.namelist())
+        assert {
+            "org/example/AFactory.class", "org/example/BFactory.class",
+            "speedlayer/flink/CandleAgg.class",
+        } <= set(jar.namelist())  # fmt: skip
         assert "META-INF/A.SF" not in jar.namelist()
 
 
@@ -191,7 +201,12 @@ def test_the_kinesis_package_names_its_streams_by_arn(tmp_path: Path) -> None:
     with zipfile.ZipFile(out) as archive:
         spec = json.loads(archive.read("job.json"))
         jar = groups(printed)[RUN_OPTIONS]["jarfile"]
-        assert "kinesis" in jar and jar in archive.namelist()
+        assert jar == "lib/speedlayer-connectors.jar" and jar in archive.namelist()
+        archive.extract(jar, tmp_path)
+    # The Kinesis connector and the job's functions, merged.
+    with zipfile.ZipFile(tmp_path / jar) as merged:
+        assert "Kinesis" in merged.read(FACTORIES).decode()
+        assert "speedlayer/flink/VersionAgg.class" in merged.namelist()
     assert spec["environment"] == "kinesis" and spec["jvm_options"] == []
     ddl = "\n".join(spec["statements"])
     assert (

@@ -59,3 +59,20 @@ def test_the_kinesis_arrival_is_made_in_sql_the_other_sources_carry_it() -> None
     # The rest of the job is the same SQL.
     shared = [s for s in kafka.statements if s.startswith("CREATE TEMPORARY VIEW")]
     assert all(s in kinesis.statements for s in shared)
+
+
+def test_every_environment_registers_the_job_functions_first() -> None:
+    """candle_agg and candle_version (flink_sql/udf) come before any table or view."""
+    for environment in ("kafka", "kinesis", "files"):
+        spec = render(INTERVALS, JobOptions(environment=environment))
+        first, second = spec.statements[:2]
+        assert first.startswith("CREATE TEMPORARY SYSTEM FUNCTION IF NOT EXISTS candle_agg")
+        assert "'speedlayer.flink.CandleAgg' LANGUAGE JAVA" in first
+        assert "'speedlayer.flink.VersionAgg' LANGUAGE JAVA" in second
+        # No retracting MIN/MAX (a map of every value in state) on the updating path; the
+        # closing window's MIN(t) is an append-only window aggregate.
+        updating = [s for s in spec.statements
+                    if s.startswith(("CREATE TEMPORARY VIEW updates_",
+                                     "CREATE TEMPORARY VIEW candles_out_"))]  # fmt: skip
+        assert len(updating) == 2 * len(INTERVALS)
+        assert not any("MIN(" in s or "MAX(" in s for s in updating)
