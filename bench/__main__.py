@@ -24,10 +24,10 @@ from bench import flink, live, resampler, rest, store_writes
 from bench.common import machine
 from bench.report import render
 
-# The Flink job's full size: the bars one run of it takes on a 2-core machine with its 768 MB heap
-# (docs/flink.md#benchmark: what bounds it, and what 1M bars would need).
-FLINK_SYMBOLS, FLINK_MINUTES = 200, 100
-FLINK_SCALE_SYMBOLS, FLINK_SCALE_MINUTES = 10_000, 2
+# The Flink job's full size: the resampler benchmark's 1M bars, and an options-like universe of
+# 100,000 symbols a minute (docs/flink.md#benchmark).
+FLINK_SYMBOLS, FLINK_MINUTES = 2000, 500
+FLINK_SCALE_SYMBOLS, FLINK_SCALE_MINUTES = 100_000, 5
 
 SIZES: dict[str, dict[str, dict[str, Any]]] = {
     "full": {
@@ -56,6 +56,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
             "kafka_symbols": 40,
             "kafka_minutes": 2,
             "kafka_parallelism": 2,
+            "heap": "768m",
         },
     },
 }

@@ -74,10 +74,16 @@ _PAGE = os.sysconf("SC_PAGE_SIZE")
 Key = tuple[str, str, int]  # (symbol, interval, bucket start)
 
 
-def flink_env(**extra: str) -> dict[str, str]:
-    """The environment of the Flink job and the sink: the bench's intervals and retention."""
+# The mini-cluster's heap (SPEEDLAYER_FLINK_HEAP) at full size: 1M bars keep about 5 GB of state.
+HEAP = "6g"
+
+
+def flink_env(heap: str, **extra: str) -> dict[str, str]:
+    """The environment of the Flink job and the sink: the bench's intervals and retention, and
+    the mini-cluster's ``heap``."""
     return {
         **os.environ,
+        "SPEEDLAYER_FLINK_HEAP": heap,
         "SPEEDLAYER_INTERVALS": ",".join(INTERVALS),
         "SPEEDLAYER_RETENTION": RETENTION,
         "SPEEDLAYER_LOG_LEVEL": "warning",
@@ -420,6 +426,7 @@ def run_same(
     tmp: Path,
     timeout_s: float,
     bootstrap: str | None,
+    heap: str = HEAP,
 ) -> dict[str, Any]:
     """The job on the disordered bars from a file (parallelism 1: the files environment reads
     with one reader) and, with a broker, over Kafka at each of ``parallelisms``; then the
@@ -430,7 +437,7 @@ def run_same(
     job = FlinkJob(
         ["--env", "files", "--input", str(source), "--output", str(output),
          "--work-dir", str(work)],
-        flink_env(),
+        flink_env(heap),
     )  # fmt: skip
     try:
         wall = job.wait(timeout_s)
@@ -451,7 +458,7 @@ def run_same(
     outputs = [str(output)]
     if bootstrap is not None:
         kafka_runs, kafka_outputs = run_same_kafka(
-            symbols, minutes, parallelisms, tmp, timeout_s, bootstrap
+            symbols, minutes, parallelisms, tmp, timeout_s, bootstrap, heap
         )
         runs += kafka_runs
         outputs += kafka_outputs
@@ -521,6 +528,7 @@ def run_same_kafka(
     tmp: Path,
     timeout_s: float,
     bootstrap: str,
+    heap: str = HEAP,
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """The disordered bars of part 1 published to a raw topic (4 partitions, keyed by symbol),
     then ``flink run --env kafka --bounded`` once per parallelism (a topic prefix each). After
@@ -537,6 +545,7 @@ def run_same_kafka(
         asyncio.run(publish(bootstrap, prefix, bars))
         published = round(len(bars) / (time.monotonic() - began))
         env = flink_env(
+            heap,
             SPEEDLAYER_BUS="kafka",
             SPEEDLAYER_KAFKA_BOOTSTRAP_SERVERS=bootstrap,
             SPEEDLAYER_KAFKA_TOPIC_PREFIX=prefix,
@@ -691,13 +700,20 @@ def kafka_broker(tmp: Path) -> Iterator[tuple[str | None, dict[str, Any]]]:
 
 
 def run_kafka(
-    symbols: int, minutes: int, parallelism: int, tmp: Path, timeout_s: float, bootstrap: str
+    symbols: int,
+    minutes: int,
+    parallelism: int,
+    tmp: Path,
+    timeout_s: float,
+    bootstrap: str,
+    heap: str = HEAP,
 ) -> dict[str, Any]:
     figures: dict[str, Any] = {"symbols": symbols, "minutes": minutes, "parallelism": parallelism}
     if symbols <= 0 or minutes <= 0:
         return figures | {"skipped": "no bars asked for"}
     prefix = f"bench-{uuid.uuid4().hex[:8]}-"
     env = flink_env(
+        heap,
         SPEEDLAYER_BUS="kafka",
         SPEEDLAYER_KAFKA_BOOTSTRAP_SERVERS=bootstrap,
         SPEEDLAYER_KAFKA_TOPIC_PREFIX=prefix,
@@ -790,6 +806,7 @@ def run(
     kafka_minutes: int = 5,
     kafka_parallelism: int = 2,
     timeout_s: float = 1800,
+    heap: str = HEAP,
 ) -> dict[str, Any]:
     """Both parts; the figures as ``bench/results.json`` records them."""
     missing = missing_prerequisite()
@@ -799,7 +816,7 @@ def run(
         tmp = Path(name)
         with kafka_broker(tmp) as (bootstrap, broker):
             began = time.monotonic()
-            same = run_same(symbols, minutes, parallelisms, tmp, timeout_s, bootstrap)
+            same = run_same(symbols, minutes, parallelisms, tmp, timeout_s, bootstrap, heap)
             same["seconds"] = round(time.monotonic() - began, 1)
             for stale in tmp.glob("*.jsonl"):
                 stale.unlink()
@@ -808,7 +825,13 @@ def run(
                 scale = {"skipped": broker["skipped"]}
             else:
                 scale = run_kafka(
-                    kafka_symbols, kafka_minutes, kafka_parallelism, tmp, timeout_s, bootstrap
+                    kafka_symbols,
+                    kafka_minutes,
+                    kafka_parallelism,
+                    tmp,
+                    timeout_s,
+                    bootstrap,
+                    heap,
                 )
             scale["seconds"] = round(time.monotonic() - began, 1)
     return {
@@ -833,10 +856,11 @@ def main() -> None:
     parser.add_argument("--kafka-symbols", type=int, default=100_000)
     parser.add_argument("--kafka-minutes", type=int, default=5)
     parser.add_argument("--kafka-parallelism", type=int, default=2)
+    parser.add_argument("--heap", default=HEAP, help="the mini-cluster's heap, as for -Xmx")
     args = parser.parse_args()
     parallelisms = [int(p) for p in args.parallelisms.split(",") if p.strip()]
     figures = run(args.symbols, args.minutes, parallelisms, args.kafka_symbols,
-                  args.kafka_minutes, args.kafka_parallelism)  # fmt: skip
+                  args.kafka_minutes, args.kafka_parallelism, heap=args.heap)  # fmt: skip
     print(json.dumps(figures, indent=2))
 
 

@@ -34,7 +34,6 @@ LOCAL_CONFIG = {
     "taskmanager.bind-host": "127.0.0.1",
     "taskmanager.host": "127.0.0.1",
 }
-JVM_HEAP = "-Xmx768m"
 
 
 def job_options(settings: Settings, **overrides: object) -> JobOptions:
@@ -166,14 +165,14 @@ def job_command(
     return command
 
 
-def job_env(work_dir: Path, jvm_options: list[str]) -> dict[str, str]:
-    """The child's environment: a bounded heap, temporary files (mini-cluster state, shipped
+def job_env(work_dir: Path, jvm_options: list[str], heap: str = "768m") -> dict[str, str]:
+    """The child's environment: a bounded heap (``heap``, as for -Xmx), temporary files (mini-cluster state, shipped
     jars) and Flink's log (``log/``) inside ``work_dir``, and the job's own JVM options.
     ``JVM_ARGS`` of the caller's environment come last, so they override these (a larger
     ``-Xmx``, a profiler such as ``-XX:StartFlightRecording=...``)."""
     tmp = work_dir / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
-    jvm = " ".join([JVM_HEAP, f"-Djava.io.tmpdir={tmp}", *jvm_options])
+    jvm = " ".join([f"-Xmx{heap}", f"-Djava.io.tmpdir={tmp}", *jvm_options])
     return {
         **os.environ,
         "JVM_ARGS": f"{jvm} {os.environ.get('JVM_ARGS', '')}".strip(),
@@ -192,7 +191,7 @@ def start_job(
     jars = connector_jars(settings, spec.environment)
     return subprocess.Popen(
         job_command(settings, spec_path, jars, plan),
-        env=job_env(work_dir, spec.jvm_options),
+        env=job_env(work_dir, spec.jvm_options, settings.flink_heap),
         stdout=subprocess.PIPE if plan else None,
         stderr=subprocess.PIPE,
         text=True,

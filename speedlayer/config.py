@@ -147,6 +147,12 @@ class Settings(BaseSettings):
         "resent later than this is not recognised as a resend",
     )
     flink_parallelism: int = Field(1, ge=1, description="parallelism of the Flink job")
+    flink_heap: str = Field(
+        "768m",
+        pattern=r"^[1-9][0-9]*[kKmMgG]$",
+        description="heap of the local mini-cluster's JVM (`speedlayer flink run`), as for -Xmx: "
+        "the job's state lives in it (docs/flink.md#state)",
+    )
     flink_idle_timeout: str = Field(
         "60 s",
         description="how long a Kafka partition or Kinesis shard without bars holds the Flink "
