@@ -37,6 +37,7 @@ class ReplaySummary(ReadCounts):
     candles_published: int = 0
     rows_written: int = 0
     expired: int = 0
+    ttl_rewritten: int = 0
     seconds: float = 0.0
 
     @property
@@ -55,6 +56,7 @@ class ReplaySummary(ReadCounts):
             "candles_published": self.candles_published,
             "rows_written": self.rows_written,
             "expired_on_write": self.expired,
+            "ttl_rewritten": self.ttl_rewritten,
             "seconds": round(self.seconds, 3),
             "bars_per_second": round(self.bars_per_second),
         }
@@ -71,12 +73,18 @@ class ReplaySummary(ReadCounts):
             out.append(f"  {reason}: {count} (first at {self.first_rejected[reason]})")
         out += [
             f"candles written: {self.rows_written}",
+            *(
+                [f"  of which only their retention changed: {self.ttl_rewritten}"]
+                if self.ttl_rewritten
+                else []
+            ),
             f"time: {self.seconds:.2f} s ({self.bars_per_second:,.0f} bars/s)",
         ]
         if self.expired:
             out.append(
                 f"note: {self.expired} candles were already past their retention and will not be "
-                "returned; replay history with e.g. --retention '*=10y'"
+                "returned; replay the same files with e.g. --retention '*=10y' to keep them (a "
+                "replay rewrites the retention of every candle it covers)"
             )
         return out
 

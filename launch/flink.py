@@ -166,8 +166,9 @@ def job_command(
 
 
 def job_env(work_dir: Path, jvm_options: list[str], heap: str = "768m") -> dict[str, str]:
-    """The child's environment: a bounded heap (``heap``, as for -Xmx), temporary files (mini-cluster state, shipped
-    jars) and Flink's log (``log/``) inside ``work_dir``, and the job's own JVM options.
+    """The child's environment: a bounded heap (``heap``, as for -Xmx), temporary files
+    (mini-cluster state, shipped jars) and Flink's log (``log/``) inside ``work_dir``, and the
+    job's own JVM options.
     ``JVM_ARGS`` of the caller's environment come last, so they override these (a larger
     ``-Xmx``, a profiler such as ``-XX:StartFlightRecording=...``)."""
     tmp = work_dir / "tmp"

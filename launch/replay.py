@@ -24,6 +24,7 @@ async def replay_files(
         result = await pipeline.handle(batch)
         summary.accepted += result.accepted
         summary.duplicates += result.duplicates
+        summary.ttl_rewritten += result.ttl_rewritten
         summary.candles_published += len(result.candles)
         summary.expired += sum(1 for candle in result.candles if candle.ttl <= now_s)
     summary.rows_written = pipeline.stats.rows_written

@@ -52,6 +52,7 @@ class _Bucket:
         "pv",
         "pv_volume",
         "revision",
+        "stale_ttl",
         "start",
         "symbol",
         "trades",
@@ -76,6 +77,9 @@ class _Bucket:
         self.has_n = False
         self.revision = revision
         self.final = final
+        # Restored from a stored candle whose ttl another retention set: the next bar of the
+        # bucket, even an exact duplicate, rewrites the candle with this ttl.
+        self.stale_ttl = False
 
     def append(self, bar: Bar) -> None:
         """Add a bar later than every bar held: the time-ordered sums extend exactly."""
@@ -156,6 +160,8 @@ class BatchResult:
     candles: list[Candle] = field(default_factory=list)
     accepted: int = 0
     duplicates: int = 0
+    # Candles rewritten only because the stored one had another ttl (the retention changed).
+    ttl_rewritten: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,6 +270,7 @@ class Resampler:
             ordered = self._bucket_bars(symbol, start, end)
             if ordered:
                 bucket.recompute(ordered)
+            bucket.stale_ttl = candle is not None and candle.ttl != bucket.ttl
             group[request.symbol] = bucket
             if not bucket.final:
                 self._forming[index].add(start)
@@ -310,6 +317,15 @@ class Resampler:
             previous = minute.get(symbol)
             if previous is not None and previous == bar:
                 result.duplicates += 1
+                # Unchanged, unless the retention changed since its candles were stored.
+                for _, interval_ms, groups, _ in plan:
+                    start = t - t % interval_ms
+                    bucket = groups.get(start, {}).get(symbol)
+                    if bucket is not None and bucket.stale_ttl:
+                        bucket.stale_ttl = False
+                        bucket.revision += 1
+                        changed[bucket] = None
+                        result.ttl_rewritten += 1
                 continue
             minute[symbol] = bar
             result.accepted += 1
@@ -333,8 +349,9 @@ class Resampler:
                 else:
                     before = bucket.state()
                     bucket.recompute(self._bucket_bars(symbol, start, start + interval_ms))
-                    if bucket.state() == before:
+                    if bucket.state() == before and not bucket.stale_ttl:
                         continue
+                bucket.stale_ttl = False
                 bucket.revision += 1
                 changed[bucket] = None
         self._watermark_ms = watermark

@@ -880,6 +880,38 @@ def test_history_past_its_retention_is_written_but_never_returned(tmp_path: Path
     assert f"purged {summary['rows_written']} " in purged
 
 
+def test_replaying_history_again_with_the_advised_retention_keeps_it(tmp_path: Path) -> None:
+    """The advice of a replay of old history works: the same file again with a longer retention
+    rewrites the ttl of every candle it covers, although every bar is a duplicate, and the
+    candles are served; a third replay with that retention changes nothing."""
+    path = write_csv(tmp_path / "old.csv", BAD_HEADER, GOOD_ROWS)
+    db = tmp_path / "old.db"
+    first = run_cli("replay", str(path), "--db", str(db)).stdout
+    assert "--retention '*=10y'" in first and "note:" in first
+
+    def replay_long() -> dict[str, Any]:
+        args = ["replay", str(path), "--db", str(db), "--retention", "*=10y", "--json"]
+        return json.loads(run_cli(*args).stdout.strip().splitlines()[-1])
+
+    again = replay_long()
+    assert again["accepted"] == 0 and again["duplicates"] == len(GOOD_ROWS)
+    assert again["ttl_rewritten"] == again["candles_published"] > 0
+    assert again["expired_on_write"] == 0
+    for name, interval_ms in INTERVAL_MS.items():
+        out = run_cli("candles", "AAPL", "-i", name, "--db", str(db), "--format", "json").stdout
+        candles = json.loads(out)
+        assert candles, name
+        for candle in candles:
+            assert candle["ttl"] == (candle["timestamp"] + interval_ms) // 1000 + 10 * 365 * 86_400
+    with sqlite3.connect(db) as conn:
+        stale = conn.execute("SELECT COUNT(*) FROM speed_layer_ohlcv_1min WHERE ttl < ?",
+                             (int(time.time()),)).fetchone()[0]  # fmt: skip
+    conn.close()
+    assert stale == 0
+    third = replay_long()
+    assert third["ttl_rewritten"] == third["candles_published"] == third["rows_written"] == 0
+
+
 # -- values whose sums would overflow -------------------------------------------------------------
 
 
