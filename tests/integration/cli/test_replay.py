@@ -891,7 +891,8 @@ def test_replaying_history_again_with_the_advised_retention_keeps_it(tmp_path: P
 
     def replay_long() -> dict[str, Any]:
         args = ["replay", str(path), "--db", str(db), "--retention", "*=10y", "--json"]
-        return json.loads(run_cli(*args).stdout.strip().splitlines()[-1])
+        summary: dict[str, Any] = json.loads(run_cli(*args).stdout.strip().splitlines()[-1])
+        return summary
 
     again = replay_long()
     assert again["accepted"] == 0 and again["duplicates"] == len(GOOD_ROWS)
