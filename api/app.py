@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from fastapi import FastAPI
 
@@ -19,6 +19,7 @@ from speedlayer.bus.base import Bus
 from speedlayer.clock import Clock, SystemClock
 from speedlayer.config import Settings
 from speedlayer.health import HealthCheck, PipelineView
+from speedlayer.runtime import trim_memory
 from speedlayer.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -73,13 +74,27 @@ def create_app(
                 pipeline=pipeline,
                 health=tuple(health),
             )
-            purger = asyncio.create_task(_purge_periodically(active, settings.purge_interval_s))
+            chores = [
+                asyncio.create_task(
+                    _periodically("purging expired candles", settings.purge_interval_s,
+                                  lambda: _purge(active)),
+                    name="purge",
+                )
+            ]  # fmt: skip
+            if settings.memory_trim_s > 0:
+                chores.append(asyncio.create_task(
+                    _periodically("trimming the heap", settings.memory_trim_s,
+                                  lambda: asyncio.to_thread(trim_memory), first=False),
+                    name="memory-trim",
+                ))  # fmt: skip
             try:
                 yield
             finally:
-                purger.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await purger
+                for chore in chores:
+                    chore.cancel()
+                for chore in chores:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await chore
 
     app = FastAPI(
         title="speedlayer",
@@ -105,12 +120,22 @@ def create_app(
     return app
 
 
-async def _purge_periodically(store: Store, every_s: float) -> None:
+async def _purge(store: Store) -> None:
+    purged = await store.purge_expired()
+    if purged:
+        log.info("purged %d expired candles", purged)
+
+
+async def _periodically(
+    what: str, every_s: float, work: Callable[[], Awaitable[object]], *, first: bool = True
+) -> None:
+    """Run ``work`` every ``every_s`` seconds (at once too with ``first``). A failure is logged
+    and retried the next round: housekeeping must never take the API down."""
+    if not first:
+        await asyncio.sleep(every_s)
     while True:
         try:
-            purged = await store.purge_expired()
-            if purged:
-                log.info("purged %d expired candles", purged)
-        except Exception:  # the purge must never take the API down; it retries next round
-            log.exception("purging expired candles failed")
+            await work()
+        except Exception:
+            log.exception("%s failed", what)
         await asyncio.sleep(every_s)

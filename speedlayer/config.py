@@ -44,6 +44,12 @@ class Settings(BaseSettings):
     purge_interval_s: float = Field(
         3600.0, gt=0, description="how often expired candles are purged"
     )
+    memory_trim_s: float = Field(
+        60.0,
+        ge=0,
+        description="how often the API gives freed heap pages back to the OS after bursts of "
+        "live clients (glibc malloc_trim; 0: never)",
+    )
     log_level: str = Field("info", description="debug, info, warning, error or critical (any case)")
     stats_interval_s: float = Field(
         5.0, gt=0, description="how often throughput and lag are logged"
