@@ -1,20 +1,23 @@
 """Shared AWS client plumbing for the DynamoDB store and the Kinesis bus (aioboto3).
 
-Retries: botocore's own ``standard`` retry mode handles transient network errors; throttling and
-partial failures are retried again by the callers, with exponential backoff and full jitter,
-until a bounded deadline (:class:`speedlayer.retry.Backoff`).
+Retries: botocore's own ``standard`` retry mode retries transient network errors a few times
+within a second or two; throttling, partial failures and an endpoint that stays unreachable for
+longer (a restarting service, a network blip) are retried again by the callers, with exponential
+backoff and full jitter, until a bounded deadline (:class:`speedlayer.retry.Backoff`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
 import aioboto3
 from aiobotocore.config import AioConfig
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as EndpointUnreachable
 
 from speedlayer.retry import Backoff
 
@@ -41,6 +44,16 @@ def is_throttle(exc: BaseException) -> bool:
     return error_code(exc) in THROTTLE_CODES
 
 
+# How long a call or a shard reader retries an endpoint that cannot be reached (connection refused
+# or reset, timeouts: a restarting service, a network blip) before it fails and its owner reports
+# it (docs/design.md#failure-policy).
+UNREACHABLE_S = 10.0
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    return isinstance(exc, HTTPClientError | EndpointUnreachable)
+
+
 async def call(
     client: Any,
     op: str,
@@ -50,9 +63,11 @@ async def call(
     ok_codes: frozenset[str] = frozenset(),
     **kwargs: Any,
 ) -> Any:
-    """One API call with throttling retried until ``timeout_s``; None when the error code is in
-    ``ok_codes``; any other failure is raised as ``error("<op> failed: <cause>")``."""
+    """One API call with throttling retried until ``timeout_s``, and an unreachable endpoint
+    for ``UNREACHABLE_S`` (within it); None when the error code is in ``ok_codes``; any other
+    failure is raised as ``error("<op> failed: <cause>")``."""
     backoff = Backoff(timeout_s=timeout_s)
+    unreachable_until: float | None = None
     while True:
         try:
             return await getattr(client, op)(**kwargs)
@@ -61,6 +76,11 @@ async def call(
                 return None
             if is_throttle(exc) and await backoff.sleep():
                 continue
+            if is_unreachable(exc):
+                now = time.monotonic()
+                unreachable_until = unreachable_until or now + UNREACHABLE_S
+                if now < unreachable_until and await backoff.sleep():
+                    continue
             raise error(f"{op} failed: {exc}") from exc
 
 

@@ -42,7 +42,7 @@ from aiokafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsErr
 
 from speedlayer.bus.base import RAW_TOPIC, ConsumerBus, InitialPosition, Subscription, candle_topic
 from speedlayer.bus.wire import decode_record, encode_item
-from speedlayer.errors import BusError
+from speedlayer.errors import BusError, SpeedlayerError
 from speedlayer.intervals import DEFAULT_INTERVALS
 from speedlayer.retry import Backoff
 
@@ -374,7 +374,10 @@ class KafkaBus(ConsumerBus):
                         await self._commit_offsets(consumer, {tp: position})  # after hand-over
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
+        except (SpeedlayerError, KafkaError) as exc:  # a backend failure, said in one line
+            log.error("Kafka consumer %s on %s failed: %s", group, sorted(names), exc)
+            sub.close(f"kafka consumer failed: {exc}", exc)
+        except Exception as exc:  # a bug: with its traceback
             log.exception("Kafka consumer %s on %s failed", group, sorted(names))
             sub.close(f"kafka consumer failed: {exc}", exc)
         finally:

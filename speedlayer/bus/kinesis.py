@@ -45,14 +45,16 @@ import msgspec
 
 from speedlayer.aws import (
     AWS_ERRORS,
+    UNREACHABLE_S,
     call,
     error_code,
     is_throttle,
+    is_unreachable,
     open_client,
 )
 from speedlayer.bus.base import RAW_TOPIC, ConsumerBus, InitialPosition, Subscription, candle_topic
 from speedlayer.bus.wire import decode_item, decode_record, encode_item
-from speedlayer.errors import BusError
+from speedlayer.errors import BusError, SpeedlayerError
 from speedlayer.intervals import DEFAULT_INTERVALS
 from speedlayer.kinesis_shards import (
     SHARD_END,
@@ -344,7 +346,10 @@ class KinesisBus(ConsumerBus):
             )
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
+        except SpeedlayerError as exc:  # a backend failure, said in one line
+            log.error("Kinesis consumer %s on %s failed: %s", consumer, stream, exc)
+            sub.close(f"kinesis consumer failed: {exc}", exc)
+        except Exception as exc:  # a bug: with its traceback
             log.exception("Kinesis consumer %s on %s failed", consumer, stream)
             sub.close(f"kinesis consumer failed: {exc}", exc)
         finally:
@@ -371,6 +376,9 @@ class KinesisBus(ConsumerBus):
     ) -> None:
         iterator: str | None = first_iterator
         throttled = Backoff(initial_s=max(self.poll_interval_s, 0.01), cap_s=5.0)
+        # Kinesis unreachable: retried for UNREACHABLE_S from the first failure in a row, then
+        # the subscription fails.
+        unreachable: Backoff | None = None
         while iterator is not None:
             try:
                 resp = await self.kinesis.get_records(
@@ -387,8 +395,13 @@ class KinesisBus(ConsumerBus):
                 if is_throttle(exc):
                     await throttled.sleep()
                     continue
+                if is_unreachable(exc):
+                    unreachable = unreachable or Backoff(timeout_s=UNREACHABLE_S)
+                    if await unreachable.sleep():
+                        continue
                 raise BusError(f"GetRecords on {stream}/{shard_id} failed: {exc}") from exc
             throttled.reset()
+            unreachable = None
             records = resp.get("Records", [])
             if records:
                 items = []

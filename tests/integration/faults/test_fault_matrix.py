@@ -16,9 +16,11 @@ Faults, injected once a third of the data has gone by:
   path), restarted a second later;
 * ``kill_ingest``: kill -9 of ``ingest`` (distributed paths), restarted a second and a half later:
   the bars the simulator sent meanwhile come back through the restarted feed's backfill;
-* ``broker_restart``: the Kafka broker stopped and started again;
+* ``broker_restart``: the Kafka broker stopped and started again; kinesalite killed (-9) and
+  started again on its data directory;
 * ``disk_full``: the SQLite database on a small tmpfs that a filler file fills for 3 s (where
   mounting is permitted: the test runs as root);
+* ``store_outage``: dynalite killed (-9) and started again on its data directory 3 s later;
 * ``disconnect_storm``: the simulator drops every WebSocket connection each second, without a
   close frame;
 * ``feed_clock_jump``: the simulator's clock jumps 20 minutes ahead (a burst of minutes at once),
@@ -62,7 +64,15 @@ from speedlayer.intervals import DEFAULT_INTERVALS, IntervalSet
 from speedlayer.models import MINUTE_MS, Bar, Candle
 from speedlayer.store.base import Store
 from speedlayer.store.sqlite import SQLiteStore
-from tests.conftest import free_port, require, run_cli
+from tests.conftest import (
+    dynalite_command,
+    free_port,
+    kinesalite_command,
+    require,
+    run_cli,
+    start_emulator,
+    stop_process,
+)
 from tests.integration.aws.test_aws_path import Aws, Service, count_items, until
 from tests.kafka_broker import KafkaBroker
 from tests.oracle import oracle_candles, values_close
@@ -225,7 +235,12 @@ def feed_env(sim: PolygonSimulator) -> dict[str, str]:
 
 
 def deployment(
-    path: str, sim: PolygonSimulator, tmp: Path, db_dir: Path, request: pytest.FixtureRequest
+    path: str,
+    sim: PolygonSimulator,
+    tmp: Path,
+    db_dir: Path,
+    request: pytest.FixtureRequest,
+    emulators: Emulators | None = None,
 ) -> Deployment:
     port = free_port()
     env = feed_env(sim)
@@ -244,7 +259,11 @@ def deployment(
             "api": [*api, "--bus", "kafka", "--db", str(db)],
         }
         return Deployment(path, env, tmp, commands, port, db)
-    aws = Aws(request.getfixturevalue("dynalite_url"), request.getfixturevalue("kinesalite_url"))
+    if emulators is not None:
+        aws = Aws(emulators.url("dynamodb"), emulators.url("kinesis"))
+    else:
+        aws = Aws(request.getfixturevalue("dynalite_url"),
+                  request.getfixturevalue("kinesalite_url"))  # fmt: skip
     env |= aws.env | {"SPEEDLAYER_LOG_LEVEL": "info", "SPEEDLAYER_BACKFILL_LOOKBACK_MIN": "480"}
     env.pop("SPEEDLAYER_RETENTION", None)  # the data is recent: the default retention keeps it
     aws.env = env
@@ -255,6 +274,44 @@ def deployment(
         "api": [*api, "--store", "dynamodb", "--bus", "kinesis"],
     }
     return Deployment(path, env, tmp, commands, port, aws=aws)
+
+
+class Emulators:
+    """dynalite and kinesalite of one test, on data directories, so either can be killed and
+    started again with what it held (the session's emulators keep nothing on disk)."""
+
+    def __init__(self, data: Path) -> None:
+        self.data = data
+        self.ports = {"dynamodb": free_port(), "kinesis": free_port()}
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def command(self, name: str) -> list[str]:
+        port = self.ports[name]
+        if name == "dynamodb":
+            return dynalite_command(port, "--path", str(self.data / "dynamodb"),
+                                    "--createTableMs", "0", "--deleteTableMs", "0")  # fmt: skip
+        return kinesalite_command(port, path=str(self.data / "kinesis"), createStreamMs=0)
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.ports[name]}"
+
+    def start(self, name: str) -> None:
+        self.procs[name] = start_emulator(self.command(name), self.ports[name])
+
+    def kill9(self, name: str) -> None:
+        proc = self.procs.pop(name)
+        proc.kill()
+        proc.wait(timeout=10)
+
+    def __enter__(self) -> Emulators:
+        self.data.mkdir(parents=True, exist_ok=True)
+        self.start("dynamodb")
+        self.start("kinesis")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in self.procs.values():
+            stop_process(proc)
 
 
 # -- the live client ------------------------------------------------------------------------------
@@ -323,14 +380,16 @@ def fill(disk: Path) -> Path:
     return filler
 
 
-FAULTS = ("kill_processor", "kill_ingest", "broker_restart", "disk_full", "disconnect_storm",
-          "feed_clock_jump")  # fmt: skip
+FAULTS = ("kill_processor", "kill_ingest", "broker_restart", "disk_full", "store_outage",
+          "disconnect_storm", "feed_clock_jump")  # fmt: skip
 PATHS = ("embedded", "kafka", "kinesis")
 APPLIES = {
     "kill_ingest": {"kafka", "kinesis"},
-    "broker_restart": {"kafka"},
+    "broker_restart": {"kafka", "kinesis"},
     "disk_full": {"embedded", "kafka"},
+    "store_outage": {"kinesis"},
 }
+OWN_EMULATORS = {("kinesis", "broker_restart"), ("kinesis", "store_outage")}
 CASES = [(path, fault) for fault in FAULTS for path in PATHS if path in APPLIES.get(fault, PATHS)]
 
 
@@ -341,9 +400,10 @@ async def inject(
     total: int,
     disk: Path | None,
     request: pytest.FixtureRequest,
+    emulators: Emulators | None,
 ) -> None:
     """Wait for a third of the data, then the fault; returns once it is over."""
-    if fault in ("kill_processor", "disk_full"):
+    if fault in ("kill_processor", "disk_full", "store_outage"):
         async with asyncio.timeout(60):
             while await deploy.stored_bars() < total // 3:
                 deploy.alive()
@@ -358,9 +418,18 @@ async def inject(
         deploy.kill9("ingest")
         await asyncio.sleep(1.5)
         deploy.restart("ingest")
+    elif fault == "broker_restart" and emulators is not None:
+        emulators.kill9("kinesis")
+        await asyncio.sleep(2.0)
+        await asyncio.to_thread(emulators.start, "kinesis")
     elif fault == "broker_restart":
         broker: KafkaBroker = request.getfixturevalue("kafka_broker")
         await asyncio.to_thread(broker.restart)
+    elif fault == "store_outage":
+        assert emulators is not None
+        emulators.kill9("dynamodb")
+        await asyncio.sleep(3.0)
+        await asyncio.to_thread(emulators.start, "dynamodb")
     elif fault == "disk_full":
         assert disk is not None
         filler = await asyncio.to_thread(fill, disk)
@@ -432,15 +501,18 @@ async def test_fault_matrix(
         total = sum(1 for _ in f) - 1
     faults = FaultConfig(disconnect_every_s=1.0, disconnect_code=1006) \
         if fault == "disconnect_storm" else FaultConfig()  # fmt: skip
-    with contextlib.ExitStack() as disks:
-        disk = disks.enter_context(small_disk(tmp_path)) if fault == "disk_full" else None
+    with contextlib.ExitStack() as stack:
+        disk = stack.enter_context(small_disk(tmp_path)) if fault == "disk_full" else None
+        own = None
+        if (path, fault) in OWN_EMULATORS:
+            own = stack.enter_context(Emulators(tmp_path / "emulators"))
         async with simulator(replay, first_minute, faults) as sim:
-            deploy = deployment(path, sim, tmp_path, disk or tmp_path, request)
+            deploy = deployment(path, sim, tmp_path, disk or tmp_path, request, own)
             try:
                 deploy.start_all()
                 async with live_client(deploy.api_port) as live:
                     await release(sim, first_minute)
-                    await inject(fault, deploy, sim, total, disk, request)
+                    await inject(fault, deploy, sim, total, disk, request, own)
                     await until(lambda: sim.finished, 90)
                     served = sim.served()
                     async with asyncio.timeout(90):
