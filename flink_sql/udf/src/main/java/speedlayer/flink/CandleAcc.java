@@ -1,14 +1,12 @@
 package speedlayer.flink;
 
-import java.util.Arrays;
-
 /**
  * The minutes of one bucket, in time order: per minute its bar (o, h, l, c, v, vw, n), its
  * arrival, the watermark when it was read, and which of vw and n it has. One {@code long[]} of
- * {@link #STRIDE} longs per minute (doubles as their bits), so a bucket is two small objects in
- * state, 88 bytes per minute (CandleAgg).
+ * {@link #STRIDE} longs per minute (doubles as their bits), 88 bytes per minute, and the
+ * interval's length as the head (CandleAgg).
  */
-public final class CandleAcc {
+public final class CandleAcc extends LongRows {
     static final int T = 0;
     static final int O = 1;
     static final int H = 2;
@@ -20,38 +18,24 @@ public final class CandleAcc {
     static final int ARRIVAL = 8;
     static final int WM = 9;
     static final int FLAGS = 10;
-    static final int STRIDE = 11;
     static final long HAS_VW = 1;
     static final long HAS_N = 2;
-
-    /** The interval's length in ms (the same for every minute of a bucket). */
-    public long length = 60_000L;
-
-    public int size;
-    public long[] data;
 
     public CandleAcc() {
         this(1);
     }
 
     CandleAcc(int capacity) {
-        data = new long[capacity * STRIDE];
+        super(capacity, 60_000L);
     }
 
-    long get(int minute, int field) {
-        return data[minute * STRIDE + field];
+    /** The interval's length in ms (the same for every minute of a bucket). */
+    long intervalMs() {
+        return head;
     }
 
-    double getDouble(int minute, int field) {
-        return Double.longBitsToDouble(data[minute * STRIDE + field]);
-    }
-
-    void set(int minute, int field, long value) {
-        data[minute * STRIDE + field] = value;
-    }
-
-    void setDouble(int minute, int field, double value) {
-        data[minute * STRIDE + field] = Double.doubleToRawLongBits(value);
+    void setIntervalMs(long ms) {
+        head = ms;
     }
 
     /** The index of minute {@code t}, or -(insertion point) - 1. */
@@ -74,9 +58,7 @@ public final class CandleAcc {
 
     /** Make room at {@code at} for a new minute. */
     void insertAt(int at) {
-        if ((size + 1) * STRIDE > data.length) {
-            data = Arrays.copyOf(data, Math.max(2, size * 2) * STRIDE);
-        }
+        reserve();
         System.arraycopy(data, at * STRIDE, data, (at + 1) * STRIDE, (size - at) * STRIDE);
         size++;
     }
@@ -84,13 +66,5 @@ public final class CandleAcc {
     void removeAt(int at) {
         System.arraycopy(data, (at + 1) * STRIDE, data, at * STRIDE, (size - at - 1) * STRIDE);
         size--;
-    }
-
-    CandleAcc copy() {
-        CandleAcc to = new CandleAcc(0);
-        to.length = length;
-        to.size = size;
-        to.data = Arrays.copyOf(data, size * STRIDE);
-        return to;
     }
 }

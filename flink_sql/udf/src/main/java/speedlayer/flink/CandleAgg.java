@@ -83,7 +83,7 @@ public class CandleAgg extends AggregateFunction<Row, CandleAcc> {
                 CandleAcc.FLAGS,
                 (vw == null ? 0 : CandleAcc.HAS_VW) | (n == null ? 0 : CandleAcc.HAS_N));
         if (length != null) {
-            acc.length = length;
+            acc.setIntervalMs(length);
         }
     }
 
@@ -156,7 +156,7 @@ public class CandleAgg extends AggregateFunction<Row, CandleAcc> {
             vwap = pvv > 0 ? pv / pvv : null;
         }
         long first = acc.get(0, CandleAcc.T);
-        long bucket = first - first % acc.length;
+        long bucket = first - first % acc.intervalMs();
         return Row.of(
                 bucket,
                 acc.getDouble(0, CandleAcc.O),
@@ -168,6 +168,6 @@ public class CandleAgg extends AggregateFunction<Row, CandleAcc> {
                 anyN ? trades : null,
                 (long) size,
                 arrivals,
-                wm >= bucket + acc.length);
+                wm >= bucket + acc.intervalMs());
     }
 }

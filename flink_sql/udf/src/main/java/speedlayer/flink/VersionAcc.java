@@ -8,7 +8,7 @@ import java.util.Arrays;
  * `closed` flags. One {@code long[]} of {@link #STRIDE} longs per version (doubles as their
  * bits); usually one or two versions.
  */
-public final class VersionAcc {
+public final class VersionAcc extends LongRows {
     static final int REVISION = 0;
     static final int OPEN = 1;
     static final int HIGH = 2;
@@ -20,35 +20,29 @@ public final class VersionAcc {
     static final int BARS = 8;
     static final int FLAGS = 9;
     static final int COUNT = 10;
-    static final int STRIDE = 11;
     static final long HAS_VWAP = 1;
     static final long HAS_TRADES = 2;
-
-    public long closed;
-    public int size;
-    public long[] data;
 
     public VersionAcc() {
         this(1);
     }
 
     VersionAcc(int capacity) {
-        data = new long[capacity * STRIDE];
+        super(capacity, 0L);
     }
 
-    long get(int version, int field) {
-        return data[version * STRIDE + field];
+    /** The sum of the live versions' `closed` flags (the head). */
+    long closed() {
+        return head;
     }
 
-    double getDouble(int version, int field) {
-        return Double.longBitsToDouble(data[version * STRIDE + field]);
+    void addClosed(long delta) {
+        head += delta;
     }
 
     /** A new entry at the end (all zero). */
     int append() {
-        if ((size + 1) * STRIDE > data.length) {
-            data = Arrays.copyOf(data, Math.max(2, size * 2) * STRIDE);
-        }
+        reserve();
         Arrays.fill(data, size * STRIDE, (size + 1) * STRIDE, 0L);
         return size++;
     }
@@ -60,13 +54,5 @@ public final class VersionAcc {
             System.arraycopy(data, last * STRIDE, data, at * STRIDE, STRIDE);
         }
         size = last;
-    }
-
-    VersionAcc copy() {
-        VersionAcc to = new VersionAcc(0);
-        to.closed = closed;
-        to.size = size;
-        to.data = Arrays.copyOf(data, size * STRIDE);
-        return to;
     }
 }

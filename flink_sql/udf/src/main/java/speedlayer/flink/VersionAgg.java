@@ -50,7 +50,7 @@ public class VersionAgg extends AggregateFunction<Row, VersionAcc> {
             Long bars,
             Boolean closed) {
         if (closed != null && closed) {
-            acc.closed += delta;
+            acc.addClosed(delta);
         }
         if (revision == null || open == null || high == null || low == null || close == null
                 || volume == null || bars == null) {
@@ -143,7 +143,7 @@ public class VersionAgg extends AggregateFunction<Row, VersionAcc> {
                 (flags & VersionAcc.HAS_VWAP) != 0 ? acc.getDouble(best, VersionAcc.VWAP) : null,
                 (flags & VersionAcc.HAS_TRADES) != 0 ? acc.get(best, VersionAcc.TRADES) : null,
                 acc.get(best, VersionAcc.BARS),
-                acc.closed > 0,
-                acc.get(best, VersionAcc.REVISION) + (acc.closed > 0 ? 1 : 0));
+                acc.closed() > 0,
+                acc.get(best, VersionAcc.REVISION) + (acc.closed() > 0 ? 1 : 0));
     }
 }
