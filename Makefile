@@ -28,7 +28,7 @@ APT_GET     := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 apt_install = $(APT_GET) install -y -qq --no-install-recommends $(1) >/dev/null || \
   { $(APT_GET) update -qq && $(APT_GET) install -y -qq --no-install-recommends $(1) >/dev/null; }
 
-.PHONY: help venv flink setup run test test-fast lint pytest clean aws-local screenshot bench
+.PHONY: help venv flink setup run test test-fast lint pytest clean aws-local screenshot bench soak
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -135,6 +135,12 @@ test-fast: $(STAMP) ## the unit tests only (no servers, brokers or browsers; und
 # `make bench ONLY=rest` runs one (resampler, live, rest, store_writes, flink) and keeps the others.
 bench: setup ## the benchmarks at full size (ONLY=resampler|live|rest|store_writes|flink)
 	$(BIN)/python -m bench $(if $(ONLY),--only $(ONLY))
+
+# The soak (bench/soak.py, about 32 minutes; not part of `make bench`): the full market with 1,000
+# churning WebSocket clients, SSE and REST load; resident memory, open files and asyncio tasks every
+# 10 s. Its entry in bench/results.json and docs/benchmarks.md, its plot in docs/soak.png.
+soak: setup ## the soak benchmark, about 32 minutes: memory, files and tasks under client churn
+	$(BIN)/python -m bench --only soak
 
 # Re-make docs/dashboard.png, the README's picture, from the dashboard's end-to-end browser test.
 screenshot: setup ## re-make docs/dashboard.png from the browser test

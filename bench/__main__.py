@@ -3,10 +3,12 @@
     .venv/bin/python -m bench                  # everything at full size (make bench)
     .venv/bin/python -m bench --only rest      # one benchmark
     .venv/bin/python -m bench --size smoke --out /tmp/r.json --doc /tmp/b.md   # the tests' run
+    .venv/bin/python -m bench --only soak      # the soak, about 32 minutes (make soak)
 
 Each benchmark compares the project with a peer run in the same process or the same run where
 there is one (pandas, a no-op endpoint, the bare SQLite engine), because the machines are shared
 and noisy: the ratio means more than an absolute time. Runs at full size take about 15 minutes.
+The soak (bench/soak.py) runs only when named, and its result is kept by runs of the others.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import flink, live, resampler, rest, store_writes
+from bench import flink, live, resampler, rest, soak, store_writes
 from bench.common import machine
 from bench.report import render
 
@@ -43,6 +45,22 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
             "kafka_minutes": FLINK_SCALE_MINUTES,
             "kafka_parallelism": 2,
         },
+        # Half an hour of the full market (a simulated minute every 4 s) under 1,000 churning
+        # WebSocket clients, all reconnecting every 5 minutes, SSE streams and REST requests.
+        "soak": {
+            "symbols": 12_000,
+            "speed": 0.25,
+            "seconds": 1800,
+            "clients": 1000,
+            "sse_clients": 10,
+            "rest_rate": 50,
+            "burst_every_s": 300,
+            "session_s": (5, 30),
+            "sample_s": 10,
+            "trim_s": 10,
+            "history_min": 120,
+            "procs": 2,
+        },
     },
     "smoke": {
         "resampler": {"symbols": 20, "minutes": 30},
@@ -58,6 +76,20 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
             "kafka_parallelism": 2,
             "heap": "768m",
         },
+        "soak": {
+            "symbols": 30,
+            "speed": 2.0,
+            "seconds": 20,
+            "clients": 20,
+            "sse_clients": 2,
+            "rest_rate": 20,
+            "burst_every_s": 8,
+            "session_s": (2, 6),
+            "sample_s": 1,
+            "trim_s": 3,
+            "history_min": 30,
+            "procs": 1,
+        },
     },
 }
 RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
@@ -66,7 +98,12 @@ RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
     "rest": rest.run,
     "live": live.run,
     "flink": flink.run,
+    "soak": soak.run,
 }
+# Run only when named (--only): the soak takes half an hour on its own (make soak).
+ON_REQUEST = {"soak"}
+# Benchmarks that draw a picture put it next to the document that shows it.
+PLOTS = {"soak": "soak.png"}
 
 
 def main() -> None:
@@ -77,20 +114,26 @@ def main() -> None:
     parser.add_argument("--doc", type=Path, default=Path("docs/benchmarks.md"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    names = args.only.split(",") if args.only else list(RUNNERS)
+    names = args.only.split(",") if args.only else [n for n in RUNNERS if n not in ON_REQUEST]
     unknown = set(names) - set(RUNNERS)
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
-    # A partial run updates its entries in an existing results file and keeps the others.
+    # A partial run updates its entries in an existing results file and keeps the others; a run
+    # of them all keeps those run only on request (of the same size).
     previous: dict[str, Any] = {}
-    if args.only and args.out.exists():
-        previous = json.loads(args.out.read_text()).get("runs", {})
+    if args.out.exists():
+        old = json.loads(args.out.read_text())
+        if args.only:
+            previous = old.get("runs", {})
+        elif old.get("size") == args.size:
+            previous = {n: r for n, r in old.get("runs", {}).items() if n in ON_REQUEST}
     runs = dict(previous)
     for name in names:
         params = SIZES[args.size][name]
         logging.info("running %s %s", name, params)
         began = time.perf_counter()
-        figures = RUNNERS[name](**params)
+        extra = {"plot_path": args.doc.parent / PLOTS[name]} if name in PLOTS else {}
+        figures = RUNNERS[name](**params, **extra)
         runs[name] = {
             "params": params,
             "seconds": round(time.perf_counter() - began, 1),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +133,34 @@ def entries(runs: dict[str, Any]) -> list[dict[str, Any]]:
                 and all(r["check"]["result"] == "equal" for r in jobs.values()),
             }
         )
+    if "soak" in runs:
+        soak = runs["soak"]["figures"]
+        checks = soak["checks"]
+        out.append(
+            {
+                "name": "soak",
+                "figures": {
+                    "duration": _duration(soak["seconds"]),
+                    "symbols": soak["symbols"],
+                    "clients": soak["clients"],
+                    "sse_clients": soak["sse_clients"],
+                    "rest_rate": soak["rest_rate"],
+                    "rss_mib": soak["rss_mib"],
+                    "fds": soak["fds"],
+                    "tasks": soak["tasks"],
+                    "websocket_connections": soak["websocket"]["connections"],
+                    "sse_connections": soak["sse"]["connections"],
+                    "rest_requests": soak["rest"]["requests"],
+                    "checks": len(checks),
+                    "checks_failed": [c["check"] for c in checks if not c["ok"]],
+                },
+                "peer": None,
+                "peer_name": None,
+                "ratio": None,
+                "target": "nothing dropped; tasks and open files back to their start",
+                "met": all(c["ok"] for c in checks),
+            }
+        )
     return out
 
 
@@ -192,6 +221,18 @@ def _summary_rows(items: list[dict[str, Any]]) -> list[str]:
                 f"{_fmt(f['candles_per_s'])} candles/s | "
                 f"{_fmt(p['candles_per_s'])} candles/s (bare engine) | "
                 f"{e['ratio']:.2f} | {target} | {met} |"
+            )
+        elif e["name"] == "soak":
+            rss = f["rss_mib"]
+            rows.append(
+                f"| {i} | [soak](#soak), {f['duration']}: {f['symbols']:,} symbols, "
+                f"{f['clients']:,} WebSocket clients with churn, {f['sse_clients']} SSE, REST "
+                f"{_fmt(f['rest_rate'])}/s | RSS {_fmt(rss['first'])} -> {_fmt(rss['last'])} MiB "
+                f"(max {_fmt(rss['max'])}), {_fmt(rss['slope_second_half_per_10min'])} MiB per "
+                f"10 min over the second half; {f['websocket_connections']:,} WebSocket "
+                f"connections, {f['rest_requests']:,} requests; "
+                f"{f['checks'] - len(f['checks_failed'])} of {f['checks']} checks passed | — | — | "
+                f"{target} | {met} |"
             )
     return rows
 
@@ -302,6 +343,8 @@ def _details(runs: dict[str, Any]) -> list[str]:
         ]
     if "flink" in runs:
         lines += _flink_details(runs["flink"])
+    if "soak" in runs:
+        lines += _soak_details(runs["soak"])
     lines += [
         "",
         "Earlier fan-out runs at 200 to 4,000 clients, with and without permessage-deflate: "
@@ -354,6 +397,109 @@ def _flink_details(run: dict[str, Any]) -> list[str]:
             f"{_fmt(scale.get('peak_rss_mib'), ' MiB')}.",
         ]
     lines += ["", f"Run {run['machine']['date']}, {run['seconds']} s."]
+    return lines
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:g} min" if seconds >= 120 else f"{seconds:g} s"
+
+
+def _cell(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, separators=(", ", ": "))
+    return text.replace("|", "\\|")
+
+
+def _soak_details(run: dict[str, Any]) -> list[str]:
+    fig = run["figures"]
+    ws, sse, rest = fig["websocket"], fig["sse"], fig["rest"]
+    rss = fig["rss_mib"]
+    low, high = fig["session_s"]
+    procs = f"{fig['procs']} process" + ("es" if fig["procs"] != 1 else "")
+    lines = [
+        "",
+        '<a id="soak"></a>',
+        "",
+        "## 7. Soak (`bench/soak.py`, `make soak`)",
+        "",
+        f"{fig['symbols']:,} symbols, a simulated minute every {fig['sim_minute_s']:g} s "
+        f"({fig['sim_minutes']:,} simulated minutes, after {fig['history_min']} backfilled), "
+        f"for {_duration(fig['seconds'])}: {fig['clients']:,} WebSocket clients in {procs}, "
+        f"each connecting, subscribing with a snapshot (3 symbols x 2 intervals, "
+        f"{fig['snapshot']:,} candles; {fig['dashboard_share'] * 100:g} % of the sessions like the "
+        f"dashboard, 1 symbol x 7 intervals, {fig['dashboard_snapshot']:,} candles), reading "
+        f"{low:g}-{high:g} s and closing, and all of them reconnecting "
+        f"at once every {fig['burst_every_s']:g} s ({len(fig['burst_at_s'])} bursts); "
+        f"{fig['sse_clients']} SSE streams likewise; REST {fig['rest_rate']:g} requests/s. "
+        "Served as `speedlayer up` serves (permessage-deflate on); the API trims its heap every "
+        f"{fig['memory_trim_s']:g} s (`SPEEDLAYER_MEMORY_TRIM_S`). The figures are the whole "
+        f"stack's process, sampled every {fig['sample_s']:g} s. "
+        f"Run {run['machine']['date']}, {run['seconds']} s.",
+        "",
+        "| figure | start | end | max | after the clients |",
+        "|---|---:|---:|---:|---:|",
+        f"| resident memory (MiB) | {rss['first']} | {rss['last']} | {rss['max']} | "
+        f"{rss['after']} |",
+    ]
+    for key, label in (("fds", "open files"), ("tasks", "asyncio tasks"), ("threads", "threads")):
+        span = fig[key]
+        lines.append(
+            f"| {label} | {span['start']} | {span['end']} | {span['max']} | {span['after']} |"
+        )
+    lines += [
+        "",
+        f"Resident memory: at most {_fmt(rss['max_first_half'])} MiB in the first half and "
+        f"{_fmt(rss['max_second_half'])} MiB in the second; over the second half it moved "
+        f"{_fmt(rss['slope_second_half_per_10min'])} MiB per 10 minutes (least squares). The "
+        f"resampler held up to {fig['held_bars_max']:,} bars (those of its open buckets, up to "
+        "4h15m of the market). The sampler ran at most "
+        f"{_fmt(fig['loop_lag_max_ms'], ' ms')} late (the event loop's lag).",
+        "",
+        "| clients | connections | messages | snapshots complete after p50 / p99 / max | "
+        "sessions missing snapshots | closes the client did not cause |",
+        "|---|---:|---|---|---:|---|",
+    ]
+    for label, c in (("WebSocket", ws), ("SSE", sse)):
+        messages = ", ".join(f"{kind} {n:,}" for kind, n in c["messages"].items()) or "—"
+        closes = _cell(c["abnormal_closes"]) if c["abnormal_closes"] else "none"
+        lines.append(
+            f"| {label} | {c['connections']:,} | {messages} | {_fmt(c['snapshot_wait_p50_ms'])} / "
+            f"{_fmt(c['snapshot_wait_p99_ms'])} / {_fmt(c['snapshot_wait_max_ms'], ' ms')} | "
+            f"{c['missing_snapshots']} | {closes} |"
+        )
+    lines += [
+        "",
+        f"REST: {rest['requests']:,} requests ({rest['requests_per_s']:g}/s), transport errors: "
+        f"{_cell(rest['errors']) if rest['errors'] else 'none'}.",
+        "",
+        "| endpoint | requests | statuses | p50 | p99 | max |",
+        "|---|---:|---|---:|---:|---:|",
+    ]
+    for name, e in rest["endpoints"].items():
+        path = {
+            "candles": "`/candles/{symbol}?interval=15m&limit=100`",
+            "symbols": "`/symbols`",
+            "healthz": "`/healthz`",
+        }.get(name, name)
+        statuses = ", ".join(f"{code}: {n:,}" for code, n in e["statuses"].items())
+        lines.append(
+            f"| {path} | {e['requests']:,} | {statuses} | {e['p50_ms']} ms | {e['p99_ms']} ms | "
+            f"{e['max_ms']} ms |"
+        )
+    hub, pipe = fig["hub"], fig["pipeline"]
+    lines += [
+        "",
+        f"Hub: {hub['connections_total']:,} connections, {hub['delivered']:,} messages "
+        f"delivered, {hub['events']:,} candle updates fanned out, {hub['dropped_slow']} dropped "
+        f"as slow consumers. Pipeline: {pipe['bars_in']:,} bars in, {pipe['rows_written']:,} "
+        "candle rows written.",
+        "",
+        "![soak](soak.png)",
+        "",
+        "| check | value | passed |",
+        "|---|---|---|",
+    ]
+    for c in fig["checks"]:
+        lines.append(f"| {c['check']} | `{_cell(c['value'])}` | {'yes' if c['ok'] else '**no**'} |")
     return lines
 
 

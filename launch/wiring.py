@@ -244,7 +244,10 @@ def uvicorn_server(app: FastAPI, settings: Settings, **config: Any) -> uvicorn.S
 async def serve(app: FastAPI, **config: Any) -> AsyncIterator[int]:
     """Serve ``app`` on uvicorn on a free loopback port in this event loop, for benchmarks and
     tests; yields the port once the server accepts connections, and shuts it down on exit."""
-    listener = socket.socket()
+    # IPPROTO_TCP named: asyncio sets TCP_NODELAY on accepted connections only when the listening
+    # socket says it is TCP (with socket.socket()'s proto 0, every response waited ~40 ms for
+    # the peer's delayed ACK).
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     listener.bind(("127.0.0.1", 0))
     port = int(listener.getsockname()[1])
     server = uvicorn.Server(

@@ -66,3 +66,32 @@ def test_every_benchmark_runs_at_smoke_size(tmp_path: Path) -> None:
     assert runs["store_writes"]["figures"]["store_candles_per_s"] > 0
     text = doc.read_text()
     assert "| 1 | resampler, in order |" in text and "## 5. Store writes" in text
+
+
+@pytest.mark.timeout(120)
+def test_soak_runs_at_smoke_size(tmp_path: Path) -> None:
+    """The soak (bench/soak.py, `make soak`) at its smoke size, about 40 s: the run completes,
+    every check of "nothing dropped" passes, and the report shows it with its plot."""
+    out, doc = tmp_path / "results.json", tmp_path / "benchmarks.md"
+    command = [sys.executable, "-m", "bench", "--size", "smoke", "--only", "soak"]
+    proc = subprocess.run(
+        [*command, "--out", str(out), "--doc", str(doc)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        env=os.environ | {"PYTHONPATH": str(ROOT)},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+    figures = results["runs"]["soak"]["figures"]
+    failed = [check for check in figures["checks"] if not check["ok"]]
+    assert not failed, failed
+    assert figures["websocket"]["connections"] > figures["clients"]  # they churned
+    assert figures["sse"]["connections"] > 0 and figures["rest"]["requests"] > 0
+    assert len(figures["samples"]["rss_mib"]) >= figures["seconds"] / figures["sample_s"]
+    [entry] = results["benchmarks"]
+    assert entry["name"] == "soak" and entry["met"] is True
+    assert (tmp_path / "soak.png").read_bytes().startswith(b"\x89PNG")
+    text = doc.read_text()
+    assert "## 7. Soak" in text and "![soak](soak.png)" in text and "**no**" not in text
