@@ -7,7 +7,7 @@ benchmark, not a test; ``make soak``).
 
 One process runs the embedded stack as ``speedlayer up`` does (Polygon simulator -> feed -> bus ->
 resampler -> SQLite -> candle bus -> API with the live hub), served as ``speedlayer up`` serves it
-(launch.wiring.uvicorn_server: permessage-deflate on, as browsers ask for it), after backfilling
+(launch.wiring.serve: uvicorn with permessage-deflate on, as browsers ask for it), after backfilling
 ``history_min`` minutes of every symbol so that snapshots have history. Its settings: the
 simulated market at ``speed`` minutes per second, the API's heap trimmed every ``trim_s`` seconds
 (``SPEEDLAYER_MEMORY_TRIM_S``; glibc ``malloc_trim``, see speedlayer/runtime.py). Client
@@ -64,7 +64,6 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -391,26 +390,6 @@ async def _rest(
 # -- the stack's side -----------------------------------------------------------------------------
 
 
-@contextlib.asynccontextmanager
-async def _serve(app: Any, settings: Any) -> AsyncIterator[int]:
-    """The app on uvicorn as `speedlayer up` serves it (launch.wiring.uvicorn_server: its
-    defaults, TCP_NODELAY on every connection), on a free loopback port; yields the port."""
-    from launch.wiring import uvicorn_server
-
-    server = uvicorn_server(app, settings, port=0, backlog=4096, log_level="warning")
-    task = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            if task.done():
-                task.result()
-                raise RuntimeError("uvicorn stopped before it started")
-            await asyncio.sleep(0.02)
-        yield int(server.servers[0].sockets[0].getsockname()[1])
-    finally:
-        server.should_exit = True
-        await task
-
-
 def _proc_status() -> dict[str, int]:
     out: dict[str, int] = {}
     with open("/proc/self/status", encoding="ascii") as status:
@@ -505,7 +484,7 @@ async def run_async(
     procs: int,
     db_dir: Path,
 ) -> dict[str, Any]:
-    from launch.wiring import embedded_stack
+    from launch.wiring import embedded_stack, serve
     from speedlayer.config import Settings
     from speedlayer.runtime import tune_gc
 
@@ -524,7 +503,7 @@ async def run_async(
     tune_gc()  # as `speedlayer up` does
     async with (
         embedded_stack(settings) as embedded,
-        _serve(embedded.app, settings) as port,
+        serve(embedded.app, backlog=4096) as port,
     ):
         sim, runner, feed = embedded.simulator, embedded.runner, embedded.feed
         assert sim is not None  # source="simulator"
