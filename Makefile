@@ -136,10 +136,10 @@ test-fast: $(STAMP) ## the unit tests only (no servers, brokers or browsers; und
 bench: setup ## the benchmarks at full size (ONLY=resampler|live|rest|store_writes|flink)
 	$(BIN)/python -m bench $(if $(ONLY),--only $(ONLY))
 
-# The soak (bench/soak.py, about 32 minutes; not part of `make bench`): the full market with 1,000
+# The soak (bench/soak.py, about 22 minutes; not part of `make bench`): the full market with 1,000
 # churning WebSocket clients, SSE and REST load; resident memory, open files and asyncio tasks every
 # 10 s. Its entry in bench/results.json and docs/benchmarks.md, its plot in docs/soak.png.
-soak: setup ## the soak benchmark, about 32 minutes: memory, files and tasks under client churn
+soak: setup ## the soak benchmark, about 22 minutes: memory, files and tasks under client churn
 	$(BIN)/python -m bench --only soak
 
 # Re-make docs/dashboard.png, the README's picture, from the dashboard's end-to-end browser test.

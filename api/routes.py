@@ -34,9 +34,11 @@ from speedlayer.timeparse import MAX_MS, MIN_MS, parse_time_ms
 
 
 class _TickerConvertor(Convertor[str]):
-    """A path parameter that may span "/" but not be empty (``/candles/`` stays unmatched)."""
+    """A path parameter that may span "/" but not be empty (``/candles/`` stays unmatched). Any
+    character matches, line breaks included, so that a bad ticker gets the route's 422, never
+    the router's 404."""
 
-    regex = ".+"
+    regex = r"[\s\S]+"
 
     def convert(self, value: str) -> str:
         return value

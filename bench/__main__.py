@@ -3,7 +3,7 @@
     .venv/bin/python -m bench                  # everything at full size (make bench)
     .venv/bin/python -m bench --only rest      # one benchmark
     .venv/bin/python -m bench --size smoke --out /tmp/r.json --doc /tmp/b.md   # the tests' run
-    .venv/bin/python -m bench --only soak      # the soak, about 32 minutes (make soak)
+    .venv/bin/python -m bench --only soak      # the soak, about 22 minutes (make soak)
 
 Each benchmark compares the project with a peer run in the same process or the same run where
 there is one (pandas, a no-op endpoint, the bare SQLite engine), because the machines are shared
@@ -45,12 +45,12 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
             "kafka_minutes": FLINK_SCALE_MINUTES,
             "kafka_parallelism": 2,
         },
-        # Half an hour of the full market (a simulated minute every 4 s) under 1,000 churning
+        # 20 minutes of the full market (a simulated minute every 4 s) under 1,000 churning
         # WebSocket clients, all reconnecting every 5 minutes, SSE streams and REST requests.
         "soak": {
             "symbols": 12_000,
             "speed": 0.25,
-            "seconds": 1800,
+            "seconds": 1200,
             "clients": 1000,
             "sse_clients": 10,
             "rest_rate": 50,
@@ -100,7 +100,7 @@ RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
     "flink": flink.run,
     "soak": soak.run,
 }
-# Run only when named (--only): the soak takes half an hour on its own (make soak).
+# Run only when named (--only): the soak takes 20 minutes on its own (make soak).
 ON_REQUEST = {"soak"}
 # Benchmarks that draw a picture put it next to the document that shows it.
 PLOTS = {"soak": "soak.png"}

@@ -1,8 +1,8 @@
-"""Soak: the full-market stack for half an hour under churning live clients and REST load (a
+"""Soak: the full-market stack for 20 minutes under churning live clients and REST load (a
 benchmark, not a test; ``make soak``).
 
     .venv/bin/python -m bench --only soak      # full size: bench/results.json, docs/benchmarks.md,
-                                               # docs/soak.png (about 32 minutes)
+                                               # docs/soak.png (about 22 minutes)
     .venv/bin/python -m bench.soak --seconds 120 --symbols 500 --clients 100 --plot /tmp/soak.png
 
 One process runs the embedded stack as ``speedlayer up`` does (Polygon simulator -> feed -> bus ->
@@ -921,7 +921,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--symbols", type=int, default=12_000)
     parser.add_argument("--speed", type=float, default=0.25, help="simulated minutes per second")
-    parser.add_argument("--seconds", type=float, default=1800.0, help="how long the clients run")
+    parser.add_argument("--seconds", type=float, default=1200.0, help="how long the clients run")
     parser.add_argument("--clients", type=int, default=1000, help="WebSocket clients")
     parser.add_argument("--sse-clients", type=int, default=10)
     parser.add_argument("--rest-rate", type=float, default=50.0, help="REST requests per second")

@@ -178,8 +178,12 @@ def test_tickers_with_a_slash_in_the_path(plain: ApiServer, symbol: str) -> None
         assert http.get("/candles/AAPL").json()["symbol"] == "AAPL"
         missing = http.get("/candles/NO/SUCH/latest")
         assert missing.status_code == 404 and missing.json()["error"] == "not_found"
-        bad = http.get("/candles/" + quote("BRK B", safe=""))
-        assert bad.status_code == 422 and bad.json()["error"] == "invalid_parameter"
+        # a bad ticker is the route's 422, line breaks included (not the router's 404)
+        for ticker in ("BRK B", "\x0e\n\x04q", "A\r\nB"):
+            for suffix in ("", "/latest"):
+                bad = http.get("/candles/" + quote(ticker, safe="") + suffix)
+                assert bad.status_code == 422, (ticker, suffix, bad.text)
+                assert bad.json()["error"] == "invalid_parameter"
 
 
 def test_a_forex_feed_through_the_simulator_is_served_by_pair(tmp_path: Path) -> None:
