@@ -45,13 +45,13 @@ import csv
 import json
 import shutil
 import signal
+import sqlite3
 import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect
@@ -205,19 +205,14 @@ class Deployment:
         assert self.db is not None
         if not self.db.exists():
             return 0
-        with contextlib.closing(sqlite3_connect(self.db)) as conn:
+        uri = f"file:{self.db}?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=1)) as conn:
             try:
                 return int(
                     conn.execute("SELECT COUNT(*) FROM speed_layer_ohlcv_1min").fetchone()[0]
                 )
             except Exception:  # not created yet, or locked for a moment
                 return 0
-
-
-def sqlite3_connect(db: Path) -> Any:
-    import sqlite3
-
-    return sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
 
 
 def feed_env(sim: PolygonSimulator) -> dict[str, str]:
