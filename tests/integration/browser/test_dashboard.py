@@ -427,8 +427,9 @@ def test_dashboard_live_charts_end_to_end(up_server: UpServer, browser: BrowserC
         for phase, kind, text in recorder.errors()
         if not (phase == "restart" and (ws_failed.match(text) or refused.match(text)))
     ]
+    # (Whether the browser logs a failed connection depends on when its reconnect attempt falls;
+    # the restart itself was seen above: the page went 'reconnecting', then live with 1 reconnect.)
     assert unexpected == [], unexpected
-    assert [e for e in recorder.errors() if ws_failed.match(e[2])], "the restart was not seen"
     assert "Traceback" not in server.log()
 
 
