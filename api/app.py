@@ -77,7 +77,7 @@ def create_app(
             chores = [
                 asyncio.create_task(
                     _periodically("purging expired candles", settings.purge_interval_s,
-                                  lambda: _purge(active)),
+                                  _purger(active)),
                     name="purge",
                 )
             ]  # fmt: skip
@@ -120,10 +120,27 @@ def create_app(
     return app
 
 
-async def _purge(store: Store) -> None:
-    purged = await store.purge_expired()
-    if purged:
-        log.info("purged %d expired candles", purged)
+def _purger(store: Store) -> Callable[[], Awaitable[None]]:
+    """The purge chore. Candles that have expired since the last purge are routine; but what
+    the first purge finds was written past its retention or aged while nothing ran, which is
+    what a replay of old history without ``SPEEDLAYER_RETENTION`` leaves: say so loudly."""
+    first = True
+
+    async def purge() -> None:
+        nonlocal first
+        purged = await store.purge_expired()
+        if first and purged:
+            log.warning(
+                "purged %d candles past their retention at start-up: history older than the "
+                "retention of its interval is never served (see GET /intervals); to keep it, set "
+                "SPEEDLAYER_RETENTION (e.g. '*=10y') on the services that write it and replay "
+                "it again", purged,
+            )  # fmt: skip
+        elif purged:
+            log.info("purged %d expired candles", purged)
+        first = False
+
+    return purge
 
 
 async def _periodically(

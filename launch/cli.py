@@ -150,8 +150,8 @@ def candles(
     db: Path | None,
     store: str | None,
 ) -> None:
-    """Print the stored candles of SYMBOL, oldest first."""
-    settings = _settings(db=db, store=store)
+    """Print the stored candles of SYMBOL, oldest first (reads only: creates no table)."""
+    settings = _settings(db=db, store=store, aws_create_resources=False)
     try:
         iv = settings.interval_set.get(interval)
         start_ms = parse_time_ms(start, "--start") if start else None

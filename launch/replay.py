@@ -19,14 +19,13 @@ async def replay_files(
 ) -> ReplaySummary:
     summary = ReplaySummary()
     started = time.perf_counter()
-    now_s = pipeline.store.now_s()
     for batch, _ in read_batches(paths, batch_size, summary):
         result = await pipeline.handle(batch)
         summary.accepted += result.accepted
         summary.duplicates += result.duplicates
         summary.ttl_rewritten += result.ttl_rewritten
         summary.candles_published += len(result.candles)
-        summary.expired += sum(1 for candle in result.candles if candle.ttl <= now_s)
     summary.rows_written = pipeline.stats.rows_written
+    summary.expired = pipeline.stats.candles_expired
     summary.seconds = time.perf_counter() - started
     return summary

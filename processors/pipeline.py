@@ -10,6 +10,12 @@ is tried again with backoff, for as long as ``retry_deadline_s`` allows, and not
 runs meanwhile (the caller waits: backpressure). ``problem()`` says so while it lasts, for
 readiness. A failure that outlasts the deadline (or is not retriable) is raised: the owner then
 stops without committing the batch, and a restart rebuilds the state from the store.
+
+Retention. A candle whose ``ttl`` is already past when it is written (history older than the
+retention of its interval, e.g. a replay of 2019 bars with the default retention) is stored, but no
+read returns it and the next purge deletes it. The pipeline counts those (``stats.candles_expired``)
+and logs a warning with the counts, at the first one and then at most once a minute, naming the
+setting that keeps them (``SPEEDLAYER_RETENTION``).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ log = logging.getLogger(__name__)
 
 Publish = Callable[[Sequence[Candle]], Awaitable[None]]
 T = TypeVar("T")
+EXPIRED_WARNING_EVERY_S = 60.0
 
 
 @dataclass
@@ -40,6 +47,7 @@ class PipelineStats:
     rows_written: int = 0
     buckets_restored: int = 0
     write_retries: int = 0
+    candles_expired: int = 0  # written already past their retention (see the module docstring)
 
 
 class CandlePipeline:
@@ -62,6 +70,7 @@ class CandlePipeline:
         self.stats = PipelineStats()
         self.failing_since: float | None = None  # monotonic time of the first failed attempt
         self.last_error: BaseException | None = None
+        self._expired_warned_at: float | None = None  # monotonic time of the last warning
 
     def problem(self) -> str | None:
         """None unless a write or publish is failing and being retried right now."""
@@ -126,8 +135,31 @@ class CandlePipeline:
             "store write", lambda: store.upsert(candles)
         )
         self.stats.candles_published += len(candles)
+        now_s = store.now_s()
+        expired = [candle for candle in candles if candle.ttl <= now_s]
+        if expired:
+            self._note_expired(expired)
         if publish is not None:
             await self._until_done("candle publish", lambda: publish(candles))
+
+    def _note_expired(self, expired: Sequence[Candle]) -> None:
+        stats = self.stats
+        stats.candles_expired += len(expired)
+        now = time.monotonic()
+        if (
+            self._expired_warned_at is not None
+            and now - self._expired_warned_at < EXPIRED_WARNING_EVERY_S
+        ):
+            return
+        self._expired_warned_at = now
+        oldest = min(expired, key=lambda candle: candle.timestamp)
+        log.warning(
+            "%d of %d candles written so far were already past their retention (e.g. %s %s "
+            "at %s): they are never served and the next purge deletes them. To keep history, "
+            "set SPEEDLAYER_RETENTION on this service (e.g. '*=10y') and replay it again",
+            stats.candles_expired, stats.candles_published, oldest.symbol, oldest.interval,
+            time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(oldest.timestamp / 1000)),
+        )  # fmt: skip
 
     async def _until_done(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
         """``operation()`` retried while it fails retriably (upserts are idempotent and a

@@ -12,6 +12,7 @@ the retriable ones.
     │   └── ReplayFormatError      a replay file as a whole
     ├── RequestError               a live-feed request (WebSocket/SSE) is invalid
     ├── StoreError                 the candle store failed (retriable)
+    │   └── TableMissing           a table does not exist and may not be created (not retriable)
     ├── BusError                   the bus failed, or a record is not in the wire format (retriable)
     │   └── SubscriptionClosed     a subscription ended (not retriable: subscribe again)
     ├── PolygonError               the Polygon feed (WebSocket and REST)
@@ -58,6 +59,13 @@ class StoreError(SpeedlayerError):
     upserts, so the same write may be tried again."""
 
     retriable = True
+
+
+class TableMissing(StoreError):
+    """A table the store reads or writes does not exist, and this process may not create it
+    (``aws_create_resources`` off, or a read-only command): trying again cannot help."""
+
+    retriable = False
 
 
 class BusError(SpeedlayerError):

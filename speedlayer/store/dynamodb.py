@@ -76,7 +76,7 @@ from speedlayer.aws import (
     open_client,
 )
 from speedlayer.clock import Clock
-from speedlayer.errors import StoreError
+from speedlayer.errors import StoreError, TableMissing
 from speedlayer.intervals import Interval, IntervalSet
 from speedlayer.models import Bar, Candle, candle_as_bar
 from speedlayer.retry import Backoff
@@ -209,6 +209,7 @@ class DynamoDBStore(Store):
         self.retry_timeout_s = retry_timeout_s
         self.scan_purge = endpoint_url is not None if scan_purge is None else scan_purge
         self.active_timeout_s = active_timeout_s
+        self.table_prefix = table_prefix
         self.tables = {iv.name: table_prefix + iv.table for iv in intervals}
         self._minute_table = self.tables[intervals.items[0].name]
         self._symbol_ttl: dict[str, int] = {}  # symbol -> largest ttl seen (symbols())
@@ -256,13 +257,28 @@ class DynamoDBStore(Store):
 
     async def _call(self, op: str, ok_codes: frozenset[str] = frozenset(), **kwargs: Any) -> Any:
         """One API call with throttling retried; None when the error code is in ``ok_codes``."""
-        return await call(
-            self.client,
-            op,
-            timeout_s=self.retry_timeout_s,
-            error=_store_error,
-            ok_codes=ok_codes,
-            **kwargs,
+        try:
+            return await call(
+                self.client,
+                op,
+                timeout_s=self.retry_timeout_s,
+                error=_store_error,
+                ok_codes=ok_codes,
+                **kwargs,
+            )
+        except StoreError as exc:
+            cause = exc.__cause__
+            if cause is None or error_code(cause) != "ResourceNotFoundException":
+                raise
+            raise TableMissing(self._missing(kwargs)) from exc
+
+    def _missing(self, request: dict[str, Any]) -> str:
+        tables = request.get("TableName") or ", ".join(request.get("RequestItems", ())) or "?"
+        where = self.endpoint_url or f"AWS ({self.region})"
+        return (
+            f"DynamoDB table {tables} does not exist at {where}: create the tables with "
+            "`speedlayer init-aws` (or the infrastructure code), with the same "
+            f"SPEEDLAYER_DYNAMODB_TABLE_PREFIX ({self.table_prefix!r} here)"
         )
 
     # -- tables ---------------------------------------------------------------------------------

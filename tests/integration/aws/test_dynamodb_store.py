@@ -17,6 +17,7 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import boto3
 import pytest
 from botocore.exceptions import ClientError
 
@@ -41,7 +42,7 @@ from tests.aws_hooks import (
     ok_response,
     request_body,
 )
-from tests.conftest import dynalite_command, free_port, start_emulator, stop_process
+from tests.conftest import dynalite_command, free_port, run_cli, start_emulator, stop_process
 
 INTERVALS = IntervalSet(DEFAULT_INTERVALS)
 T0 = 1_704_206_220_000  # 2024-01-02T14:37Z
@@ -449,3 +450,31 @@ async def test_measure_rates_on_dynalite(
 
 def test_node_is_available() -> None:
     assert subprocess.run(["node", "--version"], capture_output=True).returncode == 0
+
+
+# -- Read-only commands ---------------------------------------------------------------------------
+
+
+def test_a_query_creates_no_table_and_names_the_missing_one(dynalite_url: str) -> None:
+    """`speedlayer candles --store dynamodb` only reads: on an account without the tables it
+    fails at once, naming the table, the endpoint and the command that creates them."""
+    prefix = f"q{uuid.uuid4().hex[:8]}_"
+    env = {
+        "SPEEDLAYER_AWS_ENDPOINT_URL": dynalite_url,
+        "SPEEDLAYER_DYNAMODB_TABLE_PREFIX": prefix,
+        "SPEEDLAYER_AWS_CREATE_RESOURCES": "true",  # a query ignores it
+    }
+    proc = run_cli("candles", "AAPL", "--store", "dynamodb", env=env, check=False, timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    assert f"DynamoDB table {prefix}speed_layer_ohlcv_1min does not exist at {dynalite_url}" in (
+        proc.stderr
+    )
+    assert "speedlayer init-aws" in proc.stderr and "Traceback" not in proc.stderr
+    client = boto3.client(
+        "dynamodb",
+        endpoint_url=dynalite_url,
+        region_name="us-east-1",
+        aws_access_key_id="local",
+        aws_secret_access_key="local",
+    )
+    assert [t for t in client.list_tables()["TableNames"] if t.startswith(prefix)] == []

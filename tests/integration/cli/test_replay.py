@@ -9,7 +9,9 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import sqlite3
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -28,7 +30,7 @@ from speedlayer.clock import ManualClock
 from speedlayer.intervals import DEFAULT_INTERVALS, IntervalSet
 from speedlayer.models import Bar
 from speedlayer.store.memory import MemoryStore
-from tests.conftest import run_cli
+from tests.conftest import SPEEDLAYER, free_port, run_cli, wait_for_port
 from tests.oracle import CandleValues, oracle_candles, values_close
 
 INTERVAL_MS = {
@@ -866,6 +868,7 @@ def test_history_past_its_retention_is_written_but_never_returned(tmp_path: Path
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["accepted"] == len(GOOD_ROWS)
     assert summary["expired_on_write"] == summary["candles_published"] > 0
+    assert "SPEEDLAYER_RETENTION" in proc.stderr  # the pipeline's warning, where it happens
     for name in INTERVAL_MS:
         out = run_cli("candles", "AAPL", "-i", name, "--db", str(db), "--format", "json").stdout
         assert json.loads(out) == [], name
@@ -876,8 +879,42 @@ def test_history_past_its_retention_is_written_but_never_returned(tmp_path: Path
         ).fetchone()[0]
     conn.close()
     assert ttl == (T0 - 150 * MIN + 4 * 3_600_000) // 1000 + 90 * 86_400
+    served = tmp_path / "served.db"
+    shutil.copyfile(db, served)
     purged = run_cli("purge", "--db", str(db)).stdout
     assert f"purged {summary['rows_written']} " in purged
+    assert sqlite_rows(db) == 0
+
+    # An API started on such a database purges them at once, and says why nothing is served.
+    port = free_port()
+    api = subprocess.Popen(
+        [SPEEDLAYER, "api", "--db", str(served), "--port", str(port)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for_port(port, api)
+        deadline = time.monotonic() + 20
+        while sqlite_rows(served) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        api.terminate()
+        _, stderr = api.communicate(timeout=20)
+    expected = f"purged {summary['rows_written']} candles past their retention at start-up"
+    assert expected in stderr, stderr
+
+
+def sqlite_rows(db: Path) -> int:
+    with sqlite3.connect(db) as conn:
+        tables = [
+            name
+            for (name,) in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'speed_layer_%'"
+            )
+        ]
+        count = sum(conn.execute(f"SELECT count(*) FROM {name}").fetchone()[0] for name in tables)
+    conn.close()
+    return int(count)
 
 
 def test_replaying_history_again_with_the_advised_retention_keeps_it(tmp_path: Path) -> None:

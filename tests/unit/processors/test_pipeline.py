@@ -76,3 +76,38 @@ async def test_a_write_failing_past_the_deadline_is_raised() -> None:
             await pipeline.handle(bars(0))
         assert pipeline.problem() is not None
         assert await store.query("AAA", INTERVALS.get("1m")) == []
+
+
+async def test_candles_written_past_their_retention_are_counted_and_warned_about(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """History older than the retention (here the default 1m retention, with the clock a year
+    after the bars) is stored but never served: the pipeline says so, with the counts."""
+    intervals = IntervalSet(list(DEFAULT_INTERVALS))
+    clock = ManualClock(T0 + 365 * 86_400_000)
+    store = MemoryStore(intervals, clock)
+    async with store:
+        pipeline = CandlePipeline(Resampler(intervals, clock), store, retry_deadline_s=None)
+        with caplog.at_level("WARNING", logger="processors.pipeline"):
+            await pipeline.handle(bars(0))
+            await pipeline.handle(bars(1))
+        stats = pipeline.stats
+        assert stats.candles_expired == stats.candles_published > 0
+        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert len(warnings) == 1, warnings  # once, then at most once a minute
+        assert "SPEEDLAYER_RETENTION" in warnings[0]
+        assert warnings[0].startswith(f"{len(bars(0)) * 7} of {len(bars(0)) * 7} candles")
+        assert "AAA 4h at 2024-01-02 12:00 UTC" in warnings[0]  # the oldest bucket
+        assert await store.query("AAA", intervals.get("1m")) == []
+
+
+async def test_candles_within_their_retention_raise_no_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = FailingStore(failures=0)
+    async with store:
+        pipeline = pipeline_on(store, deadline_s=None)
+        with caplog.at_level("WARNING", logger="processors.pipeline"):
+            await pipeline.handle(bars(0))
+        assert pipeline.stats.candles_expired == 0
+        assert not [r for r in caplog.records if r.levelname == "WARNING"]
