@@ -411,6 +411,8 @@ async def _check_pair(stack: LiveStack, client: WsClient, symbol: str, interval:
     snap_rev = {c["timestamp"]: c["revision"] for c in snap}
     seen: dict[int, list[int]] = {ts: [rev] for ts, rev in snap_rev.items()}
     live: dict[int, list[int]] = defaultdict(list)
+    latest: dict[int, dict[str, Any]] = {c["timestamp"]: c for c in snap}
+    finals: dict[int, list[bool]] = {c["timestamp"]: [c["final"]] for c in snap}
     first_snapshot = next(i for i, m in enumerate(client.messages) if m["type"] == "snapshot")
     for i, m in enumerate(client.messages):
         if m["type"] == "candle" and m["symbol"] == symbol and m["interval"] == interval:
@@ -418,12 +420,21 @@ async def _check_pair(stack: LiveStack, client: WsClient, symbol: str, interval:
             assert set(CANDLE_FIELDS) <= set(m) and isinstance(m["seq"], int)
             seen.setdefault(m["timestamp"], []).append(m["revision"])
             live[m["timestamp"]].append(m["revision"])
+            latest[m["timestamp"]] = m
+            finals.setdefault(m["timestamp"], []).append(m["final"])
     published = stack.tap.revisions(symbol, interval)
     stored = await stack.stored(symbol, interval)
     where = f"{symbol} {interval}"
     for ts, revisions in seen.items():
         assert revisions == sorted(set(revisions)), f"{where} {ts}: revisions {revisions}"
         assert revisions[-1] == stored[ts].revision, f"{where} {ts}: last {revisions} != store"
+        # Each update is the candle's whole state: the last one is the stored candle, field by
+        # field; and once final, a candle never goes back to forming (docs: what a subscriber
+        # may rely on).
+        last = {field: latest[ts][field] for field in CANDLE_FIELDS}
+        assert last == {field: getattr(stored[ts], field) for field in CANDLE_FIELDS}, where
+        flags = finals[ts]
+        assert flags == sorted(flags), f"{where} {ts}: final went back to forming: {flags}"
         if ts in snap_rev:  # after the snapshot: exactly what was published above it
             expected = [r for r in published.get(ts, []) if r > snap_rev[ts]]
         else:  # a candle newer than the snapshot: every revision published
