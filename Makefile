@@ -98,13 +98,22 @@ $(WRK):
 	@echo "installing wrk (apt-get)"
 	$(call apt_install,wrk)
 
-# Local AWS for development, data kept under .data/ across restarts (Ctrl-C stops both):
-#   DynamoDB (dynalite)  http://127.0.0.1:4567   data in .data/dynamodb
-#   Kinesis (kinesalite) http://127.0.0.1:4568   data in .data/kinesis
-# Point clients at them with SPEEDLAYER_AWS_ENDPOINT_URL (one service) or
-# AWS_ENDPOINT_URL_DYNAMODB / AWS_ENDPOINT_URL_KINESIS, with any dummy AWS credentials.
-aws-local: $(NODE_STAMP) ## local DynamoDB and Kinesis emulators, data kept in .data/
-	npm run aws-local
+# Local AWS for development (Ctrl-C stops both), data kept across restarts:
+#   DynamoDB (dynalite)  http://127.0.0.1:$(DYNAMODB_PORT)   data in $(AWS_LOCAL_DATA)/dynamodb
+#   Kinesis (kinesalite) http://127.0.0.1:$(KINESIS_PORT)   data in $(AWS_LOCAL_DATA)/kinesis
+# Point the services at them with SPEEDLAYER_DYNAMODB_ENDPOINT_URL and
+# SPEEDLAYER_KINESIS_ENDPOINT_URL (README, "The AWS path"); no AWS credentials are needed.
+# Installs only the emulators (npm ci), not the Python environment: run `make setup` first.
+DYNAMODB_PORT  ?= 4567
+KINESIS_PORT   ?= 4568
+AWS_LOCAL_DATA ?= .data
+aws-local: $(NODE_STAMP) ## local DynamoDB and Kinesis emulators (DYNAMODB_PORT=, KINESIS_PORT=, AWS_LOCAL_DATA=)
+	@mkdir -p $(AWS_LOCAL_DATA)/kinesis
+	@echo "DynamoDB http://127.0.0.1:$(DYNAMODB_PORT), Kinesis http://127.0.0.1:$(KINESIS_PORT) (Ctrl-C stops both)"
+	@trap 'kill $$(jobs -p) 2>/dev/null' INT TERM EXIT; \
+	  node node_modules/dynalite/cli.js --host 127.0.0.1 --port $(DYNAMODB_PORT) --path $(AWS_LOCAL_DATA)/dynamodb & \
+	  node infra/local/kinesalite.js $(KINESIS_PORT) '{"path": "$(AWS_LOCAL_DATA)/kinesis", "shardLimit": 100}' & \
+	  wait
 
 # The embedded stack, live: Polygon simulator -> ingest -> resampler -> ./data/speedlayer.db -> API.
 # `make run SPEED=5` runs the simulated market at 5 minutes per second (0 = real time).
