@@ -37,8 +37,8 @@ class Settings(BaseSettings):
     lateness_ms: int = Field(
         15 * 60_000, ge=0, description="keep final buckets in memory this long for late bars"
     )
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
+    host: str = Field("127.0.0.1", description="address the API listens on (0.0.0.0: every one)")
+    port: int = Field(8000, ge=0, le=65535, description="port the API listens on")
     batch_size: int = Field(5000, ge=1, le=1_000_000, description="bars per replay batch")
     max_page: int = Field(10_000, ge=1, description="largest page of candles one request returns")
     purge_interval_s: float = Field(
@@ -93,11 +93,19 @@ class Settings(BaseSettings):
         "auto", description="auto = polygon when POLYGON_API_KEY is set, else the simulator"
     )
     polygon_api_key: SecretStr | None = Field(
-        None, validation_alias=AliasChoices("POLYGON_API_KEY", "SPEEDLAYER_POLYGON_API_KEY")
+        None,
+        validation_alias=AliasChoices("POLYGON_API_KEY", "SPEEDLAYER_POLYGON_API_KEY"),
+        description="Polygon (Massive) API key: live bars and the start-up backfill",
     )
-    polygon_ws_url: str = "wss://socket.massive.com"
-    polygon_rest_url: str = "https://api.massive.com"
-    polygon_market: Literal["stocks", "crypto", "forex", "options", "indices"] = "stocks"
+    polygon_ws_url: str = Field(
+        "wss://socket.massive.com", description="Polygon WebSocket base URL (the market is added)"
+    )
+    polygon_rest_url: str = Field(
+        "https://api.massive.com", description="Polygon REST base URL (the start-up backfill)"
+    )
+    polygon_market: Literal["stocks", "crypto", "forex", "options", "indices"] = Field(
+        "stocks", description="Polygon market whose minute aggregates are subscribed"
+    )
     polygon_symbols: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["*"], description="tickers to subscribe, or * for all"
     )
@@ -124,7 +132,7 @@ class Settings(BaseSettings):
     aws_endpoint_url: str | None = Field(
         None, description="AWS endpoint override, e.g. http://127.0.0.1:4567 for dynalite"
     )
-    aws_region: str = "us-east-1"
+    aws_region: str = Field("us-east-1", description="AWS region of every AWS client")
     aws_account_id: str = Field(
         "000000000000", description="account of the Kinesis stream ARNs the Flink job names"
     )
