@@ -196,7 +196,8 @@ def api(
     _setup_logging(settings.log_level)
     from launch.services import run_api
 
-    run_api(settings)
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: uvicorn has shut down cleanly
+        run_api(settings)
 
 
 @main.command()

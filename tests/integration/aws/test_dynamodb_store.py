@@ -9,6 +9,7 @@ and measured rates (printed).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -21,6 +22,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
+import speedlayer.store.dynamodb as dynamodb_module
 from processors.pipeline import CandlePipeline
 from processors.resampler import Resampler
 from speedlayer.clock import ManualClock
@@ -384,6 +386,30 @@ async def test_dynalite_with_path_keeps_data_across_kill_9(tmp_path: Path) -> No
             assert await store.upsert([candle("A", "1m", written[0].timestamp, revision=2)]) == 0
     finally:
         stop_process(proc)
+
+
+async def test_symbols_written_by_another_process_appear(
+    dynalite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader (the API) that knows no symbol scans again soon; one that knows some, within
+    ``SYMBOLS_SCAN_EVERY_S``."""
+    monkeypatch.setattr(dynamodb_module, "SYMBOLS_RESCAN_EMPTY_S", 2.0)
+    monkeypatch.setattr(dynamodb_module, "SYMBOLS_SCAN_EVERY_S", 3600.0)
+    writer = new_store(dynalite_url)
+    async with writer:
+        reader = DynamoDBStore(
+            INTERVALS, ManualClock(NOW), endpoint_url=dynalite_url, table_prefix=writer.table_prefix
+        )
+        async with reader:
+            assert await reader.symbols() == []
+            await writer.upsert([candle("A", "1m", T0)])
+            assert await reader.symbols() == []  # scanned under 2 s ago
+            await asyncio.sleep(2.1)
+            assert await reader.symbols() == ["A"]
+            await writer.upsert([candle("B", "1m", T0)])
+            await asyncio.sleep(2.1)
+            assert await reader.symbols() == ["A"]  # not empty: the next Scan is an hour away
+        await writer.delete_tables()
 
 
 # -- measured (printed, not asserted) -------------------------------------------------------------
