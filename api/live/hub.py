@@ -1,8 +1,17 @@
 """The live candle hub: one bus subscription fanned out to WebSocket and SSE clients.
 
 The hub subscribes once to every configured interval's candle topic (``market-data-{interval}``,
-overflow ``block`` with a large queue: it only enqueues, never does I/O per client). For each
-candle update it
+overflow ``block`` with a large queue: it only enqueues, never does I/O per client) as a
+*broadcast* subscriber (``consumer=None``, :mod:`speedlayer.bus.base`): on Kafka without a
+consumer group, every partition assigned to itself; on Kinesis with iterators of its own on every
+shard and no checkpoint. So every API replica sees every candle update, and any number of
+replicas can run behind a load balancer. The subscription starts at the end of the log ("from
+now on"): what came before is in the store, which is where snapshots come from. Each replica
+numbers the updates and keeps its replay ring itself, so an SSE ``Last-Event-ID`` resume works on
+the replica that issued the id, and a reconnect that lands on another replica gets a fresh
+snapshot: numbered from its own start time, the other replica's ids lie outside its window
+(unless the two hubs started within ``sse_replay_events`` microseconds of each other, 0.1 s by
+default). For each candle update it
 
 * assigns the next global event sequence number (``seq``; it starts at the hub's start time in
   microseconds, so ids from an earlier process are recognisably older than this one's window),
@@ -36,7 +45,8 @@ stream and a ``Last-Event-ID`` resume cannot skip anything.
 **When the bus subscription fails.** If the consumer feeding the hub's subscription dies (a
 Kafka or Kinesis consumer task failed: the subscription closes with an ``error``), the hub
 subscribes again, with backoff (``RESUBSCRIBE_INITIAL_S`` doubling up to ``RESUBSCRIBE_CAP_S``,
-jittered), until a new subscription is in place; meanwhile :meth:`CandleHub.problem` says so and
+jittered), until a new subscription holds its positions (a broadcast subscription resumes
+nothing: it starts at the end of the log again); meanwhile :meth:`CandleHub.problem` says so and
 ``/readyz`` answers 503. Updates published in between may never reach the hub, so it closes
 every connected client with ``live feed interrupted`` (WebSocket close code 1011, SSE a final
 ``event: error``), once when the subscription fails and again, for those connected meanwhile,
@@ -86,7 +96,6 @@ from speedlayer.store.base import Store
 log = logging.getLogger(__name__)
 
 SubscribeMode = Literal["live", "pending", "deferred"]
-HUB_CONSUMER = "api-live-hub"  # the consumer name on buses with durable positions (Kinesis)
 HUB_QUEUE_BATCHES = 8192  # bus batches the hub may lag behind before the pipeline waits
 DISPATCH_CHUNK = 500  # events dispatched between yields: below the per-client queue limit
 SNAPSHOT_READERS = 4  # concurrent store reads for one SSE stream's snapshots
@@ -398,9 +407,9 @@ class CandleHub:
 
     def _subscribe(self, bus: Bus) -> Subscription:
         topics = [candle_topic(iv.name) for iv in self.settings.interval_set]
-        return bus.subscribe(
-            topics, maxsize=HUB_QUEUE_BATCHES, overflow="block", consumer=HUB_CONSUMER
-        )
+        # broadcast: no consumer name, so no shared position, group or checkpoint (every
+        # replica reads every partition or shard, from the end of the log)
+        return bus.subscribe(topics, maxsize=HUB_QUEUE_BATCHES, overflow="block", consumer=None)
 
     async def _supervise(self, bus: Bus, subscription: Subscription) -> None:
         """Consume ``subscription``; when it fails, interrupt the live clients and subscribe

@@ -6,14 +6,30 @@ queue of batches with one of two overflow policies: ``block`` (the publisher wai
 pipeline, which must lose nothing) or ``drop`` (the subscription is closed with a reason: for
 clients that must never stall the rest).
 
-Positions. On buses that keep consumer positions (Kinesis) a subscription's position normally
-advances as soon as a batch is on its queue ("auto commit": enough for live fan-out, where a
-restart only needs to skip what was already shown). A consumer that must not lose a batch it was
-handed but had not finished when the process died (the candle pipeline) sets
-``subscription.auto_commit = False`` right after ``subscribe()`` returns (before awaiting anything)
-and calls ``await subscription.commit()`` once every batch ``get()`` returned so far is done: a
-restart then resumes after the last committed batch, and delivery is at least once even across
-``kill -9``. Buses without positions accept both and do nothing.
+Durable and broadcast subscriptions. ``subscribe(topics, consumer=NAME)`` (the default name is
+``speedlayer``) is a *durable* subscription on buses that keep positions (Kinesis, Kafka): its
+position is stored under NAME, a later subscription with the same name resumes there, and on
+Kafka the subscriptions of one name share the partitions (a consumer group). ``consumer=None`` is
+a *broadcast* subscription: no name, no stored position, no group. It reads every partition or
+shard of its topics with positions of its own, starting at the end of the log once it holds them
+("from now on", whatever the bus's ``initial_position``), and commits or checkpoints nothing
+(``commit()`` does nothing), so any number of processes can each see every record: the API's
+live hub, where every replica must see every candle update. A broadcast subscription that ends
+loses its place; a new one starts "from now on" again. The in-process bus keeps no positions, so
+every subscription there behaves as a broadcast one. Either kind receives everything published
+after ``subscribe()`` returned by a publisher on the same bus object: ``publish`` waits until new
+subscriptions to its topic hold their positions (``Subscription.wait_started`` waits for the
+same); a publisher in another process has no such hand-shake.
+
+Positions. On buses that keep consumer positions (Kinesis, Kafka) a durable subscription's
+position normally advances as soon as a batch is on its queue ("auto commit": enough for a
+consumer that only needs to skip, after a restart, what it was already handed). A consumer that
+must not lose a batch it was handed but had not finished when the process died (the candle
+pipeline) sets ``subscription.auto_commit = False`` right after ``subscribe()`` returns (before
+awaiting anything) and calls ``await subscription.commit()`` once every batch ``get()`` returned
+so far is done: a restart then resumes after the last committed batch, and delivery is at least
+once even across ``kill -9``. Broadcast subscriptions and buses without positions accept both and
+do nothing.
 """
 
 from __future__ import annotations
@@ -41,10 +57,18 @@ _CLOSED = object()
 class Subscription:
     """A bounded queue of batches from one or more topics. Iterate it, or ``await get()``."""
 
-    def __init__(self, bus: Bus, topics: Sequence[str], maxsize: int, overflow: Overflow) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        topics: Sequence[str],
+        maxsize: int,
+        overflow: Overflow,
+        consumer: str | None = None,
+    ) -> None:
         self.bus = bus
         self.topics = tuple(topics)
         self.overflow = overflow
+        self.consumer = consumer  # the durable consumer name; None for a broadcast subscription
         self.queue: asyncio.Queue[Any] = asyncio.Queue(maxsize)
         self.closed_reason: str | None = None
         self.error: BaseException | None = None  # why the consumer feeding it failed, if it did
@@ -106,6 +130,12 @@ class Subscription:
         for started in self._starts:
             await started.wait()
         return self.closed_reason is None
+
+    @property
+    def durable(self) -> bool:
+        """Whether the subscription has a consumer name (a stored position on buses that keep
+        positions); False for a broadcast subscription (``consumer=None``)."""
+        return self.consumer is not None
 
     @property
     def failed(self) -> bool:
@@ -180,21 +210,24 @@ class Bus(ABC):
         *,
         maxsize: int = 1024,
         overflow: Overflow = "block",
-        consumer: str = "speedlayer",
+        consumer: str | None = "speedlayer",
     ) -> Subscription:
         """A new subscription receiving batches published from now on.
 
-        ``consumer`` names a durable consumer on backends that keep positions (Kinesis): a
-        subscription with the same name resumes where the last one stopped. The in-process bus
-        has no history, so it ignores the name.
+        ``consumer`` names a durable consumer on backends that keep positions (Kinesis, Kafka): a
+        subscription with the same name resumes where the last one stopped. ``None`` makes a
+        broadcast subscription: every record published once it holds its positions, with no
+        stored position and no group (see the module docstring). The in-process bus has no
+        history, so it ignores the name.
         """
-        sub = Subscription(self, topics, maxsize, overflow)
+        sub = Subscription(self, topics, maxsize, overflow, consumer)
         self._open(sub, consumer)
         return sub
 
     @abstractmethod
-    def _open(self, subscription: Subscription, consumer: str) -> None:
-        """Start feeding a new subscription (BusError when the bus is not started)."""
+    def _open(self, subscription: Subscription, consumer: str | None) -> None:
+        """Start feeding a new subscription (BusError when the bus is not started); ``consumer``
+        is None for a broadcast subscription."""
 
     @abstractmethod
     def unsubscribe(self, subscription: Subscription) -> None:
@@ -225,11 +258,12 @@ class ConsumerBus(Bus):
 
     @abstractmethod
     def _start_consumers(
-        self, subscription: Subscription, consumer: str
+        self, subscription: Subscription, consumer: str | None
     ) -> list[asyncio.Task[None]]:
-        """The tasks that feed a new subscription (BusError when the bus is not started)."""
+        """The tasks that feed a new subscription (BusError when the bus is not started):
+        durable ones for a consumer name, broadcast ones for None."""
 
-    def _open(self, subscription: Subscription, consumer: str) -> None:
+    def _open(self, subscription: Subscription, consumer: str | None) -> None:
         self._tasks[subscription] = self._start_consumers(subscription, consumer)
 
     def unsubscribe(self, subscription: Subscription) -> None:

@@ -26,6 +26,16 @@ was published in between; a ``publish`` on the same bus waits until new subscrip
 topic hold their positions, so nothing published after ``subscribe()`` returned is missed.
 Partitions are balanced by Kafka's group coordinator between the members of a group (several
 processes may share a consumer name, unlike the Kinesis bus).
+
+**Broadcast** (``subscribe(..., consumer=None)``, the API's live hub): one AIOKafkaConsumer per
+subscription without a group (no ``group_id``, no membership, no rebalances, nothing committed).
+It looks up every partition of its topics, ``assign()``s them all to itself and seeks each to its
+end, so every broadcast subscriber, in any number of processes, sees every record published once
+it holds those positions (the ``initial_position`` of the bus does not apply: it always starts
+"from now on"). A ``publish`` on the same bus waits for that, as for a durable subscription. The
+partitions are looked up again every ``partition_refresh_s``: a partition added to a topic later
+(or a topic created later) is assigned from its beginning, since everything in it was written
+after the subscription started, and the partitions already assigned keep their positions.
 """
 
 from __future__ import annotations
@@ -38,7 +48,13 @@ from typing import Any
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError, for_code
+from aiokafka.errors import (
+    KafkaError,
+    KafkaTimeoutError,
+    TopicAlreadyExistsError,
+    UnknownTopicOrPartitionError,
+    for_code,
+)
 
 from speedlayer.bus.base import RAW_TOPIC, ConsumerBus, InitialPosition, Subscription, candle_topic
 from speedlayer.bus.wire import decode_record, encode_item
@@ -79,6 +95,7 @@ class KafkaBus(ConsumerBus):
         session_timeout_ms: int = 10_000,
         heartbeat_interval_ms: int = 1_000,
         metadata_max_age_ms: int = 30_000,
+        partition_refresh_s: float = 30.0,
         initial_position: InitialPosition = "LATEST",
     ) -> None:
         super().__init__(initial_position)
@@ -99,6 +116,7 @@ class KafkaBus(ConsumerBus):
         self.session_timeout_ms = session_timeout_ms
         self.heartbeat_interval_ms = heartbeat_interval_ms
         self.metadata_max_age_ms = metadata_max_age_ms
+        self.partition_refresh_s = partition_refresh_s
         self._producer: AIOKafkaProducer | None = None
         self._admin: AIOKafkaAdminClient | None = None
         self._known_topics: set[str] = set()
@@ -315,10 +333,35 @@ class KafkaBus(ConsumerBus):
 
     # -- subscribe ------------------------------------------------------------------------------
 
-    def _start_consumers(self, sub: Subscription, consumer: str) -> list[asyncio.Task[None]]:
+    def _start_consumers(self, sub: Subscription, consumer: str | None) -> list[asyncio.Task[None]]:
         self.producer  # noqa: B018 - raises BusError when the bus is not started
         ready = self._starting_event(sub, sub.topics)
-        return [asyncio.get_running_loop().create_task(self._consume(sub, consumer, ready))]
+        run = (
+            self._broadcast(sub, ready) if consumer is None else self._consume(sub, consumer, ready)
+        )
+        return [asyncio.get_running_loop().create_task(run)]
+
+    def _decode(self, tp: TopicPartition, records: list[Any]) -> list[Any]:
+        """The items of a partition's fetched records; tombstones and undecodable records are
+        counted and skipped."""
+        items = []
+        for record in records:
+            if record.value is None:  # a tombstone: no item (flink_sql/sink.kafka.sql)
+                self.tombstones += 1
+                continue
+            try:
+                item = decode_record(record.value)
+            except (msgspec.DecodeError, BusError) as exc:
+                self.undecodable_records += 1
+                log.warning("%s[%d]: skipping undecodable record at offset %d: %s",
+                            tp.topic, tp.partition, record.offset, exc)  # fmt: skip
+                continue
+            if item is None:
+                self.tombstones += 1
+            else:
+                items.append(item)
+        self.records_received += len(items)
+        return items
 
     async def _consume(self, sub: Subscription, group: str, ready: asyncio.Event) -> None:
         names = {self.topic_name(t): t for t in sub.topics}
@@ -347,23 +390,7 @@ class KafkaBus(ConsumerBus):
             while True:
                 batches = await consumer.getmany(timeout_ms=self.poll_timeout_ms)
                 for tp, records in batches.items():
-                    items = []
-                    for record in records:
-                        if record.value is None:  # a tombstone: no item (flink_sql/sink.kafka.sql)
-                            self.tombstones += 1
-                            continue
-                        try:
-                            item = decode_record(record.value)
-                        except (msgspec.DecodeError, BusError) as exc:
-                            self.undecodable_records += 1
-                            log.warning("%s[%d]: skipping undecodable record at offset %d: %s",
-                                        tp.topic, tp.partition, record.offset, exc)  # fmt: skip
-                            continue
-                        if item is None:
-                            self.tombstones += 1
-                        else:
-                            items.append(item)
-                    self.records_received += len(items)
+                    items = self._decode(tp, records)
                     position = records[-1].offset + 1
                     manual = not sub.auto_commit
                     if items and not await self._hand_over(
@@ -385,6 +412,102 @@ class KafkaBus(ConsumerBus):
             self._consumers.pop(sub, None)
             if consumer is not None:
                 await consumer.stop()  # leaves the group: a successor is assigned at once
+
+    async def _broadcast(self, sub: Subscription, ready: asyncio.Event) -> None:
+        """Feed a broadcast subscription: every partition, assigned without a group, from the
+        log end (see the module docstring); nothing is committed."""
+        names = {self.topic_name(t): t for t in sub.topics}
+        consumer: AIOKafkaConsumer | None = None
+        loop = asyncio.get_running_loop()
+        try:
+            if self.create_topics:
+                await self.ensure_topics(sub.topics)
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=self.bootstrap_servers,
+                client_id=f"{self.client_id}-broadcast",
+                group_id=None,
+                enable_auto_commit=False,
+                auto_offset_reset="latest",
+                max_poll_records=self.max_poll_records,
+                fetch_max_wait_ms=self.poll_timeout_ms,
+                metadata_max_age_ms=self.metadata_max_age_ms,
+                request_timeout_ms=self.request_timeout_ms,
+            )
+            await self._retry("start Kafka broadcast consumer", consumer.start)
+            await self._assign_partitions(consumer, names, at_end=True)
+            ready.set()  # every partition known now has its position: publishers may go on
+            refresh_at = loop.time() + self.partition_refresh_s
+            while True:
+                if consumer.assignment():
+                    batches = await consumer.getmany(timeout_ms=self.poll_timeout_ms)
+                else:  # none of the topics exists yet (create_topics=False)
+                    batches = {}
+                    await asyncio.sleep(self.poll_timeout_ms / 1000)
+                for tp, records in batches.items():
+                    items = self._decode(tp, records)
+                    if items and not await self._hand_over(sub, names[tp.topic], items):
+                        return  # the subscription was dropped
+                if loop.time() >= refresh_at:
+                    await self._assign_partitions(consumer, names, at_end=False)
+                    refresh_at = loop.time() + self.partition_refresh_s
+        except asyncio.CancelledError:
+            raise
+        except (SpeedlayerError, KafkaError) as exc:  # a backend failure, said in one line
+            log.error("Kafka broadcast consumer on %s failed: %s", sorted(names), exc)
+            sub.close(f"kafka consumer failed: {exc}", exc)
+        except Exception as exc:  # a bug: with its traceback
+            log.exception("Kafka broadcast consumer on %s failed", sorted(names))
+            sub.close(f"kafka consumer failed: {exc}", exc)
+        finally:
+            ready.set()
+            if consumer is not None:
+                await consumer.stop()
+
+    async def _assign_partitions(
+        self, consumer: AIOKafkaConsumer, names: dict[str, str], *, at_end: bool
+    ) -> None:
+        """Assign every partition of the topics ``names`` to a group-less consumer; those not
+        assigned yet start at the log end (``at_end``: the subscription's start, every partition
+        listed) or at their beginning (found later, so added since the start; only those with a
+        leader, the others wait for the next look-up); the others keep their positions. Returns
+        once every new partition's position is known (BusError after ``retry_timeout_s``)."""
+        described = await self._retry("Metadata", self.admin.describe_topics, list(names))
+        for t in described:
+            error = for_code(t["error_code"]) if t["error_code"] else None
+            if at_end and error is not None and error is not UnknownTopicOrPartitionError:
+                # only a topic that does not exist yet may be read from its beginning later
+                raise BusError(f"Kafka metadata of topic {t['topic']}: {error.__name__}")
+        found = {
+            TopicPartition(t["topic"], p["partition"])
+            for t in described
+            if t["topic"] in names and not t["error_code"]  # a topic not there yet: later
+            for p in t["partitions"]
+            if at_end or (p["leader"] >= 0 and not p["error_code"])
+        }
+        current = set(consumer.assignment())
+        new = found - current
+        if not new:
+            return
+        try:
+            async with asyncio.timeout(self.retry_timeout_s):
+                # assign() replaces the assignment and forgets positions: keep the others'
+                kept = {tp: await consumer.position(tp) for tp in current}
+                consumer.assign(sorted(current | new))
+                for tp, offset in kept.items():
+                    consumer.seek(tp, offset)
+                if at_end:
+                    await consumer.seek_to_end(*new)
+                else:
+                    await consumer.seek_to_beginning(*new)
+                for tp in new:
+                    await consumer.position(tp)  # waits until the offset lookup is done
+        except TimeoutError:
+            raise BusError(
+                f"Kafka: no position for partitions {sorted(new)} within {self.retry_timeout_s:g} s"
+            ) from None
+        if current:
+            log.info("Kafka broadcast consumer: reading %d new partition(s) from their beginning: "
+                     "%s", len(new), sorted(new))  # fmt: skip
 
     async def commit_positions(self, subscription: Subscription, marks: dict[Any, Any]) -> None:
         """Commit the positions of the batches a manual-commit subscription has finished."""

@@ -31,6 +31,18 @@ shard is read only after its parents reached their end (the closed parent's end 
 ``SHARD_END``), so per-key order holds across resharding. ExpiredIteratorException re-gets the
 iterator from the last checkpoint; throttling backs off. There is no lease coordination between
 processes (unlike the KCL): run one process per consumer name.
+
+**Broadcast** (``subscribe(..., consumer=None)``, the API's live hub): the same polling tasks, one
+per shard, with iterators of their own and no checkpoint: nothing is read from or written to the
+checkpoint table, so any number of processes each read every shard. The shards open when the
+subscription starts are read from LATEST (whatever the bus's ``initial_position``), closed ones
+are skipped; shards that appear later (the children of a split or merge) are read from
+TRIM_HORIZON once their parents reached their end, as on the durable path, so resharding loses
+nothing and keeps per-key order. ``publish`` waits for broadcast subscriptions' iterators too.
+An expired iterator is renewed after the last record read (LATEST if none was read yet). Each
+broadcast reader polls every shard like a durable consumer does: Kinesis allows 5 GetRecords
+calls per second per shard across all readers, so raise ``poll_interval_s`` when many share a
+stream.
 """
 
 from __future__ import annotations
@@ -305,7 +317,7 @@ class KinesisBus(ConsumerBus):
 
     # -- subscribe ------------------------------------------------------------------------------
 
-    def _start_consumers(self, sub: Subscription, consumer: str) -> list[asyncio.Task[None]]:
+    def _start_consumers(self, sub: Subscription, consumer: str | None) -> list[asyncio.Task[None]]:
         self.kinesis  # noqa: B018 - raises BusError when the bus is not started
         loop = asyncio.get_running_loop()
         return [
@@ -316,23 +328,35 @@ class KinesisBus(ConsumerBus):
         ]
 
     async def _consume_stream(
-        self, sub: Subscription, topic: str, consumer: str, ready: asyncio.Event
+        self, sub: Subscription, topic: str, consumer: str | None, ready: asyncio.Event
     ) -> None:
+        """Read every shard of ``topic``'s stream into ``sub``: as the durable consumer
+        ``consumer``, or as a broadcast reader for None (see the module docstring)."""
         stream = self.stream_name(topic)
-        lease = f"{consumer}/{stream}"
+        lease = None if consumer is None else f"{consumer}/{stream}"
+        name = consumer or "(broadcast)"
+        initial: InitialPosition = self.initial_position if lease is not None else "LATEST"
+        from_now: set[str] = set()  # broadcast: the shards open at the start, read from LATEST
 
         async def start(shard: Shard, parents: list[str]) -> asyncio.Task[None]:
             sid = shard["ShardId"]
             sequence = checkpoints.get(sid)
-            child = has_parent(shard)
-            iterator = await self._shard_iterator(stream, sid, sequence, child)
+            # from the beginning: a child shard (its parents were read to their end), or for a
+            # broadcast reader, a shard created since it started
+            beginning = has_parent(shard) if lease is not None else sid not in from_now
+            iterator = await self._shard_iterator(stream, sid, sequence, beginning, initial)
             return asyncio.create_task(
-                self._consume_shard(sub, topic, lease, stream, sid, sequence, child, iterator)
+                self._consume_shard(
+                    sub, topic, lease, stream, sid, sequence, beginning, initial, iterator
+                )
             )
 
         try:
-            checkpoints = await self.checkpoints(consumer, topic)
-            if checkpoints:
+            if consumer is None:
+                checkpoints, from_now = await self._broadcast_start(stream)
+            else:
+                checkpoints = await self.checkpoints(consumer, topic)
+            if checkpoints and consumer is not None:
                 log.info("%s: consumer %s resumes after its checkpoints on %d shard(s)",
                          stream, consumer, len(checkpoints))  # fmt: skip
             await follow_shards(
@@ -347,19 +371,38 @@ class KinesisBus(ConsumerBus):
         except asyncio.CancelledError:
             raise
         except SpeedlayerError as exc:  # a backend failure, said in one line
-            log.error("Kinesis consumer %s on %s failed: %s", consumer, stream, exc)
+            log.error("Kinesis consumer %s on %s failed: %s", name, stream, exc)
             sub.close(f"kinesis consumer failed: {exc}", exc)
         except Exception as exc:  # a bug: with its traceback
-            log.exception("Kinesis consumer %s on %s failed", consumer, stream)
+            log.exception("Kinesis consumer %s on %s failed", name, stream)
             sub.close(f"kinesis consumer failed: {exc}", exc)
         finally:
             ready.set()
 
+    async def _broadcast_start(self, stream: str) -> tuple[dict[str, str], set[str]]:
+        """Where a broadcast reader starts: the shards already closed count as read to their end
+        (as if checkpointed ``SHARD_END``), so their children open now are not read from their
+        beginning; the ids of the open shards, read from LATEST."""
+        shards = await list_shards(
+            self.kinesis, stream, timeout_s=self.retry_timeout_s, error=BusError
+        )
+        closed = {
+            shard["ShardId"]: SHARD_END
+            for shard in shards
+            if shard.get("SequenceNumberRange", {}).get("EndingSequenceNumber")
+        }
+        return closed, {shard["ShardId"] for shard in shards} - set(closed)
+
     async def _shard_iterator(
-        self, stream: str, shard_id: str, sequence: str | None, has_parent: bool
+        self,
+        stream: str,
+        shard_id: str,
+        sequence: str | None,
+        beginning: bool,
+        initial: InitialPosition,
     ) -> str:
         kwargs: dict[str, Any] = {"StreamName": stream, "ShardId": shard_id}
-        kwargs.update(start_position(sequence, has_parent, self.initial_position))
+        kwargs.update(start_position(sequence, beginning, initial))
         resp = await self._call(self.kinesis, "get_shard_iterator", **kwargs)
         return str(resp["ShardIterator"])
 
@@ -367,13 +410,16 @@ class KinesisBus(ConsumerBus):
         self,
         sub: Subscription,
         topic: str,
-        lease: str,
+        lease: str | None,
         stream: str,
         shard_id: str,
         sequence: str | None,
-        has_parent: bool,
+        beginning: bool,
+        initial: InitialPosition,
         first_iterator: str,
     ) -> None:
+        """Poll one shard into ``sub``; checkpoint under ``lease`` (nothing for None: a
+        broadcast reader)."""
         iterator: str | None = first_iterator
         throttled = Backoff(initial_s=max(self.poll_interval_s, 0.01), cap_s=5.0)
         # Kinesis unreachable: retried for UNREACHABLE_S from the first failure in a row, then
@@ -388,9 +434,11 @@ class KinesisBus(ConsumerBus):
                 code = error_code(exc)
                 if code == "ExpiredIteratorException":
                     self.expired_iterators += 1
-                    log.info("%s/%s: iterator expired; resuming from the checkpoint",
+                    log.info("%s/%s: iterator expired; resuming after the last record read",
                              stream, shard_id)  # fmt: skip
-                    iterator = await self._shard_iterator(stream, shard_id, sequence, has_parent)
+                    iterator = await self._shard_iterator(
+                        stream, shard_id, sequence, beginning, initial
+                    )
                     continue
                 if is_throttle(exc):
                     await throttled.sleep()
@@ -417,15 +465,18 @@ class KinesisBus(ConsumerBus):
                     else:
                         items.append(item)
                 sequence = str(records[-1]["SequenceNumber"])
-                if sub.auto_commit:
+                if lease is None or sub.auto_commit:
                     if items and not await self._hand_over(sub, topic, items):
                         return  # the subscription was dropped
-                    await self._checkpoint(lease, shard_id, sequence)  # after the hand-over
+                    if lease is not None:
+                        await self._checkpoint(lease, shard_id, sequence)  # after the hand-over
                 elif not await self._hand_over(sub, topic, items, ((lease, shard_id), sequence)):
                     return
             iterator = resp.get("NextShardIterator")
             if iterator is None:  # a closed shard read to its end: its children come next
-                if sub.auto_commit:
+                if lease is None:
+                    pass  # a broadcast reader keeps no position
+                elif sub.auto_commit:
                     await self._checkpoint(lease, shard_id, SHARD_END)
                 elif not await self._hand_over(sub, topic, [], ((lease, shard_id), SHARD_END)):
                     return

@@ -1,4 +1,8 @@
-"""The in-process bus: the embedded default and the fast test double."""
+"""The in-process bus: the embedded default and the fast test double.
+
+Batches go straight onto the queues of the subscriptions open at the time of ``publish``. There
+are no positions: every subscription, with a consumer name or without (``consumer=None``), sees
+every batch published while it exists, as a broadcast subscription does on the other buses."""
 
 from __future__ import annotations
 
@@ -23,8 +27,8 @@ class MemoryBus(Bus):
                 sub.close("bus stopped")
         self._subscriptions.clear()
 
-    def _open(self, subscription: Subscription, consumer: str) -> None:
-        # no history to resume from: the consumer name is ignored
+    def _open(self, subscription: Subscription, consumer: str | None) -> None:
+        # no history to resume from: every subscription is a broadcast one, the name is ignored
         for topic in subscription.topics:
             self._subscriptions.setdefault(topic, []).append(subscription)
 

@@ -49,7 +49,7 @@ class FlakyBus(MemoryBus):
         self.refuse = False
         self.refused = 0
 
-    def _open(self, subscription: Subscription, consumer: str) -> None:
+    def _open(self, subscription: Subscription, consumer: str | None) -> None:
         if self.refuse:
             self.refused += 1
             raise BusError("broker away")

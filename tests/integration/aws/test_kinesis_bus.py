@@ -308,3 +308,109 @@ async def test_measure_publish_rate(bus: KinesisBus, capsys: pytest.CaptureFixtu
             f"\n[kinesalite] PutRecords {len(sent) / put_s:,.0f} records/s; publish -> "
             f"subscriber {len(sent) / total_s:,.0f} records/s (4 shards)"
         )
+
+
+# -- broadcast readers (consumer=None), as the API's live hub uses ----------------------------
+
+
+async def checkpoint_leases(bus: KinesisBus, prefix: str) -> list[str]:
+    """The leases in the checkpoint table that name a stream of this test (its prefix)."""
+    leases: list[str] = []
+    kwargs: dict[str, Any] = {"TableName": bus.checkpoint_table, "ConsistentRead": True}
+    while True:
+        page = await bus.dynamodb.scan(**kwargs)
+        leases += [item["lease"]["S"] for item in page["Items"] if prefix in item["lease"]["S"]]
+        if not page.get("LastEvaluatedKey"):
+            return leases
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+async def test_broadcast_readers_in_two_processes_each_get_every_record(
+    bus: KinesisBus, kinesalite_url: str, dynalite_url: str, prefix: str
+) -> None:
+    """Two buses (two API replicas) read a 4-shard stream without a consumer name: each gets
+    every record in per-symbol order, and neither writes a checkpoint."""
+    symbols = [f"B{i:02}" for i in range(24)]
+    sent = bars(symbols, range(3))
+    async with new_bus(kinesalite_url, dynalite_url, prefix) as other:
+        subs = [
+            bus.subscribe([RAW_TOPIC], consumer=None),
+            other.subscribe([RAW_TOPIC], consumer=None),
+        ]
+        assert not any(sub.durable for sub in subs)
+        assert await asyncio.wait_for(subs[1].wait_started(), 20)  # `bus` publishes, not `other`
+        await bus.publish(RAW_TOPIC, sent)
+        for sub in subs:
+            got = await collect(sub, len(sent))
+            assert per_symbol(got) == per_symbol(sent)
+            await assert_quiet(sub)
+        assert bus.checkpoints_written == other.checkpoints_written == 0
+    assert await checkpoint_leases(bus, prefix) == []
+
+
+async def test_broadcast_starts_from_now_whatever_the_initial_position(
+    kinesalite_url: str, dynalite_url: str, prefix: str
+) -> None:
+    early = bars(["N1", "N2"], range(3))
+    async with new_bus(kinesalite_url, dynalite_url, prefix, shard_count=2) as publisher:
+        await publisher.ensure_streams([RAW_TOPIC])
+        await publisher.publish(RAW_TOPIC, early)
+    bus = new_bus(kinesalite_url, dynalite_url, prefix, initial_position="TRIM_HORIZON")
+    async with bus:
+        sub = bus.subscribe([RAW_TOPIC], consumer=None)
+        sub.auto_commit = False
+        later = bars(["N1", "N2"], range(3, 6))
+        await bus.publish(RAW_TOPIC, later)  # waits until the readers hold their iterators
+        assert per_symbol(await collect(sub, len(later))) == per_symbol(later)
+        await sub.commit()  # nothing to commit
+        await assert_quiet(sub)
+        assert bus.checkpoints_written == 0
+        assert await checkpoint_leases(bus, prefix) == []
+
+
+async def test_broadcast_follows_a_split_without_checkpoints(
+    kinesalite_url: str, dynalite_url: str, prefix: str
+) -> None:
+    async with new_bus(kinesalite_url, dynalite_url, prefix, shard_count=1) as bus:
+        await bus.ensure_streams([RAW_TOPIC])
+        stream = bus.stream_name(RAW_TOPIC)
+        sub = bus.subscribe([RAW_TOPIC], consumer=None)
+        symbols = [f"Y{i:02}" for i in range(8)]
+        before = bars(symbols, range(0, 4))
+        await bus.publish(RAW_TOPIC, before)
+        (parent,) = (await bus.kinesis.list_shards(StreamName=stream))["Shards"]
+        await bus.kinesis.split_shard(
+            StreamName=stream, ShardToSplit=parent["ShardId"], NewStartingHashKey=str(2**127)
+        )
+        await bus.ensure_streams([RAW_TOPIC])  # waits until ACTIVE again
+        after = bars(symbols, range(4, 8))
+        await bus.publish(RAW_TOPIC, after)  # into the children, read from their beginning
+        got = await collect(sub, len(before) + len(after))
+        await assert_quiet(sub)
+        assert per_symbol(got) == per_symbol(before + after)
+        assert bus.checkpoints_written == 0
+        assert await checkpoint_leases(bus, prefix) == []
+
+
+async def test_broadcast_on_a_resharded_stream_starts_at_the_end_of_the_open_shards(
+    kinesalite_url: str, dynalite_url: str, prefix: str
+) -> None:
+    """The closed parent is skipped and its open children are read from LATEST: nothing written
+    before the subscription comes back, neither from the parent nor from the children."""
+    async with new_bus(kinesalite_url, dynalite_url, prefix, shard_count=1) as bus:
+        await bus.ensure_streams([RAW_TOPIC])
+        stream = bus.stream_name(RAW_TOPIC)
+        symbols = [f"W{i:02}" for i in range(8)]
+        await bus.publish(RAW_TOPIC, bars(symbols, range(0, 2)))
+        (parent,) = (await bus.kinesis.list_shards(StreamName=stream))["Shards"]
+        await bus.kinesis.split_shard(
+            StreamName=stream, ShardToSplit=parent["ShardId"], NewStartingHashKey=str(2**127)
+        )
+        await bus.ensure_streams([RAW_TOPIC])
+        await bus.publish(RAW_TOPIC, bars(symbols, range(2, 4)))  # into the children
+        sub = bus.subscribe([RAW_TOPIC], consumer=None)
+        later = bars(symbols, range(4, 6))
+        await bus.publish(RAW_TOPIC, later)
+        got = await collect(sub, len(later))
+        await assert_quiet(sub)
+        assert per_symbol(got) == per_symbol(later)

@@ -1,7 +1,9 @@
 """KafkaBus against a real Kafka broker (KRaft, started by the ``kafka_broker`` fixtures).
 
 Round trips, per-symbol order, consumer groups resuming from committed offsets, a publish that
-outlives a broker restart or waits for its topic to be created, undecodable records skipped.
+outlives a broker restart or waits for its topic to be created, undecodable records skipped;
+broadcast subscriptions (``consumer=None``): every subscriber in every process gets every record,
+from now on, without a group, following partitions added later.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import NewPartitions
 
 from speedlayer.bus.base import RAW_TOPIC, candle_topic
 from speedlayer.bus.kafka import KafkaBus
-from speedlayer.bus.wire import decode_item
+from speedlayer.bus.wire import decode_item, encode_item
 from speedlayer.errors import BusError, SubscriptionClosed
 from speedlayer.models import Bar, Candle
 from tests.bus_helpers import T0, assert_quiet, bars, collect, read_kafka_topic
@@ -217,6 +221,120 @@ async def test_slow_drop_subscription_is_closed(bus: KafkaBus) -> None:
                 await sub.get()
     assert sub.closed_reason == "slow consumer: queue full"
     assert bus.dropped_subscriptions == 1
+
+
+# -- broadcast subscriptions (consumer=None), as the API's live hub uses -----------------------
+
+
+async def consumer_groups(bus: KafkaBus) -> set[str]:
+    return {str(group[0]) for group in await bus.admin.list_consumer_groups()}
+
+
+def per_symbol(items: list[Bar]) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for bar in items:
+        out.setdefault(bar.symbol, []).append(bar.t)
+    return out
+
+
+async def test_broadcast_subscribers_in_two_processes_each_get_every_record(
+    kafka_bootstrap: str, prefix: str
+) -> None:
+    """Two buses (two API replicas) subscribe without a consumer name to a topic of 4 partitions:
+    each gets every record, in per-symbol order (members of one consumer group would split the
+    partitions between them). No group is formed and nothing is committed."""
+    symbols = [f"S{i:02d}" for i in range(24)]
+    sent = bars(symbols, range(3))
+    async with (
+        new_bus(kafka_bootstrap, prefix, partitions=4) as publisher,
+        new_bus(kafka_bootstrap, prefix) as one,
+        new_bus(kafka_bootstrap, prefix) as two,
+    ):
+        await publisher.ensure_topics([RAW_TOPIC])
+        groups = await consumer_groups(publisher)
+        subs = [
+            one.subscribe([RAW_TOPIC], consumer=None),
+            two.subscribe([RAW_TOPIC], consumer=None),
+        ]
+        for sub in subs:  # the publisher is another bus: wait until they hold their positions
+            assert not sub.durable
+            assert await asyncio.wait_for(sub.wait_started(), 30)
+        await publisher.publish(RAW_TOPIC, sent)
+        for sub in subs:
+            got = await collect(sub, len(sent))
+            assert per_symbol(got) == per_symbol(sent)
+            await assert_quiet(sub, 0.3)
+        assert one.commits == two.commits == 0
+        assert await consumer_groups(publisher) == groups
+
+
+async def test_broadcast_starts_from_now_whatever_the_initial_position(
+    kafka_bootstrap: str, prefix: str
+) -> None:
+    early = bars(["A", "B"], range(3))
+    async with new_bus(kafka_bootstrap, prefix) as bus:
+        await bus.publish(RAW_TOPIC, early)
+    async with new_bus(kafka_bootstrap, prefix, initial_position="TRIM_HORIZON") as bus:
+        sub = bus.subscribe([RAW_TOPIC], consumer=None)
+        sub.auto_commit = False
+        later = bars(["A", "B"], range(3, 5))
+        await bus.publish(RAW_TOPIC, later)  # waits until the subscription holds its positions
+        got = await collect(sub, len(later))
+        assert per_symbol(got) == per_symbol(later)  # nothing of what came before
+        await sub.commit()  # a broadcast subscription has nothing to commit
+        await assert_quiet(sub, 0.5)
+        assert bus.commits == 0
+
+
+async def test_broadcast_reads_a_partition_added_later_from_its_beginning(
+    kafka_bootstrap: str, prefix: str
+) -> None:
+    name = prefix + RAW_TOPIC
+    async with new_bus(kafka_bootstrap, prefix, partitions=1, partition_refresh_s=1.0) as bus:
+        await bus.ensure_topics([RAW_TOPIC])
+        sub = bus.subscribe([RAW_TOPIC], consumer=None)
+        first = bars(["A", "B"], range(2))
+        await bus.publish(RAW_TOPIC, first)
+        assert per_symbol(await collect(sub, len(first))) == per_symbol(first)
+
+        await bus.admin.create_partitions({name: NewPartitions(2)})
+        async with asyncio.timeout(20):  # until the broker lists the new partition with a leader
+            while True:
+                (topic,) = await bus.admin.describe_topics([name])
+                if sum(1 for p in topic["partitions"] if p["leader"] >= 0) == 2:
+                    break
+                await asyncio.sleep(0.05)
+        # Written to the new partition at once, likely before the subscription looks its
+        # partitions up again: it must be read from the partition's beginning, not its end.
+        added = bars(["NEW"], range(2))
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+        await producer.start()
+        try:
+            for item in added:
+                await producer.send_and_wait(name, encode_item(item), key=b"NEW", partition=1)
+        finally:
+            await producer.stop()
+        assert await collect(sub, len(added)) == added
+        more = bars(["A"], range(2, 4))
+        await bus.publish(RAW_TOPIC, more)
+        assert await collect(sub, len(more)) == more  # partition 0 kept its position
+        await assert_quiet(sub, 0.5)
+
+
+async def test_broadcast_reads_a_topic_created_after_it_subscribed(
+    kafka_bootstrap: str, prefix: str
+) -> None:
+    async with (
+        new_bus(kafka_bootstrap, prefix, create_topics=False, partition_refresh_s=0.5) as bus,
+        new_bus(kafka_bootstrap, prefix, partitions=2) as creator,
+    ):
+        sub = bus.subscribe([RAW_TOPIC], consumer=None)
+        assert await asyncio.wait_for(sub.wait_started(), 30)  # no topic, no partition: ready
+        await creator.ensure_topics([RAW_TOPIC])
+        sent = bars(["A", "B", "C", "D"], range(2))
+        await creator.publish(RAW_TOPIC, sent)  # likely before the subscription looks again
+        assert per_symbol(await collect(sub, len(sent))) == per_symbol(sent)
+        await assert_quiet(sub, 0.3)
 
 
 async def read_all(bootstrap: str, topic_name: str, n: int, within_s: float = 20) -> list[Any]:
