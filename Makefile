@@ -28,7 +28,7 @@ APT_GET     := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 apt_install = $(APT_GET) install -y -qq --no-install-recommends $(1) >/dev/null || \
   { $(APT_GET) update -qq && $(APT_GET) install -y -qq --no-install-recommends $(1) >/dev/null; }
 
-.PHONY: help venv flink setup run test test-fast lint pytest clean aws-local screenshot bench soak
+.PHONY: help venv flink setup run test test-fast lint pytest clean aws-local kafka-local screenshot bench soak
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -114,6 +114,13 @@ aws-local: $(NODE_STAMP) ## local DynamoDB and Kinesis emulators (DYNAMODB_PORT=
 	  node node_modules/dynalite/cli.js --host 127.0.0.1 --port $(DYNAMODB_PORT) --path $(AWS_LOCAL_DATA)/dynamodb & \
 	  node infra/local/kinesalite.js $(KINESIS_PORT) '{"path": "$(AWS_LOCAL_DATA)/kinesis", "shardLimit": 100}' & \
 	  wait
+
+# A single-node Kafka broker for development (the one the tests use: KRaft, jars from Maven
+# Central in .kafka/lib, no Docker), on 127.0.0.1:$(KAFKA_PORT); Ctrl-C stops it and removes its
+# data. Point the services at it with SPEEDLAYER_KAFKA_BOOTSTRAP_SERVERS (README, "The Kafka path").
+KAFKA_PORT ?= 9092
+kafka-local: $(STAMP) $(KAFKA_STAMP) ## a local Kafka broker (KAFKA_PORT=)
+	$(BIN)/python -m tests.kafka_broker --port $(KAFKA_PORT)
 
 # The embedded stack, live: Polygon simulator -> ingest -> resampler -> ./data/speedlayer.db -> API.
 # `make run SPEED=5` runs the simulated market at 5 minutes per second (0 = real time).

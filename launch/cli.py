@@ -366,12 +366,19 @@ def up(
 @click.option("--max-retries", type=click.IntRange(min=0), help="default: retry until done")
 @click.option("--bisect-on-error", is_flag=True, help="halve the batch on each function error")
 @click.option(
+    "--consumer",
+    help="the mapping's identity, naming its checkpoints (lease lambda:CONSUMER/STREAM); "
+    "default: the handler's module:function",
+)
+@click.option(
     "--kinesis-endpoint-url",
-    help="e.g. http://127.0.0.1:4568 (kinesalite); default $SPEEDLAYER_KINESIS_ENDPOINT_URL",
+    help="the runner's Kinesis, e.g. http://127.0.0.1:4568 (kinesalite); default "
+    "$SPEEDLAYER_KINESIS_ENDPOINT_URL, else $SPEEDLAYER_AWS_ENDPOINT_URL, else AWS",
 )
 @click.option(
     "--dynamodb-endpoint-url",
-    help="checkpoint table, e.g. http://127.0.0.1:4567; default $SPEEDLAYER_DYNAMODB_ENDPOINT_URL",
+    help="the runner's checkpoint table, e.g. http://127.0.0.1:4567; default "
+    "$SPEEDLAYER_DYNAMODB_ENDPOINT_URL, else $SPEEDLAYER_AWS_ENDPOINT_URL, else AWS",
 )
 @click.option("--until-idle", is_flag=True, help="exit once every shard is read to its end")
 def lambda_run(
@@ -381,12 +388,15 @@ def lambda_run(
     starting_position: str,
     max_retries: int | None,
     bisect_on_error: bool,
+    consumer: str | None,
     kinesis_endpoint_url: str | None,
     dynamodb_endpoint_url: str | None,
     until_idle: bool,
 ) -> None:
     """Feed a Lambda handler (kinesis_to_dynamodb, kinesis_to_kafka, or module:function) from
-    Kinesis streams like an event source mapping; the handler reads SPEEDLAYER_* settings."""
+    Kinesis streams like an event source mapping. The runner and the handler read the same
+    SPEEDLAYER_* settings as the services (endpoints, region, stream and table prefixes, the
+    checkpoint table, SPEEDLAYER_AWS_CREATE_RESOURCES)."""
     settings = _settings()
     _setup_logging(settings.log_level)
     from processors.lambda_runner import serve
@@ -396,18 +406,15 @@ def lambda_run(
             serve(
                 function,
                 streams,
+                settings=settings,
+                consumer=consumer,
+                kinesis_endpoint_url=kinesis_endpoint_url,
+                dynamodb_endpoint_url=dynamodb_endpoint_url,
                 until_idle=until_idle,
                 batch_size=batch_size,
                 starting_position=starting_position,
                 max_retries=max_retries,
                 bisect_on_error=bisect_on_error,
-                kinesis_endpoint_url=kinesis_endpoint_url
-                or settings.kinesis_endpoint_url
-                or settings.aws_endpoint_url,
-                dynamodb_endpoint_url=dynamodb_endpoint_url
-                or settings.dynamodb_endpoint_url
-                or settings.aws_endpoint_url,
-                region=settings.aws_region,
             )
         )
 
@@ -524,6 +531,57 @@ def init_aws() -> None:
     from speedlayer.backends import init_aws as create
 
     for line in _run(create(settings, SystemClock())).lines():
+        click.echo(line)
+
+
+@main.command()
+@click.option("--symbols", type=click.IntRange(1, 100_000), required=True, help="symbols fed")
+@click.option(
+    "--market",
+    type=click.Choice(["stocks", "stocks-extended", "crypto", "forex"]),
+    default="stocks",
+    show_default=True,
+    help="the minutes with bars: the regular session, pre/after market too, 24/7, 24/5",
+)
+@click.option(
+    "--kinesis",
+    "kinesis_mode",
+    type=click.Choice(["provisioned", "on-demand"]),
+    default="provisioned",
+    show_default=True,
+)
+@click.option(
+    "--fill",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="share of the minutes in which a symbol has a bar",
+)
+@click.option(
+    "--prices",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="price list (default infra/prices.toml)",
+)
+@click.option("--json", "as_json", is_flag=True, help="print the estimate as JSON")
+def cost(
+    symbols: int, market: str, kinesis_mode: str, fill: float, prices: Path | None, as_json: bool
+) -> None:
+    """Estimate the monthly AWS cost of the deployed shape (docs/cost.md) from this project's
+    measured request counts and a dated price list."""
+    from launch.cost import PRICES, estimate, load_prices, table
+
+    result = estimate(
+        symbols,
+        market,
+        kinesis_mode=kinesis_mode,  # type: ignore[arg-type]
+        fill=fill,
+        prices=load_prices(prices or PRICES),
+    )
+    if as_json:
+        click.echo(msgspec.json.encode(result.as_dict()).decode())
+        return
+    click.echo(f"prices: {result.prices_as_of} ({prices or PRICES}); Kinesis {kinesis_mode}")
+    for line in table([result]):
         click.echo(line)
 
 

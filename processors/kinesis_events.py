@@ -30,18 +30,24 @@ shard order; an empty list means the whole batch is done.
 **Hosting.** AWS calls a plain ``handler(event, context)``. :class:`LambdaHost` keeps one event
 loop and the clients built on it (lazily, at the first invocation) for the life of the execution
 environment, so warm invocations reuse connections; the async core of each handler is what tests
-call directly.
+call directly. Each entry point carries an async twin, ``async_handler(event, context)``, that
+runs the same on the caller's event loop, and the close of its clients
+(:func:`attach_async_entry`): the local runner (:mod:`processors.lambda_runner`) invokes the
+twin for every shard and stream concurrently on its own loop, and closes the clients when it
+ends. Clients still open at interpreter exit are closed by an ``atexit`` hook.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import base64
 import binascii
 import logging
+import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -206,29 +212,132 @@ def remaining_s(context: Any, margin_s: float = 2.0) -> float | None:
 
 
 class LambdaHost(Generic[T]):
-    """One event loop and one lazily built resource (clients) per execution environment."""
+    """One lazily built resource (clients) per execution environment, and the loop it lives on.
 
-    def __init__(self, build: Callable[[], Awaitable[T]]) -> None:
+    :meth:`run` (the AWS entry point) keeps a private event loop for the life of the environment;
+    calls from several threads take turns, one invocation at a time. :meth:`invoke` does the same
+    on the caller's running loop, where invocations may overlap (the resource is built once).
+    :meth:`aclose` / :meth:`close` release the resource; an ``atexit`` hook closes what is still
+    open when the interpreter exits and its loop can still run."""
+
+    def __init__(
+        self, build: Callable[[], Coroutine[Any, Any, T]], stop: Callable[[T], Awaitable[None]]
+    ) -> None:
         self._build = build
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop = stop
+        self._loop: asyncio.AbstractEventLoop | None = None  # the private loop of run()
         self._resource: T | None = None
+        self._home: asyncio.AbstractEventLoop | None = None  # the loop the resource lives on
+        self._pending: asyncio.Task[T] | None = None  # a build in progress (invoke)
+        self._lock = threading.Lock()
+        atexit.register(self._close_at_exit)
+
+    def _usable_on(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Forget a resource whose loop is closed; refuse one that lives on another loop."""
+        home = self._home
+        if self._resource is None or home is loop:
+            return
+        if home is None or home.is_closed():
+            self._resource = self._home = None  # its loop is gone: nothing can close it now
+            return
+        raise RuntimeError(
+            "the handler's clients live on another event loop: close them first "
+            "(reset() or aclose())"
+        )
 
     def run(self, call: Callable[[T], Awaitable[R]]) -> R:
-        if self._loop is None or self._loop.is_closed():
-            self._loop = asyncio.new_event_loop()
-        loop = self._loop
-        if self._resource is None:
-            self._resource = loop.run_until_complete(self._build())
-        return loop.run_until_complete(call(self._resource))
+        """``call(resource)`` on the private loop (the AWS entry point, synchronous)."""
+        with self._lock:
+            if self._loop is None or self._loop.is_closed():
+                self._loop = asyncio.new_event_loop()
+            loop = self._loop
+            self._usable_on(loop)
+            if self._resource is None:
+                self._resource = loop.run_until_complete(self._build())
+                self._home = loop
+            return loop.run_until_complete(call(self._resource))
 
-    def close(self, stop: Callable[[T], Awaitable[None]]) -> None:
-        """Release the resource and the loop (tests; AWS simply freezes the environment)."""
-        loop, resource = self._loop, self._resource
-        self._loop = self._resource = None
-        if loop is not None:
-            if resource is not None:
-                loop.run_until_complete(stop(resource))
-            loop.close()
+    async def invoke(self, call: Callable[[T], Awaitable[R]]) -> R:
+        """``await call(resource)`` on the running loop (the resource is built there once)."""
+        loop = asyncio.get_running_loop()
+        self._usable_on(loop)
+        if self._resource is None:
+            if self._pending is None or self._pending.get_loop() is not loop:
+                self._pending = loop.create_task(self._build())
+            task = self._pending
+            try:
+                resource = await asyncio.shield(task)  # a cancelled caller leaves it to others
+            except BaseException:
+                if task.done() and self._pending is task:
+                    self._pending = None  # a failed build: the next invocation tries again
+                raise
+            if self._pending is task:
+                self._pending = None
+            if self._resource is None:
+                self._resource, self._home = resource, loop
+        return await call(self._resource)
+
+    async def aclose(self) -> None:
+        """Release the resource, from the loop it lives on or (the private loop) from a
+        worker thread; a build in progress is cancelled."""
+        loop = asyncio.get_running_loop()
+        pending, self._pending = self._pending, None
+        if pending is not None and pending.get_loop() is loop:
+            pending.cancel()
+            await asyncio.gather(pending, return_exceptions=True)
+            built = not pending.cancelled() and pending.exception() is None
+            if built and self._resource is None:  # built, but never handed out
+                self._resource, self._home = pending.result(), pending.get_loop()
+        if self._resource is not None and self._home is loop:
+            resource, self._resource, self._home = self._resource, None, None
+            await self._stop(resource)
+        await asyncio.to_thread(self.close)
+
+    def close(self) -> None:
+        """Release the resource and the private loop (tests; AWS simply freezes or ends the
+        environment). Call :meth:`aclose` instead from inside the loop the resource lives on."""
+        with self._lock:
+            resource, home = self._resource, self._home
+            if resource is not None and home is not None and not home.is_closed():
+                if home.is_running():
+                    raise RuntimeError("the handler's clients are in use: await aclose() there")
+                home.run_until_complete(self._stop(resource))
+            self._resource = self._home = None
+            loop, self._loop = self._loop, None
+            if loop is not None and not loop.is_closed():
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.close()
+
+    def _close_at_exit(self) -> None:
+        try:
+            self.close()
+        except Exception as exc:  # at exit: say it, never fail the exit
+            log.warning("closing the Lambda handler's clients at exit failed: %r", exc)
+
+
+AsyncEntry = Callable[[Mapping[str, Any], Any], Awaitable[Any]]
+ASYNC_ENTRY = "__lambda_async__"
+ACLOSE = "__lambda_aclose__"
+
+
+def attach_async_entry(
+    handler: Callable[..., Any], entry: AsyncEntry, aclose: Callable[[], Awaitable[None]]
+) -> None:
+    """Give the AWS entry point ``handler(event, context)`` its async twin ``entry(event,
+    context)`` (the same, on the caller's event loop) and the close of its clients: the local
+    runner finds them there (:func:`async_entry`). AWS sees the plain function."""
+    setattr(handler, ASYNC_ENTRY, entry)
+    setattr(handler, ACLOSE, aclose)
+
+
+def async_entry(
+    handler: Any,
+) -> tuple[AsyncEntry, Callable[[], Awaitable[None]]] | None:
+    """The async twin and the close attached to ``handler``, if it has them."""
+    entry, aclose = getattr(handler, ASYNC_ENTRY, None), getattr(handler, ACLOSE, None)
+    if callable(entry) and callable(aclose):
+        return entry, aclose
+    return None
 
 
 def log_summary(name: str, batch: DecodedBatch[Any], failed: int, began: float) -> None:

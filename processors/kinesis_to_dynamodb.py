@@ -18,7 +18,8 @@ Entry point: ``processors.kinesis_to_dynamodb.handler``, configured by the same 
 settings as the services (``speedlayer.config.Settings``: intervals, retention, the table prefix,
 endpoints, region, ``SPEEDLAYER_DYNAMODB_WRITE_MODE``, ``SPEEDLAYER_AWS_CREATE_RESOURCES``, which
 a deployment sets to false) and ``SPEEDLAYER_LAMBDA_RETRY_TIMEOUT_S``.
-:class:`DynamoDBWriter` is the async core.
+:class:`DynamoDBWriter` is the async core; ``async_handler`` the same entry point on the caller's
+event loop, and ``aclose`` the close of its clients (the local runner uses both).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import Any
 from processors.kinesis_events import (
     BatchHandler,
     LambdaHost,
+    attach_async_entry,
     decode_candles,
     latest_per_key,
 )
@@ -38,6 +40,7 @@ from speedlayer.backends import dynamodb_store
 from speedlayer.clock import SystemClock
 from speedlayer.config import Settings
 from speedlayer.errors import StoreError
+from speedlayer.retry import is_permanent
 from speedlayer.store.dynamodb import DynamoDBStore
 
 log = logging.getLogger(__name__)
@@ -67,6 +70,8 @@ class DynamoDBWriter(BatchHandler):
             try:
                 await self.store.upsert([candle for _, candle in group])
             except StoreError as exc:
+                if is_permanent(exc):  # the configuration: a function error, not the records'
+                    raise
                 first_failed = group[0][0]
                 log.warning("DynamoDB write failed at record %s: %s",
                             batch.records[first_failed].sequence, exc)  # fmt: skip
@@ -82,7 +87,11 @@ async def _build() -> DynamoDBWriter:
     return DynamoDBWriter(store)
 
 
-_HOST: LambdaHost[DynamoDBWriter] = LambdaHost(_build)
+async def _stop(writer: DynamoDBWriter) -> None:
+    await writer.store.stop()
+
+
+_HOST: LambdaHost[DynamoDBWriter] = LambdaHost(_build, _stop)
 
 
 def handler(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
@@ -90,10 +99,19 @@ def handler(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
     return _HOST.run(lambda writer: writer.handle(event))
 
 
+async def async_handler(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
+    """``handler`` on the caller's event loop (the local runner: shards and streams at once)."""
+    return await _HOST.invoke(lambda writer: writer.handle(event))
+
+
+async def aclose() -> None:
+    """Close the environment's clients (the local runner, at its end)."""
+    await _HOST.aclose()
+
+
 def reset() -> None:
     """Drop the environment's clients and loop (tests; a new configuration is read next time)."""
+    _HOST.close()
 
-    async def stop(writer: DynamoDBWriter) -> None:
-        await writer.store.stop()
 
-    _HOST.close(stop)
+attach_async_entry(handler, async_handler, aclose)

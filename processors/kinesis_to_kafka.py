@@ -12,7 +12,9 @@ with ``(symbol, interval, timestamp, revision)``.
 
 Entry point: ``processors.kinesis_to_kafka.handler`` (configuration from the function's
 environment: ``SPEEDLAYER_KAFKA_BOOTSTRAP_SERVERS``, ``SPEEDLAYER_KAFKA_TOPIC_PREFIX``,
-``SPEEDLAYER_INTERVALS``, ``SPEEDLAYER_RETENTION``). :class:`KafkaForwarder` is the async core.
+``SPEEDLAYER_INTERVALS``, ``SPEEDLAYER_RETENTION``, ``SPEEDLAYER_AWS_CREATE_RESOURCES`` for the
+topics). :class:`KafkaForwarder` is the async core; ``async_handler`` the same entry point on the
+caller's event loop, and ``aclose`` the close of its producer (the local runner uses both).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 from processors.kinesis_events import (
     BatchHandler,
     LambdaHost,
+    attach_async_entry,
     decode_candles,
     remaining_s,
 )
@@ -92,7 +95,11 @@ async def _build() -> KafkaForwarder:
     return KafkaForwarder(bus, settings.interval_set)
 
 
-_HOST: LambdaHost[KafkaForwarder] = LambdaHost(_build)
+async def _stop(forwarder: KafkaForwarder) -> None:
+    await forwarder.bus.stop()
+
+
+_HOST: LambdaHost[KafkaForwarder] = LambdaHost(_build, _stop)
 
 
 def handler(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
@@ -100,10 +107,19 @@ def handler(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
     return _HOST.run(lambda forwarder: forwarder.handle(event, remaining_s(context)))
 
 
+async def async_handler(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
+    """``handler`` on the caller's event loop (the local runner: shards and streams at once)."""
+    return await _HOST.invoke(lambda forwarder: forwarder.handle(event, remaining_s(context)))
+
+
+async def aclose() -> None:
+    """Close the environment's producer (the local runner, at its end)."""
+    await _HOST.aclose()
+
+
 def reset() -> None:
     """Drop the environment's producer and loop (tests; a new configuration is read next time)."""
+    _HOST.close()
 
-    async def stop(forwarder: KafkaForwarder) -> None:
-        await forwarder.bus.stop()
 
-    _HOST.close(stop)
+attach_async_entry(handler, async_handler, aclose)

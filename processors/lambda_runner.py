@@ -17,13 +17,24 @@ ReportBatchItemFailures``:
 
 Shards are processed concurrently, one batch in flight each; a child shard starts only once its
 parents are read to their end, so each key keeps its order across resharding. Checkpoints live in
-the Kinesis bus's DynamoDB table (``speedlayer_checkpoints``; lease ``lambda:FUNCTION/STREAM``,
-item per shard), so a runner that is killed resumes after the last batch that was done: records
-of a batch in flight are delivered again (at least once, as on AWS), never lost. A shard with no
-checkpoint starts at ``starting_position`` (TRIM_HORIZON or LATEST).
+the Kinesis bus's DynamoDB table (``speedlayer_checkpoints``, or
+``SPEEDLAYER_KINESIS_CHECKPOINT_TABLE``), one item per shard under the lease
+``lambda:CONSUMER/STREAM``: the consumer is the mapping's identity, by default the whole handler
+(``processors.kinesis_to_kafka:handler``), so two handlers on one stream never share checkpoints.
+A runner that is killed resumes after the last batch that was done: records of a batch in flight
+are delivered again (at least once, as on AWS), never lost. A shard with no checkpoint starts at
+``starting_position`` (TRIM_HORIZON or LATEST).
 
-A plain ``handler(event, context)`` (the AWS entry point) runs in one worker thread, one call at a
-time, like one execution environment; an ``async`` handler runs on the runner's loop.
+How the handler is called: an entry point with an async twin (:func:`processors.kinesis_events
+.attach_async_entry`, as both of speedlayer's handlers have) is invoked through the twin on the
+runner's loop, every shard and stream concurrently on the same clients, which :func:`serve`
+closes at the end; any other plain ``handler(event, context)`` runs in one worker thread shared
+by every stream, one call at a time, like one execution environment; an ``async`` handler runs on
+the runner's loop, called with ``(event)`` (``(event, context)`` with ``with_context``, as twins
+are).
+A function error is retried, except a configuration error (no credentials, a refused permission,
+see :func:`speedlayer.aws.configuration_error`): retrying cannot cure it, so the runner stops
+with its message.
 """
 
 from __future__ import annotations
@@ -35,6 +46,7 @@ import functools
 import importlib
 import inspect
 import logging
+import re
 import signal
 import time
 import uuid
@@ -44,8 +56,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, cast
 
-from speedlayer.aws import AWS_ERRORS, call, error_code, is_throttle, open_client
-from speedlayer.errors import RunnerError
+from processors.kinesis_events import async_entry
+from speedlayer.aws import (
+    AWS_ERRORS,
+    call,
+    configuration_error,
+    error_code,
+    is_throttle,
+    open_client,
+    wait_table_active,
+)
+from speedlayer.backends import dynamodb_endpoint, kinesis_endpoint
+from speedlayer.config import Settings
+from speedlayer.errors import ConfigurationError, RunnerError
 from speedlayer.kinesis_shards import (
     SHARD_END,
     CheckpointTable,
@@ -60,6 +83,7 @@ from speedlayer.retry import Backoff
 log = logging.getLogger(__name__)
 
 AsyncHandler = Callable[[dict[str, Any]], Awaitable[Any]]
+AsyncContextHandler = Callable[[dict[str, Any], Any], Awaitable[Any]]
 SyncHandler = Callable[[dict[str, Any], Any], Any]
 StartingPosition = Literal["TRIM_HORIZON", "LATEST"]
 ACCOUNT = "000000000000"
@@ -152,14 +176,23 @@ class RunnerStats:
 
 
 class LambdaRunner:
-    """Feeds ``handler`` from ``stream`` like an event source mapping; ``start``/``stop``."""
+    """Feeds ``handler`` from ``stream`` like an event source mapping; ``start``/``stop``.
+
+    ``consumer`` names the checkpoints (lease ``lambda:CONSUMER/STREAM``; default
+    ``function_name``); ``with_context``: an async handler takes ``(event, context)``;
+    ``executor``: the worker thread of a plain handler, shared with other runners (else one of
+    its own); ``create_checkpoint_table`` off: the table must exist (infrastructure code)."""
 
     def __init__(
         self,
-        handler: AsyncHandler | SyncHandler,
+        handler: AsyncHandler | AsyncContextHandler | SyncHandler,
         stream: str,
         *,
         function_name: str = "handler",
+        consumer: str | None = None,
+        with_context: bool = False,
+        executor: ThreadPoolExecutor | None = None,
+        create_checkpoint_table: bool = True,
         kinesis_endpoint_url: str | None = None,
         dynamodb_endpoint_url: str | None = None,
         region: str = "us-east-1",
@@ -196,10 +229,14 @@ class LambdaRunner:
         self.retry_initial_s = retry_initial_s
         self.retry_cap_s = retry_cap_s
         self.aws_retry_timeout_s = aws_retry_timeout_s
-        self.lease = f"lambda:{function_name}/{stream}"
+        self.create_checkpoint_table = create_checkpoint_table
+        self.consumer = consumer or function_name
+        self.lease = f"lambda:{self.consumer}/{stream}"
         self.stream_arn = f"arn:aws:kinesis:{region}:{ACCOUNT}:stream/{stream}"
         self.stats = RunnerStats()
         self._is_async = inspect.iscoroutinefunction(handler)
+        self._with_context = self._is_async and with_context
+        self._shared_executor = executor
         self._executor: ThreadPoolExecutor | None = None
         self._stack: contextlib.AsyncExitStack | None = None
         self._kinesis: Any = None
@@ -227,7 +264,16 @@ class LambdaRunner:
                 timeout_s=self.aws_retry_timeout_s,
                 error=RunnerError,
             )
-            await self._checkpoints.ensure(60)
+            if self.create_checkpoint_table:
+                await self._checkpoints.ensure(60)
+            else:  # infrastructure code owns it: it must exist
+                await wait_table_active(
+                    dynamodb,
+                    self.checkpoint_table,
+                    timeout_s=self.aws_retry_timeout_s,
+                    active_timeout_s=60,
+                    error=RunnerError,
+                )
         except BaseException as exc:
             self._checkpoints = None
             await stack.aclose()
@@ -236,7 +282,9 @@ class LambdaRunner:
             raise
         self._stack = stack
         if not self._is_async:
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix=self.function_name)
+            self._executor = self._shared_executor or ThreadPoolExecutor(
+                1, thread_name_prefix=self.function_name
+            )
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
@@ -248,8 +296,8 @@ class LambdaRunner:
         if stack is not None:
             await stack.aclose()
         executor, self._executor = self._executor, None
-        if executor is not None:
-            executor.shutdown(wait=True)
+        if executor is not None and executor is not self._shared_executor:
+            await asyncio.to_thread(executor.shutdown, wait=True)
 
     async def __aenter__(self) -> LambdaRunner:
         await self.start()
@@ -346,6 +394,8 @@ class LambdaRunner:
             try:
                 resp = await self._kinesis.get_records(ShardIterator=next_iterator, Limit=limit)
             except AWS_ERRORS as exc:
+                if (problem := configuration_error(exc, self._kinesis)) is not None:
+                    raise problem from exc
                 if error_code(exc) == "ExpiredIteratorException":
                     next_iterator = await self._resume_iterator(shard_id, checkpoint, has_parent)
                     continue
@@ -423,7 +473,10 @@ class LambdaRunner:
         self.stats.invocations += 1
         self.stats.records += len(records)
         try:
-            if self._is_async:
+            if self._with_context:
+                call = cast(AsyncContextHandler, self.handler)(event, context)
+                response = await asyncio.wait_for(call, self.timeout_s)
+            elif self._is_async:
                 call = cast(AsyncHandler, self.handler)(event)
                 response = await asyncio.wait_for(call, self.timeout_s)
             else:
@@ -436,6 +489,11 @@ class LambdaRunner:
             raise
         except Exception as exc:  # a function error (or a timeout): retry the whole batch
             self.stats.function_errors += 1
+            problem = configuration_error(exc)
+            if problem is not None:  # no retry can cure it: stop with its message
+                raise ConfigurationError(
+                    f"{self.function_name} on {self.stream}: {problem}"
+                ) from exc
             log.warning("%s on %s/%s: function error %r; the batch is retried",
                         self.function_name, self.stream, shard_id, exc)  # fmt: skip
             return 0, True
@@ -456,8 +514,24 @@ HANDLERS = {
 }
 
 
-def load_handler(name: str) -> SyncHandler | AsyncHandler:
-    """``kinesis_to_dynamodb``, ``kinesis_to_kafka`` or any ``package.module:function``."""
+@dataclass
+class LambdaFunction:
+    """A handler as the runner invokes it."""
+
+    target: str  # ``package.module:function``: the default consumer (checkpoint lease)
+    name: str  # the function name (Lambda context, logs)
+    handler: SyncHandler | AsyncHandler | AsyncContextHandler  # the async twin if there is one
+    aclose: Callable[[], Awaitable[None]] | None = None  # closes the handler's clients
+
+    @property
+    def with_context(self) -> bool:
+        """An async twin takes ``(event, context)``; another async handler ``(event)``."""
+        return self.aclose is not None
+
+
+def load_handler(name: str) -> LambdaFunction:
+    """``kinesis_to_dynamodb``, ``kinesis_to_kafka`` or any ``package.module:function`` (or
+    ``package.module.function``)."""
     target = HANDLERS.get(name, name)
     module_name, sep, attr = target.partition(":")
     if not sep:
@@ -469,31 +543,78 @@ def load_handler(name: str) -> SyncHandler | AsyncHandler:
         raise RunnerError(f"no Lambda handler {name!r}: {exc}") from exc
     if not callable(found):
         raise RunnerError(f"{target} is not callable")
-    return cast(SyncHandler | AsyncHandler, found)
+    target = f"{module_name}:{attr}"
+    aliases = {full: short for short, full in HANDLERS.items()}
+    function_name = aliases.get(target) or re.sub(r"[^A-Za-z0-9_-]+", "-", target)
+    twin = async_entry(found)
+    if twin is not None:
+        return LambdaFunction(target, function_name, twin[0], twin[1])
+    return LambdaFunction(target, function_name, cast(SyncHandler | AsyncHandler, found))
+
+
+def stream_name(stream: str, prefix: str) -> str:
+    """``stream`` with the services' stream prefix (``SPEEDLAYER_KINESIS_STREAM_PREFIX``), unless
+    it already carries it: ``--stream market-data-15m`` names the stream the services use."""
+    return stream if stream.startswith(prefix) else prefix + stream
 
 
 async def serve(
     function: str,
     streams: Sequence[str],
     *,
+    settings: Settings | None = None,
+    consumer: str | None = None,
+    kinesis_endpoint_url: str | None = None,
+    dynamodb_endpoint_url: str | None = None,
     until_idle: bool = False,
     stats_every_s: float = 10.0,
     **options: Any,
 ) -> list[RunnerStats]:
     """Run one mapping per stream until SIGINT/SIGTERM (or, with ``until_idle``, until every
-    shard has been read to its end); return each mapping's counters."""
-    handler = load_handler(function)
-    name = function if function in HANDLERS else function.rpartition(":")[2] or "handler"
-    runners = [LambdaRunner(handler, stream, function_name=name, **options) for stream in streams]
+    shard has been read to its end); return each mapping's counters.
+
+    The runner reads the services' settings (``settings``, default from the environment):
+    the Kinesis and DynamoDB endpoints (``kinesis_endpoint_url`` / ``dynamodb_endpoint_url``
+    override them), the region, the stream prefix, the checkpoint table and whether to create
+    it. ``consumer`` names the checkpoint lease (default: the handler's ``module:function``).
+    The handler's clients are closed at the end."""
+    settings = settings or Settings()
+    function_ = load_handler(function)
+    name = function_.name
+    executor = None
+    if not inspect.iscoroutinefunction(function_.handler):  # one environment for all streams
+        executor = ThreadPoolExecutor(1, thread_name_prefix=name)
+    runners = [
+        LambdaRunner(
+            function_.handler,
+            stream_name(stream, settings.kinesis_stream_prefix),
+            function_name=name,
+            consumer=consumer or function_.target,
+            with_context=function_.with_context,
+            executor=executor,
+            kinesis_endpoint_url=kinesis_endpoint_url or kinesis_endpoint(settings),
+            dynamodb_endpoint_url=dynamodb_endpoint_url or dynamodb_endpoint(settings),
+            region=settings.aws_region,
+            checkpoint_table=settings.kinesis_checkpoint_table,
+            create_checkpoint_table=settings.aws_create_resources,
+            **options,
+        )
+        for stream in streams
+    ]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     async with contextlib.AsyncExitStack() as stack:
+        if executor is not None:  # closed last: after the runners stopped calling into it
+            stack.push_async_callback(asyncio.to_thread, executor.shutdown, wait=True)
+        if function_.aclose is not None:
+            stack.push_async_callback(function_.aclose)
         for runner in runners:
             await stack.enter_async_context(runner)
-        log.info("%s: mapping %s (batch size %d, from %s)", name, ", ".join(streams),
+        log.info("%s: mapping %s as consumer %s (batch size %d, from %s)", name,
+                 ", ".join(r.stream for r in runners), runners[0].consumer,
                  runners[0].batch_size, runners[0].starting_position)  # fmt: skip
         waiters = [asyncio.create_task(runner.wait()) for runner in runners]
         stopper = asyncio.create_task(stop.wait())

@@ -8,6 +8,8 @@ the retriable ones.
 
     SpeedlayerError
     ├── ConfigError                a setting, flag or parameter is invalid
+    ├── ConfigurationError         a backend cannot be used as configured: no credentials, no
+    │                              region, a bad endpoint, refused credentials or permissions
     ├── InputError                 input data is not in a supported format
     │   └── ReplayFormatError      a replay file as a whole
     ├── RequestError               a live-feed request (WebSocket/SSE) is invalid
@@ -34,6 +36,16 @@ class SpeedlayerError(Exception):
 
 class ConfigError(SpeedlayerError, ValueError):
     """A setting, flag or parameter is invalid."""
+
+
+class ConfigurationError(SpeedlayerError):
+    """A backend cannot be used as configured: credentials, region or endpoint are missing or
+    invalid, the backend refuses the credentials or the permission, or it rejects the request
+    itself. Never retriable: the same call fails the same way until the configuration changes,
+    so services stop at once with this message instead of retrying (see
+    :func:`speedlayer.aws.configuration_error`)."""
+
+    retriable = False
 
 
 class InputError(SpeedlayerError):

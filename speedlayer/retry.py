@@ -7,6 +7,13 @@ bound). :func:`retry` runs an operation until it succeeds, retrying the errors t
 ``retriable`` (:mod:`speedlayer.errors`) while the backoff allows, and raises the last error once
 it does not; every write in speedlayer is an idempotent upsert or a keyed publish, so trying the
 same call again never duplicates anything.
+
+An error is not retriable either when its chain of causes (``raise ... from cause``) holds a
+:class:`~speedlayer.errors.ConfigurationError` or a cause that a backend declared permanent with
+:func:`register_permanent` (:mod:`speedlayer.aws` declares the AWS SDK's: missing credentials or
+region, an invalid endpoint, refused credentials or permissions): a backend that wraps such a
+cause in its own, otherwise retriable, error still fails at once instead of being retried until
+a deadline.
 """
 
 from __future__ import annotations
@@ -15,8 +22,10 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
+
+from speedlayer.errors import ConfigurationError
 
 T = TypeVar("T")
 
@@ -80,9 +89,38 @@ class Backoff:
         self.failures = 0
 
 
+_PERMANENT: list[Callable[[BaseException], bool]] = []
+
+
+def register_permanent(is_permanent: Callable[[BaseException], bool]) -> None:
+    """Declare the causes ``is_permanent`` recognises as incurable by a retry (idempotent)."""
+    if is_permanent not in _PERMANENT:
+        _PERMANENT.append(is_permanent)
+
+
+def causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and its explicit causes (``raise ... from cause``), outermost first."""
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        yield link
+        link = link.__cause__
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """Whether ``exc`` or one of its causes is a configuration error or a declared permanent
+    cause (see the module docstring)."""
+    return any(
+        isinstance(link, ConfigurationError) or any(check(link) for check in _PERMANENT)
+        for link in causes(exc)
+    )
+
+
 def is_retriable(exc: BaseException) -> bool:
-    """Whether trying again may help: the ``retriable`` flag of speedlayer's errors."""
-    return bool(getattr(exc, "retriable", False))
+    """Whether trying again may help: the ``retriable`` flag of speedlayer's errors, unless the
+    error comes from a permanent cause (:func:`is_permanent`)."""
+    return bool(getattr(exc, "retriable", False)) and not is_permanent(exc)
 
 
 async def retry(

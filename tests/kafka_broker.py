@@ -7,7 +7,8 @@ free ports and settings for a fast single-node start, formats the log directory
 until the broker answers; ``stop()`` ends it (SIGTERM, then SIGKILL). ``restart()`` keeps the log
 directory, so topics, records and committed offsets survive, as on a real cluster.
 
-Run one by hand: ``.venv/bin/python -m tests.kafka_broker`` (prints the bootstrap address).
+Run one by hand: ``.venv/bin/python -m tests.kafka_broker`` (prints the bootstrap address);
+SIGTERM or Ctrl-C stops its JVM and removes its temporary folder.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 ROOT = Path(__file__).resolve().parent.parent
 KAFKA_LIB = Path(os.environ.get("SPEEDLAYER_KAFKA_LIB", ROOT / ".kafka" / "lib"))
 HEAP = os.environ.get("SPEEDLAYER_KAFKA_HEAP", "-Xmx512m")
+GRACE_S = 15.0  # `python -m tests.kafka_broker`: how long a stopping JVM may take before SIGKILL
 
 # Fast, single-node settings: one replica everywhere, no rebalance delay, small internal topics.
 SETTINGS = {
@@ -281,20 +283,41 @@ async def _probe(bootstrap: str, deadline: float) -> None:
         await asyncio.sleep(0.1)
 
 
+class Stopped(BaseException):
+    """SIGTERM or SIGINT arrived: unwind, stopping the broker and removing its folder."""
+
+
+def _stop_on_signal(signum: int, _frame: object) -> None:
+    # Raised once: the cleanup that follows must not be interrupted by a second signal.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise Stopped(signal.Signals(signum).name)
+
+
 def main() -> None:
+    """Run a broker until SIGTERM or SIGINT (Ctrl-C), then stop its JVM (SIGTERM, SIGKILL after
+    a grace) and remove its temporary folder, also when the signal comes during the start."""
+    signal.signal(signal.SIGTERM, _stop_on_signal)
+    signal.signal(signal.SIGINT, _stop_on_signal)
     workdir = Path(tempfile.mkdtemp(prefix="kafka-"))
     broker = KafkaBroker(workdir, log_level="INFO")
-    broker.start()
-    print(f"Kafka broker at {broker.bootstrap} (data in {workdir}); started in "
-          f"{broker.start_s:.1f} s. Ctrl-C stops it.", flush=True)  # fmt: skip
+    code = 0
     try:
-        signal.pause()
-    except KeyboardInterrupt:
+        broker.start()
+        pid = broker.proc.pid if broker.proc is not None else None
+        print(f"Kafka broker at {broker.bootstrap} (data in {workdir}, JVM pid {pid}); started "
+              f"in {broker.start_s:.1f} s. Ctrl-C stops it.", flush=True)  # fmt: skip
+        while True:
+            signal.pause()
+    except Stopped:
         pass
+    except KafkaBrokerError as exc:
+        print(exc, file=sys.stderr, flush=True)
+        code = 1
     finally:
-        broker.stop()
+        broker.stop(timeout_s=GRACE_S)
         shutil.rmtree(workdir, ignore_errors=True)
-        sys.exit(0)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

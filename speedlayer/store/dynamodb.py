@@ -43,8 +43,10 @@ filter). Resampler state (``get_candles``, ``bars_between``, ``last_bar_times``,
 read with ConsistentRead. ``forming`` is a Scan: it reads every item of every table (capacity
 proportional to the table size, not to the answer) — fine for recovery at start-up, not for a hot
 path. ``symbols`` is answered from an index in memory (each symbol's largest ``ttl``), filled by a
-Scan of the tables at most once every ``SYMBOLS_SCAN_EVERY_S`` (60 s) and by the store's own
-upserts at once: symbols that another process writes appear within that minute.
+Scan of the tables at most once every ``SYMBOLS_SCAN_EVERY_S`` (60 s; every
+``SYMBOLS_RESCAN_EMPTY_S``, 5 s, while it knows no symbol, as an API started before the first
+candles does) and by the store's own upserts at once: symbols that another process writes appear
+within that minute.
 
 **Expiry.** On AWS, TTL deletes expired items (``purge_expired`` returns 0 there). Emulators never
 expire anything, so with an ``endpoint_url`` (or ``scan_purge=True``) ``purge_expired`` scans for
@@ -70,6 +72,7 @@ from typing import Any, Literal
 from speedlayer.aws import (
     AWS_ERRORS,
     call,
+    configuration_error,
     ensure_table,
     error_code,
     is_throttle,
@@ -171,6 +174,7 @@ async def run_bounded(jobs: Iterable[Callable[[], Awaitable[None]]], limit: int)
 
 
 SYMBOLS_SCAN_EVERY_S = 60.0  # symbols(): how old the Scan behind the index may be
+SYMBOLS_RESCAN_EMPTY_S = 5.0  # ... while the index is empty
 
 
 class DynamoDBStore(Store):
@@ -323,6 +327,8 @@ class DynamoDBStore(Store):
             )
             return "enabled"
         except AWS_ERRORS as exc:
+            if (problem := configuration_error(exc, client)) is not None:
+                raise problem from exc
             code = error_code(exc)
             if code == "ValidationException" and "already enabled" in str(exc).lower():
                 return "enabled"
@@ -460,6 +466,8 @@ class DynamoDBStore(Store):
                     try:
                         resp = await self.client.batch_write_item(RequestItems=pending)
                     except AWS_ERRORS as exc:
+                        if (problem := configuration_error(exc, self.client)) is not None:
+                            raise problem from exc
                         if is_throttle(exc) and await backoff.sleep():
                             continue
                         raise StoreError(f"DynamoDB BatchWriteItem failed: {exc}") from exc
@@ -656,7 +664,8 @@ class DynamoDBStore(Store):
 
     async def symbols(self) -> list[str]:
         scanned_at = self._symbols_scanned_at
-        if scanned_at is None or time.monotonic() - scanned_at >= SYMBOLS_SCAN_EVERY_S:
+        every_s = SYMBOLS_SCAN_EVERY_S if self._symbol_ttl else SYMBOLS_RESCAN_EMPTY_S
+        if scanned_at is None or time.monotonic() - scanned_at >= every_s:
             started = time.monotonic()
             found: dict[str, int] = {}
             now = {":now": {"N": str(self.now_s())}}

@@ -665,7 +665,9 @@ def test_killed_runner_resumes_and_converges(
                 TableName="speedlayer_checkpoints",
                 KeyConditionExpression="#l = :l",
                 ExpressionAttributeNames={"#l": "lease"},
-                ExpressionAttributeValues={":l": {"S": f"lambda:kinesis_to_dynamodb/{stream}"}},
+                ExpressionAttributeValues={
+                    ":l": {"S": f"lambda:processors.kinesis_to_dynamodb:handler/{stream}"}
+                },
                 ConsistentRead=True,
             )
         except ddb.exceptions.ResourceNotFoundException:

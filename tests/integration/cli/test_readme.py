@@ -8,7 +8,8 @@
   candles``) is repeated until it shows data, as a reader would wait for the first candles.
 
 The only changes to the text: the ports (the block's own ports become free ones, so the test
-cannot meet another server) and the emulators' data folder (the Makefile's ``AWS_LOCAL_DATA``).
+cannot meet another server) and where data is kept (the emulators' folder, the Makefile's
+``AWS_LOCAL_DATA``; the SQLite file), so that the test leaves nothing in the repository.
 """
 
 from __future__ import annotations
@@ -51,9 +52,12 @@ def listening(port: int) -> bool:
 class Reader:
     """Follows a block: the environment, the terminals that keep running, the logs."""
 
-    def __init__(self, tmp: Path, ports: dict[int, int], env: dict[str, str]) -> None:
+    def __init__(
+        self, tmp: Path, ports: dict[int, int], env: dict[str, str], paths: dict[str, str]
+    ) -> None:
         self.tmp = tmp
         self.ports = ports
+        self.paths = paths
         base = {k: v for k, v in os.environ.items() if not k.startswith("SPEEDLAYER_")}
         self.env = {**base, **env}
         self.terminals: list[tuple[str, subprocess.Popen[bytes], Path]] = []
@@ -61,6 +65,8 @@ class Reader:
     def text(self, line: str) -> str:
         for port, free in self.ports.items():
             line = re.sub(rf"\b{port}\b", str(free), line)
+        for path, elsewhere in self.paths.items():
+            line = line.replace(path, elsewhere)
         return line
 
     def follow(self, line: str, ready: Callable[[str], bool]) -> None:
@@ -146,12 +152,17 @@ def shows_data(command: str, stdout: str) -> bool:
     return True
 
 
+MakeReader = Callable[..., Reader]
+
+
 @pytest.fixture
-def reader(tmp_path: Path) -> Iterator[Callable[[dict[int, int], dict[str, str]], Reader]]:
+def reader(tmp_path: Path) -> Iterator[MakeReader]:
     readers: list[Reader] = []
 
-    def make(ports: dict[int, int], env: dict[str, str]) -> Reader:
-        readers.append(Reader(tmp_path, ports, env))
+    def make(
+        ports: dict[int, int], env: dict[str, str], paths: dict[str, str] | None = None
+    ) -> Reader:
+        readers.append(Reader(tmp_path, ports, env, paths or {}))
         return readers[-1]
 
     yield make
@@ -160,9 +171,7 @@ def reader(tmp_path: Path) -> Iterator[Callable[[dict[int, int], dict[str, str]]
 
 
 @pytest.mark.timeout(420)
-def test_the_aws_section_works_as_written(
-    reader: Callable[[dict[int, int], dict[str, str]], Reader], tmp_path: Path
-) -> None:
+def test_the_aws_section_works_as_written(reader: MakeReader, tmp_path: Path) -> None:
     require((ROOT / "node_modules" / "dynalite").exists(), "the emulators: run `make setup`")
     ports = {4567: free_port(), 4568: free_port(), 8000: free_port()}
     follow = reader(
@@ -177,18 +186,43 @@ def test_the_aws_section_works_as_written(
     def ready(command: str) -> bool:
         if command.startswith("make aws-local"):
             return listening(ports[4567]) and listening(ports[4568])
-        if " api " in command:
-            try:
-                return httpx.get(f"http://127.0.0.1:{ports[8000]}/healthz").status_code == 200
-            except httpx.TransportError:
-                return False
-        return True
+        return api_ready(command, ports[8000])
 
-    lines = readme_block("aws")
+    follow_block(follow, "aws", ready, ports[8000])
+
+
+@pytest.mark.timeout(420)
+def test_the_kafka_section_works_as_written(reader: MakeReader, tmp_path: Path) -> None:
+    from tests.kafka_broker import missing_prerequisite
+
+    missing = missing_prerequisite()
+    require(missing is None, str(missing))
+    ports = {9092: free_port(), 8000: free_port()}
+    follow = reader(ports, {}, {"data/kafka.db": str(tmp_path / "kafka.db")})
+
+    def ready(command: str) -> bool:
+        if command.startswith("make kafka-local"):
+            return listening(ports[9092])
+        return api_ready(command, ports[8000])
+
+    follow_block(follow, "kafka", ready, ports[8000])
+
+
+def api_ready(command: str, port: int) -> bool:
+    if " api " not in command:
+        return True
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def follow_block(follow: Reader, name: str, ready: Callable[[str], bool], api_port: int) -> None:
+    lines = readme_block(name)
     assert any(KEEPS_RUNNING in line for line in lines)
     for line in lines:
         follow.follow(line, ready)
-    symbols = httpx.get(f"http://127.0.0.1:{ports[8000]}/symbols").json()
+    symbols = httpx.get(f"http://127.0.0.1:{api_port}/symbols").json()
     assert "AAPL" in str(symbols), symbols
     follow.stop()
     for command, proc, _ in follow.terminals:
