@@ -13,6 +13,7 @@ SIGTERM or Ctrl-C stops its JVM and removes its temporary folder.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import shutil
@@ -112,11 +113,12 @@ def missing_prerequisite() -> str | None:
 
 
 class KafkaBroker:
-    """One KRaft broker+controller on free loopback ports, data in ``workdir``."""
+    """One KRaft broker+controller on loopback, data in ``workdir``: the client port ``port``
+    (default: a free one), the controller's on a free one."""
 
-    def __init__(self, workdir: Path, *, log_level: str = "WARN") -> None:
+    def __init__(self, workdir: Path, *, log_level: str = "WARN", port: int | None = None) -> None:
         self.workdir = workdir
-        self.port = free_port()
+        self.port = port or free_port()
         self.controller_port = free_port()
         self.bootstrap = f"127.0.0.1:{self.port}"
         self.cluster_id = uuid.uuid4().hex[:22]  # any 16 bytes, base64 without padding: 22 chars
@@ -294,13 +296,16 @@ def _stop_on_signal(signum: int, _frame: object) -> None:
     raise Stopped(signal.Signals(signum).name)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Run a broker until SIGTERM or SIGINT (Ctrl-C), then stop its JVM (SIGTERM, SIGKILL after
     a grace) and remove its temporary folder, also when the signal comes during the start."""
+    parser = argparse.ArgumentParser(description="a single-node Kafka broker on loopback")
+    parser.add_argument("--port", type=int, help="client port (default: a free one)")
+    args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _stop_on_signal)
     signal.signal(signal.SIGINT, _stop_on_signal)
     workdir = Path(tempfile.mkdtemp(prefix="kafka-"))
-    broker = KafkaBroker(workdir, log_level="INFO")
+    broker = KafkaBroker(workdir, log_level="INFO", port=args.port)
     code = 0
     try:
         broker.start()

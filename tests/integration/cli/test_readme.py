@@ -198,7 +198,9 @@ def test_the_kafka_section_works_as_written(reader: MakeReader, tmp_path: Path) 
     missing = missing_prerequisite()
     require(missing is None, str(missing))
     ports = {9092: free_port(), 8000: free_port()}
-    follow = reader(ports, {}, {"data/kafka.db": str(tmp_path / "kafka.db")})
+    follow = reader(
+        ports, {"KAFKA_PORT": str(ports[9092])}, {"data/kafka.db": str(tmp_path / "kafka.db")}
+    )
 
     def ready(command: str) -> bool:
         if command.startswith("make kafka-local"):
