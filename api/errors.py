@@ -12,7 +12,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.metrics import record_store_error
-from speedlayer.errors import ConfigError, StoreError
+from speedlayer.errors import ConfigError, ConfigurationError, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,13 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StoreError)
     async def _store(request: Request, exc: StoreError) -> Response:
         log.error("store error: %s", exc)
+        record_store_error(request.app)
+        return error_response(503, "store_unavailable", "the candle store is unavailable")
+
+    @app.exception_handler(ConfigurationError)
+    async def _configuration(request: Request, exc: ConfigurationError) -> Response:
+        # The message names a setting and an endpoint: for the operator's log, not the client.
+        log.error("backend configuration error: %s", exc)
         record_store_error(request.app)
         return error_response(503, "store_unavailable", "the candle store is unavailable")
 

@@ -423,8 +423,8 @@ def lambda_run(
 @db_option
 @store_option
 def purge(db: Path | None, store: str | None) -> None:
-    """Delete expired candles now (the API also purges periodically)."""
-    settings = _settings(db=db, store=store)
+    """Delete expired candles now (the API also purges periodically); creates no table."""
+    settings = _settings(db=db, store=store, aws_create_resources=False)
 
     async def go() -> int:
         from speedlayer.backends import open_store
@@ -611,7 +611,7 @@ def flink_job_options(fn: F) -> F:
     return fn
 
 
-def _flink_spec(work_dir: Path, **options: Any) -> tuple[Settings, Any]:
+def _flink_spec(work_dir: Path, cluster: bool = False, **options: Any) -> tuple[Settings, Any]:
     from launch.flink import job_options, local_spec
 
     resume = not options.pop("fresh", False)
@@ -625,7 +625,7 @@ def _flink_spec(work_dir: Path, **options: Any) -> tuple[Settings, Any]:
         raise click.UsageError("--env files needs --input and --output")
     try:
         return settings, local_spec(
-            settings, job_options(settings, **options), work_dir, resume=resume
+            settings, job_options(settings, **options), work_dir, resume=resume, cluster=cluster
         )
     except SpeedlayerError as exc:
         raise click.UsageError(str(exc)) from None
@@ -649,13 +649,20 @@ def flink() -> None:
 @flink.command("plan")
 @flink_job_options
 @click.option("--sql-only", is_flag=True, help="print the SQL without asking Flink for the plan")
-def flink_plan(sql_only: bool, **options: Any) -> None:
+@click.option(
+    "--cluster",
+    is_flag=True,
+    help="for a Flink cluster's SQL client (sql-client.sh -f): without the local mini-cluster's "
+    "loopback settings; the connector and function jars are on the cluster's classpath "
+    "(/opt/flink/lib of infra/flink/Dockerfile)",
+)
+def flink_plan(sql_only: bool, cluster: bool, **options: Any) -> None:
     """Print the job's SQL (settings, tables, views, inserts) and Flink's optimised plan."""
     from launch.flink import explain
 
     with contextlib.ExitStack() as stack:
         work_dir = _work_dir(stack, None)
-        settings, spec = _flink_spec(work_dir, **options)
+        settings, spec = _flink_spec(work_dir, cluster=cluster, **options)
         click.echo(spec.sql())
         if not sql_only:
             click.echo(_run_sync(lambda: explain(settings, spec, work_dir)))

@@ -38,6 +38,7 @@ from speedlayer.bus.base import RAW_TOPIC
 from speedlayer.bus.memory import MemoryBus
 from speedlayer.clock import SystemClock
 from speedlayer.config import Settings
+from speedlayer.errors import ConfigurationError
 from speedlayer.models import Bar
 from speedlayer.store.sqlite import SQLiteStore
 from tests.conftest import SPEEDLAYER, ApiServer, free_port, run_cli
@@ -437,6 +438,32 @@ def test_readyz_reports_an_unreachable_store_and_bus(tmp_path: Path) -> None:
                 )
                 == 1
             )
+    finally:
+        srv.stop()
+
+
+class _RefusedStore(SQLiteStore):
+    """A store whose backend refuses the configured credentials."""
+
+    async def query(self, *args: Any, **kwargs: Any) -> Any:
+        raise ConfigurationError("DynamoDB refused the credentials (set AWS_PROFILE)")
+
+
+def test_a_backend_configuration_error_is_a_503_not_a_500(tmp_path: Path) -> None:
+    settings = Settings(db=tmp_path / "refused.db")
+
+    async def build(stack: contextlib.AsyncExitStack) -> FastAPI:
+        clock = SystemClock()
+        store = await stack.enter_async_context(
+            _RefusedStore(settings.db, settings.interval_set, clock)
+        )
+        return create_app(settings, store=store, clock=clock)
+
+    srv = ThreadServer(build).start()
+    try:
+        resp = httpx.get(srv.url + "/candles/AAPL?interval=1m", timeout=30)
+        message = assert_error(resp, 503, "store_unavailable")
+        assert "AWS_PROFILE" not in message  # the operator's detail stays in the log
     finally:
         srv.stop()
 
