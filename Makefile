@@ -28,7 +28,7 @@ APT_GET     := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 apt_install = $(APT_GET) install -y -qq --no-install-recommends $(1) >/dev/null || \
   { $(APT_GET) update -qq && $(APT_GET) install -y -qq --no-install-recommends $(1) >/dev/null; }
 
-.PHONY: help venv flink setup run test test-fast lint pytest clean aws-local kafka-local screenshot bench soak
+.PHONY: help venv flink setup run test test-fast lint pytest clean aws-local kafka-local infra-synth screenshot bench soak
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -70,10 +70,11 @@ $(FLINK_STAMP): flink_sql/requirements.txt flink_sql/constraints.txt
 	@touch $@
 
 # The connector jars the job loads (Kafka SQL connector for Flink 2.2) from Maven Central into
-# .flink/lib (see infra/flink/pom.xml); Java and Maven as for the Kafka broker.
+# .flink/lib (see infra/flink/pom.xml), and the SQL client's gateway jar into .flink/opt (the
+# session-cluster test); Java and Maven as for the Kafka broker.
 $(FLINK_JARS): infra/flink/pom.xml $(KAFKA_STAMP)
 	rm -rf .flink/lib
-	mvn -q -B -Dstyle.color=never -f infra/flink/pom.xml dependency:copy-dependencies
+	mvn -q -B -Dstyle.color=never -f infra/flink/pom.xml dependency:copy-dependencies dependency:copy@sql-client
 	@touch $@
 
 $(FLINK_KINESIS): $(FLINK_JARS)
@@ -121,6 +122,34 @@ aws-local: $(NODE_STAMP) ## local DynamoDB and Kinesis emulators (DYNAMODB_PORT=
 KAFKA_PORT ?= 9092
 kafka-local: $(STAMP) $(KAFKA_STAMP) ## a local Kafka broker (KAFKA_PORT=)
 	$(BIN)/python -m tests.kafka_broker --port $(KAFKA_PORT)
+
+# The AWS stack (infra/cdk, infra/README.md) synthesized into $(CDK_OUT) by the pinned CDK CLI
+# (package-lock.json). Offline without AWS credentials (the stack is then account-agnostic; with
+# them the CLI names the account). The stack builds the Flink job's zip from .flink/lib; the Lambda
+# code is LAMBDA_PACKAGE (a zip or a directory). CDK_CONTEXT passes more, e.g. '-c shards=2'.
+CDK_OUT        ?= build/cdk.out
+LAMBDA_PACKAGE ?= build/lambda.zip
+CDK_CONTEXT    ?=
+CDK := CDK_DISABLE_VERSION_CHECK=1 CDK_DISABLE_CLI_TELEMETRY=1 \
+  JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION=18,20 npx --no-install cdk
+infra-synth: $(STAMP) $(NODE_STAMP) $(FLINK_JARS) $(FLINK_KINESIS) $(FLINK_UDF) ## synthesize the AWS stack into build/cdk.out (LAMBDA_PACKAGE=, CDK_CONTEXT=)
+	cd infra/cdk && $(CDK) synth --no-notices --quiet --output $(abspath $(CDK_OUT)) \
+	  -c lambdaCode=$(abspath $(LAMBDA_PACKAGE)) $(CDK_CONTEXT)
+
+# The Lambda handlers' zip (launch/lambda_package.py, docs/aws.md#deploying): their packages and
+# dependencies for Lambda's platform (Python 3.11, manylinux2014_x86_64) at the pins of
+# constraints.txt; the same sources give the same bytes.
+.PHONY: lambda-package deploy-check
+lambda-package: $(STAMP) ## build/lambda.zip, the Lambda handlers' deployment package
+	$(BIN)/python -m launch.lambda_package --out build/lambda.zip
+
+# The container definitions, checked without Docker: docker-compose.yml against the Compose
+# Specification's schema (as check-jsonschema ships it), the Dockerfiles linted with hadolint,
+# then tests/unit/deploy (pinned images, health checks, dependencies, commands the CLI parses).
+deploy-check: $(STAMP) ## check docker-compose.yml and the Dockerfiles (no Docker needed)
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
+	$(BIN)/hadolint Dockerfile infra/flink/Dockerfile infra/local/Dockerfile
+	$(BIN)/pytest -q tests/unit/deploy
 
 # The embedded stack, live: Polygon simulator -> ingest -> resampler -> ./data/speedlayer.db -> API.
 # `make run SPEED=5` runs the simulated market at 5 minutes per second (0 = real time).

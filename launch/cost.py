@@ -59,7 +59,7 @@ SHAPE = {
     "api_tasks": 2,
     "api_vcpu": 0.5,
     "api_gb": 1.0,
-    "alarms": 8,
+    "alarms": 9,
     "dashboards": 1,
     "item_bytes": 350,  # a candle item with its key overhead
     "record_bytes": 300,  # a wire-format record on a stream

@@ -99,11 +99,21 @@ def newest_checkpoint(checkpoint_dir: Path) -> Path | None:
 
 
 def local_spec(
-    settings: Settings, options: JobOptions, work_dir: Path, *, resume: bool = True
+    settings: Settings,
+    options: JobOptions,
+    work_dir: Path,
+    *,
+    resume: bool = True,
+    cluster: bool = False,
 ) -> JobSpec:
     """The job for a local run; for the files environment, the input is numbered into
     ``work_dir`` and the changelog goes to ``work_dir/changelog``. A Kafka or Kinesis job
-    resumes from the newest checkpoint in its checkpoint directory unless ``resume`` is false."""
+    resumes from the newest checkpoint in its checkpoint directory unless ``resume`` is false.
+    With ``cluster``, the job is for a Flink cluster's SQL client (``flink plan --cluster``):
+    without the mini-cluster's loopback settings (``LOCAL_CONFIG``: its ``rest.address`` would
+    send the SQL client's job to 127.0.0.1), streaming environments only."""
+    if cluster and options.environment not in STREAMING:
+        raise ConfigError("a job for a Flink cluster reads a bus: --env kafka or kinesis")
     if options.environment in STREAMING and resume and options.checkpoint_dir:
         checkpoint = newest_checkpoint(Path(options.checkpoint_dir))
         if checkpoint is not None:
@@ -122,7 +132,8 @@ def local_spec(
         changelog = work_dir / "changelog"
         options = dataclasses.replace(options, input_path=str(numbered), output_dir=str(changelog))
     spec = render(settings.interval_set, options)
-    spec.config.update(LOCAL_CONFIG)
+    if not cluster:
+        spec.config.update(LOCAL_CONFIG)
     return spec
 
 

@@ -25,11 +25,14 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 
 import uvicorn
 
 from api.app import create_app
 from ingest.polygon import PolygonFeed
+from launch import emf
+from launch.healthcheck import health_file
 from launch.wiring import (
     EmbeddedStack,
     embedded_stack,
@@ -96,8 +99,11 @@ async def run_ingest(settings: Settings) -> None:
         target = await start_source(stack, settings)
         bus = await stack.enter_async_context(open_bus(settings))
         feed = await start_feed(stack, settings, target, bus)
+        await stack.enter_async_context(health_file(settings.health_file, [feed]))
         log.info("ingest: %s -> bus %s", target.ws_url, settings.bus)
-        reporter = asyncio.create_task(_report_feed(feed, settings.stats_interval_s))
+        reporter = asyncio.create_task(
+            _report_feed(feed, settings.stats_interval_s, settings.metrics_namespace)
+        )
         failed = asyncio.Event()
         watcher = asyncio.create_task(_watch_feed(feed, failed))
         try:
@@ -123,17 +129,35 @@ async def _watch_feed(feed: PolygonFeed, failed: asyncio.Event) -> None:
             return
 
 
-async def _report_feed(feed: PolygonFeed, every_s: float) -> None:
-    published = 0
+async def _report_feed(feed: PolygonFeed, every_s: float, metrics_namespace: str = "") -> None:
+    """Log throughput every ``every_s``; with a ``metrics_namespace``, also write the feed lag
+    and the interval's counts as an embedded-metric-format line on stdout (launch/emf.py)."""
+    published = rejected = reconnects = 0
     while True:
         await asyncio.sleep(every_s)
         stats = feed.stats
         total = stats.bars_published + stats.backfill_bars
+        rejected_total = sum(stats.rejected.values())
         log.info(
             "ingest: %d bars published (%.0f/s), %d rejected, %d reconnects",
-            total, (total - published) / every_s, sum(stats.rejected.values()), stats.reconnects,
+            total, (total - published) / every_s, rejected_total, stats.reconnects,
         )  # fmt: skip
-        published = total
+        if metrics_namespace:
+            now_ms = time.time_ns() // 1_000_000
+            lag_ms = stats.lag_ms(now_ms)
+            line = emf.emf_line(
+                metrics_namespace,
+                emf.INGEST,
+                now_ms,
+                {emf.FEED_LAG: None if lag_ms is None else lag_ms / 1000},
+                {
+                    emf.BARS_PUBLISHED: total - published,
+                    emf.BARS_REJECTED: rejected_total - rejected,
+                    emf.RECONNECTS: stats.reconnects - reconnects,
+                },
+            )
+            print(line, flush=True)
+        published, rejected, reconnects = total, rejected_total, stats.reconnects
 
 
 async def run_process(settings: Settings) -> None:
@@ -147,6 +171,7 @@ async def run_process(settings: Settings) -> None:
         bus = await stack.enter_async_context(open_bus(settings, initial_position="TRIM_HORIZON"))
         store = await stack.enter_async_context(open_store(settings, clock))
         runner = await start_runner(stack, settings, store, bus, clock)
+        await stack.enter_async_context(health_file(settings.health_file, [runner]))
         log.info("process: consumer %r, bus %s -> store %s", settings.process_consumer,
                  settings.bus, settings.store)  # fmt: skip
         stopped = await wait_for_stop(runner.failed)
@@ -169,6 +194,7 @@ async def run_sink(settings: Settings) -> None:
         )  # fmt: skip
         await sink.start()
         stack.push_async_callback(sink.stop)
+        await stack.enter_async_context(health_file(settings.health_file, [sink]))
         log.info("sink: consumer %r, bus %s -> store %s", settings.sink_consumer, settings.bus,
                  settings.store)  # fmt: skip
         stopped = await wait_for_stop(sink.failed)

@@ -80,7 +80,14 @@ SECTIONS: list[tuple[str, tuple[str, ...], tuple[str, ...], str]] = [
     (
         "Services",
         ("up", "process", "sink", "ingest", "api", "replay"),
-        ("log_level", "stats_interval_s", "write_retry_deadline_s", "batch_size"),
+        (
+            "log_level",
+            "stats_interval_s",
+            "metrics_namespace",
+            "health_file",
+            "write_retry_deadline_s",
+            "batch_size",
+        ),
         "",
     ),
     (

@@ -54,6 +54,19 @@ class Settings(BaseSettings):
     stats_interval_s: float = Field(
         5.0, gt=0, description="how often throughput and lag are logged"
     )
+    metrics_namespace: str = Field(
+        "",
+        pattern=r"^[A-Za-z0-9 ._#:/-]{0,255}$",
+        description="`speedlayer ingest`: if set, also write feed lag and bar counts every stats "
+        "interval as CloudWatch embedded metric format lines on stdout, in this namespace "
+        "(launch/emf.py; the AWS stack sets it)",
+    )
+    health_file: Path | None = Field(
+        None,
+        description="a file that `ingest`, `process` and `sink` rewrite every 5 s with the "
+        "problems their parts report (JSON), for a container's health check "
+        "(`python -m launch.healthcheck`; the image sets /tmp/speedlayer-health.json)",
+    )
     lambda_retry_timeout_s: float = Field(
         20.0, gt=0, description="how long one Lambda invocation retries a write (below its timeout)"
     )

@@ -39,7 +39,19 @@ SPEEDLAYER = str(Path(sys.executable).with_name("speedlayer"))
 
 
 LAYERS = {"unit", "integration"}
-AREAS = {"api", "aws", "bench", "browser", "cli", "feed", "flink", "kafka", "store"}
+AREAS = {
+    "api",
+    "aws",
+    "bench",
+    "browser",
+    "cli",
+    "deploy",
+    "feed",
+    "flink",
+    "infra",
+    "kafka",
+    "store",
+}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

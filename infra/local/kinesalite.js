@@ -2,6 +2,7 @@
 //
 //   node infra/local/kinesalite.js PORT ['{"path": "...", "shardLimit": 100}']
 //
+// It listens on 127.0.0.1 (KINESALITE_HOST=0.0.0.0 in a container: infra/local/Dockerfile).
 // Flink's Kinesis connector (2.x) names a stream by its ARN alone (StreamARN); kinesalite 3.3
 // reads only StreamName. Every JSON request that has a StreamARN and no StreamName is given the
 // name from the ARN (`arn:aws:kinesis:<region>:<account>:stream/<name>`) on its way to
@@ -13,6 +14,7 @@ const http = require('http');
 const kinesalite = require('kinesalite');
 
 const port = Number(process.argv[2] || 4567);
+const host = process.env.KINESALITE_HOST || '127.0.0.1';
 const options = JSON.parse(process.argv[3] || '{}');
 // KINESALITE_TRACE=1: each request's operation and answer status on stderr.
 const trace = Boolean(process.env.KINESALITE_TRACE);
@@ -59,5 +61,5 @@ inner.listen(0, '127.0.0.1', () => {
     });
   });
   proxy.keepAliveTimeout = 65000;
-  proxy.listen(port, '127.0.0.1');
+  proxy.listen(port, host);
 });
