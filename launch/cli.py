@@ -560,7 +560,7 @@ def init_aws() -> None:
 @click.option(
     "--prices",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="price list (default infra/prices.toml)",
+    help="price list (default launch/prices.toml)",
 )
 @click.option("--json", "as_json", is_flag=True, help="print the estimate as JSON")
 def cost(
