@@ -14,7 +14,7 @@ from launch.cost import DOC, MEASURED, PRICES, estimate, load_prices, render_doc
 
 
 def test_the_doc_is_current() -> None:
-    assert DOC.read_text() == render_doc(), "run `python -m launch.cost --doc`"
+    assert DOC.read_text() == render_doc(), "run `python -m launch.cost`"
 
 
 def test_the_traffic_part_scales_with_the_bars_and_the_fixed_part_does_not() -> None:
