@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from fastapi import FastAPI
 
-from api import dashboard, docs, errors, metrics, security, sse, ws
+from api import dashboard, docs, errors, metrics, polygon_compat, security, sse, udf, ws
 from api.deps import Resources
 from api.head import HeadAsGetMiddleware
 from api.live.hub import CandleHub
@@ -111,10 +111,17 @@ def create_app(
     app.include_router(ws.router)
     app.include_router(sse.router)
     app.include_router(dashboard.router)  # the live dashboard at /
+    app.include_router(polygon_compat.router)  # Polygon's /v2/aggs/... on our candles
+    app.include_router(udf.router)  # a TradingView UDF datafeed at /udf
     # Middleware order, outermost first: metrics (sees every response), CORS, API-key check,
     # WebSocket origin check, HEAD as GET.
     app.add_middleware(HeadAsGetMiddleware)
-    security.install(app, settings, public_paths=dashboard.PUBLIC_PATHS)
+    security.install(
+        app,
+        settings,
+        public_paths=dashboard.PUBLIC_PATHS,
+        rejections={polygon_compat.PATH_PREFIX: polygon_compat.auth_rejection},
+    )
     metrics.install(app)
     docs.install_openapi(app, settings)
     return app

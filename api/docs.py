@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI
+from pydantic import BaseModel
 
 from api import security
 from api.wire import CandleOut, ErrorBody
@@ -25,6 +26,28 @@ SYMBOL_LIST_BODY = r"[A-Za-z0-9][A-Za-z0-9.:/_^=+-]{0,39}"
 
 def symbols_pattern(max_symbols: int) -> str:
     return rf"^{SYMBOL_LIST_BODY}(,{SYMBOL_LIST_BODY}){{0,{max_symbols - 1}}}$"
+
+
+def openapi_parameters(model: type[BaseModel], where: str = "query") -> list[dict[str, Any]]:
+    """OpenAPI parameters documenting ``model``'s fields (by alias), required as the model says,
+    for routes that parse their parameters themselves (to answer errors in their own shape). An
+    optional field is documented as its non-null type: a query or path has no null."""
+    schema = model.model_json_schema()
+    required = set(schema.get("required", []))
+    out = []
+    for name, prop in schema["properties"].items():
+        prop = {k: v for k, v in prop.items() if k != "title"}
+        options = [p for p in prop.pop("anyOf", []) if p.get("type") != "null"]
+        if options:
+            prop.update(options[0])
+            if prop.get("default") is None:
+                prop.pop("default", None)
+        param: dict[str, Any] = {"name": name, "in": where, "required": name in required}
+        if "description" in prop:
+            param["description"] = prop["description"]
+        param["schema"] = prop
+        out.append(param)
+    return out
 
 
 def _error_ref(spec: dict[str, Any]) -> dict[str, Any]:

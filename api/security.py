@@ -2,25 +2,29 @@
 
 When ``settings.api_keys`` is non-empty, every HTTP route and WebSocket except the health probes
 (``/healthz``, ``/readyz``) needs one of the keys, sent as header ``X-API-Key`` or as query
-parameter ``api_key`` (browsers cannot set headers on ``WebSocket`` / ``EventSource``). The check is
+parameter ``api_key`` (browsers cannot set headers on ``WebSocket`` / ``EventSource``), or the way
+Polygon clients send theirs (the Polygon-compatible endpoint, api/polygon_compat.py): header
+``Authorization: Bearer <key>`` or query parameter ``apiKey``. The check is
 one pure ASGI middleware, so it covers routes mounted anywhere (REST, ``/ws``, ``/stream/*``,
 ``/docs``, ``/openapi.json``, ``/asyncapi.json``, ``/metrics``) before any of them runs:
 
 - HTTP: 401 JSON ``{"error": "unauthorized", ...}`` without a key, 403 JSON
-  ``{"error": "forbidden", ...}`` with a wrong one.
+  ``{"error": "forbidden", ...}`` with a wrong one; paths with a rejection of their own
+  (``rejections``: the Polygon-compatible ``/v2/aggs/`` answers Polygon's 401 bodies) get it.
 - WebSocket: the handshake is refused before ``accept`` with close code 1008 (policy violation),
   which the server turns into an HTTP 403 response.
 
 Keys are compared in constant time (SHA-256 digests compared with ``hmac.compare_digest``, over
-every configured key). The key is never logged: the middleware removes ``api_key`` from the
-request's query string (in place, before routing), so neither the routes nor uvicorn's access log
-(which prints path and query of the same scope) ever see it. Lower down, uvicorn logs what it
-receives before the app runs: at DEBUG, the ``websockets`` handshake log (through the logger
+every configured key). The key is never logged: the middleware removes ``api_key`` and ``apiKey``
+from the request's query string (in place, before routing), so neither the routes nor uvicorn's
+access log (which prints path and query of the same scope) ever see it. Lower down, uvicorn logs
+what it receives before the app runs: at DEBUG, the ``websockets`` handshake log (through the logger
 ``uvicorn.error``) prints the request line with its query and every header, ``X-API-Key``
 included; at TRACE, uvicorn's ASGI message log (``uvicorn.asgi``) prints whole scopes. So the app
 also puts :class:`RedactKeys` on every log handler when it starts
-(:func:`install_log_redaction`): it rewrites any ``api_key=`` value, ``X-API-Key`` header value
-and configured key in a record before it is written, whatever the logger and level.
+(:func:`install_log_redaction`): it rewrites any ``api_key=``/``apiKey=`` value, ``X-API-Key``
+and ``Authorization`` header value and configured key in a record before it is written, whatever
+the logger and level.
 
 With auth on, ``/docs`` and ``/openapi.json`` need the key too: fetch the schema with the header
 (``curl -H 'X-API-Key: ...' /openapi.json``); Swagger UI at ``/docs`` can only be used through a
@@ -34,7 +38,7 @@ import hashlib
 import hmac
 import logging
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from enum import Enum
 from typing import Any
 from urllib.parse import unquote_plus
@@ -50,6 +54,8 @@ from speedlayer.config import Settings
 
 API_KEY_HEADER = "X-API-Key"
 API_KEY_QUERY = "api_key"
+POLYGON_KEY_QUERY = "apiKey"  # Polygon's query parameter, accepted like api_key
+_KEY_QUERIES = (API_KEY_QUERY, POLYGON_KEY_QUERY)
 CORS_METHODS = ("GET", "HEAD", "OPTIONS")
 CORS_HEADERS = (API_KEY_HEADER, "Last-Event-ID")
 EXEMPT_PATHS: frozenset[str] = frozenset({"/healthz", "/readyz"})
@@ -57,6 +63,9 @@ WS_POLICY_VIOLATION = 1008
 
 _HEADER_BYTES = API_KEY_HEADER.lower().encode("latin-1")
 _QUERY_BYTES = API_KEY_QUERY.encode("ascii")
+_POLYGON_QUERY_BYTES = POLYGON_KEY_QUERY.encode("ascii")
+_AUTHORIZATION = b"authorization"
+_BEARER = b"bearer "
 
 
 class KeyCheck(Enum):
@@ -96,15 +105,19 @@ class ApiKeys:
 
 
 def split_api_key(query_string: bytes) -> tuple[bytes | None, bytes]:
-    """Return (the first ``api_key`` value, URL-decoded; the query string without any
-    ``api_key`` pair). Other pairs are kept byte for byte."""
-    if _QUERY_BYTES not in query_string and b"%" not in query_string:  # the common case
+    """Return (the first ``api_key`` or ``apiKey`` value, URL-decoded; the query string without
+    any ``api_key`` or ``apiKey`` pair). Other pairs are kept byte for byte."""
+    if (
+        _QUERY_BYTES not in query_string
+        and _POLYGON_QUERY_BYTES not in query_string
+        and b"%" not in query_string
+    ):  # the common case
         return None, query_string
     key: bytes | None = None
     kept: list[bytes] = []
     for pair in query_string.split(b"&"):
         name, _, value = pair.partition(b"=")
-        if unquote_plus(name.decode("latin-1")) == API_KEY_QUERY:
+        if unquote_plus(name.decode("latin-1")) in _KEY_QUERIES:
             if key is None:
                 key = unquote_plus(value.decode("latin-1"), encoding="utf-8").encode("utf-8")
             continue
@@ -113,17 +126,22 @@ def split_api_key(query_string: bytes) -> tuple[bytes | None, bytes]:
 
 
 def scope_api_key(scope: Scope) -> bytes | None:
-    """The key a request presents: header ``X-API-Key``, else query ``api_key``.
+    """The key a request presents: header ``X-API-Key``, else ``Authorization: Bearer``, else
+    query ``api_key`` (or ``apiKey``).
 
-    Also removes ``api_key`` from ``scope["query_string"]`` in place (see the module docstring).
+    Also removes ``api_key`` and ``apiKey`` from ``scope["query_string"]`` in place (see the
+    module docstring).
     """
     from_query, rest = split_api_key(scope.get("query_string", b""))
     if from_query is not None:
         scope["query_string"] = rest
+    bearer: bytes | None = None
     for name, value in scope.get("headers", ()):
         if name == _HEADER_BYTES:
             return bytes(value)
-    return from_query
+        if name == _AUTHORIZATION and bytes(value[:7]).lower() == _BEARER and bearer is None:
+            bearer = bytes(value[7:]).strip()
+    return bearer if bearer is not None else from_query
 
 
 # -- keys in logs --------------------------------------------------------------------------------
@@ -131,16 +149,16 @@ def scope_api_key(scope: Scope) -> bytes | None:
 REDACTED = "[redacted]"
 _LOG_SECRETS = re.compile(
     r"(?i)(?:"
-    r"(?P<query>\bapi(?:_|%5f)key(?:=|%3d))[^&\s'\"#]*"  # ?api_key=... in a URL or query string
-    r"|(?P<line>\bx-api-key\s*:\s*)\S+"  # a header line: "x-api-key: ..."
-    r"|(?P<pair>\bx-api-key['\"]\s*,\s*b?['\"])[^'\"]*"  # a header pair: (b'x-api-key', b'...')
+    r"(?P<query>\bapi(?:_|%5f)?key(?:=|%3d))[^&\s'\"#]*"  # ?api_key= / ?apiKey= in a URL or query
+    r"|(?P<line>\bx-api-key\s*:\s*|\bauthorization\s*:\s*(?:\w+\s+)?)\S+"  # a header line
+    r"|(?P<pair>\b(?:x-api-key|authorization)['\"]\s*,\s*b?['\"])[^'\"]*"  # (b'x-api-key', b'..')
     r")"
 )
 
 
 def redact(text: str, keys: Sequence[str] = ()) -> str:
-    """``text`` without API keys: ``api_key`` query values, ``X-API-Key`` header values and any
-    of ``keys`` replaced by ``[redacted]``."""
+    """``text`` without API keys: ``api_key``/``apiKey`` query values, ``X-API-Key`` and
+    ``Authorization`` header values and any of ``keys`` replaced by ``[redacted]``."""
     text = _LOG_SECRETS.sub(
         lambda m: (m.group("query") or m.group("line") or m.group("pair")) + REDACTED, text
     )
@@ -208,18 +226,28 @@ def _error_body(code: str, message: str) -> bytes:
 
 
 MISSING_MESSAGE = (
-    f"an API key is required: send header {API_KEY_HEADER} (or query parameter {API_KEY_QUERY})"
+    f"an API key is required: send header {API_KEY_HEADER} (or query parameter {API_KEY_QUERY}, "
+    "or header Authorization: Bearer)"
 )
+# A path prefix's own answer to a request without a valid key: (status, JSON body) per outcome.
+Rejection = Callable[[KeyCheck], tuple[int, bytes]]
 INVALID_MESSAGE = "the API key is not valid"
 
 
 class ApiKeyMiddleware:
     """Pure ASGI: enforce the API key on HTTP and WebSocket scopes (see the module docstring)."""
 
-    def __init__(self, app: ASGIApp, keys: ApiKeys, exempt: Iterable[str] = EXEMPT_PATHS) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        keys: ApiKeys,
+        exempt: Iterable[str] = EXEMPT_PATHS,
+        rejections: Mapping[str, Rejection] | None = None,
+    ) -> None:
         self.app = app
         self.keys = keys
         self.exempt = frozenset(exempt)
+        self.rejections = tuple((rejections or {}).items())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -238,7 +266,10 @@ class ApiKeyMiddleware:
             # Refuse the handshake before accept: the server answers HTTP 403.
             await send({"type": "websocket.close", "code": WS_POLICY_VIOLATION, "reason": ""})
             return
-        if outcome is KeyCheck.MISSING:
+        own = next((r for prefix, r in self.rejections if scope["path"].startswith(prefix)), None)
+        if own is not None:
+            status, body = own(outcome)
+        elif outcome is KeyCheck.MISSING:
             status, body = 401, _error_body("unauthorized", MISSING_MESSAGE)
         else:
             status, body = 403, _error_body("forbidden", INVALID_MESSAGE)
@@ -247,7 +278,8 @@ class ApiKeyMiddleware:
             (b"content-length", str(len(body)).encode()),
         ]
         if status == 401:
-            headers.append((b"www-authenticate", f'ApiKey header="{API_KEY_HEADER}"'.encode()))
+            challenge = "Bearer" if own is not None else f'ApiKey header="{API_KEY_HEADER}"'
+            headers.append((b"www-authenticate", challenge.encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
@@ -334,14 +366,25 @@ class WebSocketOriginMiddleware:
             await send({"type": "websocket.close", "code": WS_POLICY_VIOLATION, "reason": ""})
 
 
-def install(app: FastAPI, settings: Settings, public_paths: Iterable[str] = ()) -> None:
+def install(
+    app: FastAPI,
+    settings: Settings,
+    public_paths: Iterable[str] = (),
+    rejections: Mapping[str, Rejection] | None = None,
+) -> None:
     """Add the WebSocket origin check, the API-key check outside it (which strips ``api_key``
     from the query first), then CORS outside both (so 401/403 carry CORS headers and preflight
     requests, which never carry the key, are answered by CORS). ``public_paths`` are exempt
-    like the health probes (the dashboard's static files, which carry no data)."""
+    like the health probes (the dashboard's static files, which carry no data); ``rejections``
+    maps path prefixes to their own answer to a missing or wrong key (Polygon's bodies)."""
     exempt = EXEMPT_PATHS | frozenset(public_paths)
     app.add_middleware(WebSocketOriginMiddleware, origins=settings.cors_origins)
-    app.add_middleware(ApiKeyMiddleware, keys=ApiKeys.from_settings(settings), exempt=exempt)
+    app.add_middleware(
+        ApiKeyMiddleware,
+        keys=ApiKeys.from_settings(settings),
+        exempt=exempt,
+        rejections=rejections,
+    )
     if settings.cors_origins:
         app.add_middleware(
             JsonCORSMiddleware,
@@ -414,6 +457,8 @@ def protected_paths_note(settings: Settings, paths: Sequence[str]) -> str:
     listed = ", ".join(paths)
     return (
         f"Every route except {listed} needs an API key: header `{API_KEY_HEADER}` or query "
-        f"parameter `{API_KEY_QUERY}`; missing → 401, wrong → 403 (WebSocket: handshake refused "
-        "with 403 / close code 1008). /docs, /openapi.json and /asyncapi.json too."
+        f"parameter `{API_KEY_QUERY}` (or, as Polygon clients send it, `Authorization: Bearer` "
+        f"or `{POLYGON_KEY_QUERY}`); missing → 401, wrong → 403 (WebSocket: handshake refused "
+        "with 403 / close code 1008; `/v2/aggs/`: Polygon's 401 bodies). /docs, /openapi.json "
+        "and /asyncapi.json too."
     )

@@ -94,9 +94,16 @@ open_api = schemathesis.pytest.from_fixture("open_schema").exclude(path_regex=ST
 auth_api = schemathesis.pytest.from_fixture("auth_schema").exclude(path_regex=STREAMS)
 
 
-# Schema-valid values a JSON schema cannot rule out, rejected with 422 by design: an opaque
-# cursor (only cursors the API issued are valid), end before start, times outside year 1..9999.
-CROSS_CONSTRAINED = {("GET", "/candles/{symbol}")}
+# Schema-valid values a JSON schema cannot rule out, rejected by design (422; 400 on the
+# compatibility routes): an opaque cursor (only cursors the API issued are valid), end before
+# start, times outside year 1..9999, a date such as 2024-02-30, Polygon timespans or TradingView
+# resolutions this server does not serve (week, month, seconds, a size over 50,000 minutes).
+POLYGON_AGGS = "/v2/aggs/ticker/{ticker}/range/{multiplier}/{timespan}/{from}/{to}"
+CROSS_CONSTRAINED = {
+    ("GET", "/candles/{symbol}"),
+    ("GET", POLYGON_AGGS),
+    ("GET", "/udf/history"),
+}
 
 
 def _excluded(case: schemathesis.Case[Any]) -> list[schemathesis.CheckFunction]:
@@ -123,5 +130,6 @@ def test_every_rest_route_is_fuzzed(open_server: ApiServer) -> None:
     fuzzed = {path for path in spec["paths"] if not re.match(STREAMS, path)}
     assert fuzzed == {
         "/candles", "/candles/{symbol}", "/candles/{symbol}/latest", "/intervals", "/symbols",
-        "/healthz", "/readyz", "/metrics", "/asyncapi.json",
+        "/healthz", "/readyz", "/metrics", "/asyncapi.json", POLYGON_AGGS, "/udf/config",
+        "/udf/symbols", "/udf/search", "/udf/history", "/udf/time",
     }  # fmt: skip

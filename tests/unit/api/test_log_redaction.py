@@ -9,7 +9,7 @@ import logging
 import pytest
 from uvicorn.logging import AccessFormatter
 
-from api.security import RedactKeys, redact
+from api.security import RedactKeys, redact, scope_api_key
 from speedlayer.config import Settings
 
 KEY = "k3y-0f-the-day"
@@ -28,6 +28,13 @@ def record(msg: str, *args: object) -> logging.LogRecord:
         ("ASGI [1] Started scope=%s", ({"query_string": b"api_key=" + KEY.encode()},)),
         ("ASGI [1] Started scope=%s", ({"headers": [(b"x-api-key", b"not-configured-key")]},)),
         ("GET /symbols?api%5Fkey=not-configured-key&x=1", ()),
+        ("GET /v2/aggs/ticker/AAPL/range/1/minute/1/2?apiKey=not-configured-key&limit=2", ()),
+        ("< %s: %s", ("authorization", "Bearer not-configured-key")),
+        ("< authorization: Bearer not-configured-key", ()),
+        (
+            "ASGI [1] Started scope=%s",
+            ({"headers": [(b"authorization", b"Bearer not-configured-key")]},),
+        ),
         ("the key is %s", (KEY,)),
     ],
 )
@@ -61,3 +68,25 @@ def test_log_level_is_validated() -> None:
     assert Settings(log_level="DEBUG").log_level == "debug"
     with pytest.raises(ValueError, match="log level 'trace'"):
         Settings(log_level="trace")
+
+
+@pytest.mark.parametrize(
+    ("query", "headers", "presented", "left"),
+    [
+        (b"apiKey=k1&limit=2", [], b"k1", b"limit=2"),
+        (b"limit=2&api_key=k1&apiKey=k2", [], b"k1", b"limit=2"),
+        (b"limit=2", [(b"authorization", b"Bearer k3")], b"k3", b"limit=2"),
+        (b"apiKey=k1", [(b"authorization", b"bearer  k3 ")], b"k3", b""),
+        (b"apiKey=k1", [(b"authorization", b"Bearer k3"), (b"x-api-key", b"k4")], b"k4", b""),
+        (b"apiKey=k1", [(b"authorization", b"Basic k3")], b"k1", b""),
+        (b"apikey=k1&limit=2", [], None, b"apikey=k1&limit=2"),  # only Polygon's spelling
+    ],
+)
+def test_the_presented_key_and_what_the_routes_see(
+    query: bytes, headers: list[tuple[bytes, bytes]], presented: bytes | None, left: bytes
+) -> None:
+    """Header X-API-Key, else Authorization: Bearer, else query api_key or apiKey (Polygon's);
+    both query forms are removed before routing and logging."""
+    scope = {"type": "http", "query_string": query, "headers": headers}
+    assert scope_api_key(scope) == presented
+    assert scope["query_string"] == left
