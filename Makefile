@@ -171,14 +171,14 @@ lint: $(STAMP) ## ruff and mypy (needs only the virtualenv)
 pytest: setup
 	SPEEDLAYER_REQUIRE_ALL=1 $(BIN)/pytest
 
-test: lint pytest ## lint, then every test (installs what they need; about 12 minutes)
+test: lint pytest ## lint, then every test (installs what they need; about 20 minutes)
 
 test-fast: $(STAMP) ## the unit tests only (no servers, brokers or browsers; under a minute)
 	SPEEDLAYER_TEST_FAST=1 $(BIN)/pytest tests/unit -q
 
-# The benchmarks at full size (about 15 minutes): bench/results.json and docs/benchmarks.md.
-# `make bench ONLY=rest` runs one (resampler, live, rest, store_writes, flink) and keeps the others.
-bench: setup ## the benchmarks at full size (ONLY=resampler|live|rest|store_writes|flink)
+# The benchmarks at full size (about 20 minutes): bench/results.json and docs/benchmarks.md.
+# `make bench ONLY=rest` runs one (resampler, history, live, rest, store_writes, flink) and keeps the others.
+bench: setup ## the benchmarks at full size (ONLY=resampler|history|live|rest|store_writes|flink)
 	$(BIN)/python -m bench $(if $(ONLY),--only $(ONLY))
 
 # The soak (bench/soak.py, about 22 minutes; not part of `make bench`): the full market with 1,000

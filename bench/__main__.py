@@ -6,8 +6,9 @@
     .venv/bin/python -m bench --only soak      # the soak, about 22 minutes (make soak)
 
 Each benchmark compares the project with a peer run in the same process or the same run where
-there is one (pandas, a no-op endpoint, the bare SQLite engine), because the machines are shared
-and noisy: the ratio means more than an absolute time. Runs at full size take about 15 minutes.
+there is one (pandas, polars and DuckDB, a no-op endpoint, the bare SQLite engine), because the
+machines are shared and noisy: the ratio means more than an absolute time. Runs at full size take
+about 20 minutes.
 The soak (bench/soak.py) runs only when named, and its result is kept by runs of the others.
 """
 
@@ -22,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import flink, live, resampler, rest, soak, store_writes
+from bench import flink, history, live, resampler, rest, soak, store_writes
 from bench.common import machine
 from bench.report import render
 
@@ -35,6 +36,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
     "full": {
         "resampler": {"symbols": 2000, "minutes": 500},
         "store_writes": {"symbols": 2000, "minutes": 60},
+        "history": {"symbols": 2000, "minutes": 500},
         "rest": {"symbols": 500, "seconds": 15},
         "live": {"symbols": 12_000, "speed": 0.1, "bursts": 3, "clients": 1000},
         "flink": {
@@ -65,6 +67,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
     "smoke": {
         "resampler": {"symbols": 20, "minutes": 30},
         "store_writes": {"symbols": 20, "minutes": 10},
+        "history": {"symbols": 20, "minutes": 30},
         "rest": {"symbols": 3, "seconds": 1, "hours_days": 3, "quarter_days": 2},
         "live": {"symbols": 100, "speed": 2.0, "bursts": 2, "clients": 4},
         "flink": {
@@ -95,6 +98,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
 RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
     "resampler": resampler.run,
     "store_writes": store_writes.run,
+    "history": history.run,
     "rest": rest.run,
     "live": live.run,
     "flink": flink.run,

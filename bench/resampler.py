@@ -1,4 +1,5 @@
-"""Resampler throughput against pandas on the same bars (benchmark 1).
+"""Resampler throughput: the streaming resampler, the columnar batch path and the strongest
+peers on the same bars (benchmark 1).
 
     .venv/bin/python -m bench.resampler --symbols 2000 --minutes 500
 
@@ -9,17 +10,27 @@ minute, with vw and n), arriving as Polygon sends them: one frame per minute. Tw
 * ``disordered``: 5 % of the bars misbehave: 2.5 % arrive 1-5 minutes late (out of order) and
   2.5 % are sent a second time 0-3 minutes later (exact duplicates).
 
-The project's resampler (``processors.resampler.Resampler``) takes the frames in arrival order,
-with the clock at each frame's arrival, producing every interval (1m ... 4h), finalizing and
-evicting as it does live. The peer, pandas, gets the same bars in arrival order as a DataFrame
-(its native input, built outside the timing), drops duplicate keys keeping the last arrival and
-computes every interval with ``groupby("symbol").resample(rule)``. Both sides run with the
-garbage-collector settings of the services (``speedlayer.runtime.tune_gc``). Both must produce
-equal candles: every key present on both sides, OHLC, bar and trade counts exactly equal, volume
-and VWAP equal up to float summation order (1e-9 relative); the benchmark fails otherwise.
+Two cases, kept apart because they do different work:
 
-Each side runs in a fresh child process; ``peak_rss_mib`` is that process's peak resident memory
-during the timed run above what it held with its input built.
+* **streaming** (live): the project's resampler (``processors.resampler.Resampler``) takes the
+  frames in arrival order, with the clock at each frame's arrival, and updates every interval's
+  candle (1m ... 4h) on every bar, finalizing and evicting as it does live. It has no peer here:
+  the batch engines below compute final candles once, they do not emit an update per bar.
+* **batch** (history): the same bars, all at once, as columns in arrival order (each side's native
+  input, built outside the timing); last write wins per (symbol, t), then every interval's final
+  candles. The project's side is the columnar path of ``speedlayer replay``
+  (``processors.columnar``); the peers are the strongest forms of each engine: pandas (one
+  vectorised ``groupby`` on (symbol, bucket) per interval), polars (lazy, ``collect_all``) and
+  DuckDB (``row_number()`` de-duplication, ``GROUP BY`` with ``arg_min``/``arg_max``). polars and
+  DuckDB use every core; pandas and the project one.
+
+Every side must produce the streaming resampler's candles: the columnar path bit for bit (every
+field), the peers with OHLC, bar and trade counts exactly equal and volume and VWAP up to float
+summation order (1e-9 relative); the benchmark fails otherwise. The ratios are bars/s of the
+project's side over the peer's: below 1 the peer is faster. Every side runs with the
+garbage-collector settings of the services (``speedlayer.runtime.tune_gc``), in a fresh child
+process; ``peak_rss_mib`` is that process's peak resident memory during the timed run above what
+it held with its input built.
 """
 
 from __future__ import annotations
@@ -35,8 +46,8 @@ import numpy as np
 from bench.common import PeakRss, in_child
 
 INTERVALS = ("1m", "5m", "15m", "30m", "1h", "2h", "4h")
-PANDAS_RULES = {"1m": "1min", "5m": "5min", "15m": "15min", "30m": "30min", "1h": "1h"}
-PANDAS_RULES |= {"2h": "2h", "4h": "4h"}
+INTERVAL_MS = {"1m": 1, "5m": 5, "15m": 15, "30m": 30, "1h": 60, "2h": 120, "4h": 240}
+INTERVAL_MS = {name: minutes * 60_000 for name, minutes in INTERVAL_MS.items()}
 MINUTE_MS = 60_000
 START_MS = 1_767_225_600_000  # 2026-01-01T00:00Z, aligned to every interval
 REL = 1e-9
@@ -176,60 +187,216 @@ def run_resampler(symbols: int, minutes: int, disorder: float) -> dict[str, Any]
     }
 
 
+def _peer_input(symbols: int, minutes: int, disorder: float) -> tuple[Columns, int]:
+    """The bars in arrival order as columns (with ``arrival``, the row's position), and their
+    count: the batch sides' native input, built before the timing."""
+    cols = make_bars(symbols, minutes)
+    rows, _ = arrival_order(cols, disorder)
+    out = {name: values[rows] for name, values in cols.items()}
+    out["arrival"] = np.arange(len(rows), dtype=np.int64)
+    return out, len(rows)
+
+
+def _batch_result(
+    bars: int, elapsed: float, memory: PeakRss, candles: dict[Key, Values]
+) -> dict[str, Any]:
+    return {
+        "bars": bars,
+        "seconds": elapsed,
+        "bars_per_s": bars / elapsed,
+        "peak_rss_mib": memory.mib,
+        "candles": candles,
+    }
+
+
+def _vwap(count: int, first_vw: float, pv: float, v: float) -> float | None:
+    # The resampler's rule (every bar here has vw): a one-bar candle keeps its vw.
+    return first_vw if count == 1 else (pv / v if v > 0 else None)
+
+
+def run_columnar(symbols: int, minutes: int, disorder: float) -> dict[str, Any]:
+    """The project's batch path (``processors.columnar``, what ``speedlayer replay`` runs for
+    history): last write wins by arrival, then every interval's final candles, as columns and
+    then as the ``Candle`` structs the store takes (``objects_seconds`` of the time)."""
+    from processors.columnar import BarColumns, SymbolTable, candle_columns, to_candles
+    from speedlayer.intervals import IntervalSet
+    from speedlayer.runtime import tune_gc
+
+    cols, count = _peer_input(symbols, minutes, disorder)
+    intervals = IntervalSet(list(INTERVALS)).items
+    tune_gc()
+    with PeakRss() as memory:
+        began = time.perf_counter()
+        table = SymbolTable()
+        codes = np.fromiter(map(table.code, cols["symbol"].tolist()), np.int64, count)
+        # Last arrival of each key: sort by key, latest arrival first within a key.
+        order = np.lexsort((-cols["arrival"], cols["t"], codes))
+        sym, t = codes[order], cols["t"][order]
+        first = np.ones(count, dtype=np.bool_)
+        first[1:] = (sym[1:] != sym[:-1]) | (t[1:] != t[:-1])
+        keep = order[first]
+        bars = BarColumns(
+            codes[keep], cols["t"][keep], cols["o"][keep], cols["h"][keep], cols["l"][keep],
+            cols["c"][keep], cols["v"][keep], cols["vw"][keep], cols["n"][keep].astype(np.int64),
+        )  # fmt: skip
+        columns = candle_columns(bars, intervals)
+        columns_done = time.perf_counter()
+        made = to_candles(columns, table.names)
+        elapsed = time.perf_counter() - began
+    candles = {
+        (c.interval, c.symbol, c.timestamp): (
+            c.open, c.high, c.low, c.close, c.volume, c.vwap, c.trades, c.bars,
+        )
+        for c in made
+    }  # fmt: skip
+    result = _batch_result(count, elapsed, memory, candles)
+    result["objects_seconds"] = elapsed - (columns_done - began)
+    return result
+
+
 def run_pandas(symbols: int, minutes: int, disorder: float) -> dict[str, Any]:
+    """pandas at its best: one vectorised group-by per interval on (symbol, bucket)."""
     import pandas as pd
 
     from speedlayer.runtime import tune_gc
 
-    cols = make_bars(symbols, minutes)
-    rows, _ = arrival_order(cols, disorder)
-    frame = pd.DataFrame({name: values[rows] for name, values in cols.items()})
-    frame["time"] = pd.to_datetime(frame["t"], unit="ms")
-    del cols
+    cols, count = _peer_input(symbols, minutes, disorder)
+    frame = pd.DataFrame(cols)
     tune_gc()  # the same collector settings as the resampler's side
-    memory = PeakRss().__enter__()
-    began = time.perf_counter()
-    bars = frame.drop_duplicates(subset=["symbol", "t"], keep="last").set_index("time")
-    bars = bars.assign(pv=bars["vw"] * bars["v"])
-    results = {}
-    for name in INTERVALS:
-        agg = (
-            bars.groupby("symbol")
-            .resample(PANDAS_RULES[name])
-            .agg(
-                {
-                    "o": "first",
-                    "h": "max",
-                    "l": "min",
-                    "c": "last",
-                    "v": "sum",
-                    "pv": "sum",
-                    "n": "sum",
-                    "vw": "first",
-                    "t": "count",
-                }
+    with PeakRss() as memory:
+        began = time.perf_counter()
+        bars = frame.drop_duplicates(subset=["symbol", "t"], keep="last")
+        bars = bars.sort_values(["symbol", "t"], kind="stable")
+        bars = bars.assign(pv=bars["vw"] * bars["v"])
+        results = {}
+        for name in INTERVALS:
+            size = INTERVAL_MS[name]
+            start = (bars["t"] // size * size).rename("start")
+            results[name] = (
+                bars.groupby([bars["symbol"], start], sort=False)
+                .agg(
+                    o=("o", "first"),
+                    h=("h", "max"),
+                    l=("l", "min"),
+                    c=("c", "last"),
+                    v=("v", "sum"),
+                    pv=("pv", "sum"),
+                    n=("n", "sum"),
+                    vw=("vw", "first"),
+                    count=("t", "count"),
+                )
+                .reset_index()
             )
-        )
-        results[name] = agg[agg["t"] > 0]  # resample fills empty bins between a symbol's bars
-    elapsed = time.perf_counter() - began
-    memory.__exit__(None, None, None)
-
+        elapsed = time.perf_counter() - began
     candles: dict[Key, Values] = {}
     for name, agg in results.items():
-        for (symbol, start), o, h, lo, c, v, pv, n, vw, count in zip(
-            agg.index,
-            *(agg[k].tolist() for k in ("o", "h", "l", "c", "v", "pv", "n", "vw", "t")),
+        for symbol, start_ms, o, h, lo, c, v, pv, n, vw, bars_n in zip(
+            *(agg[k].tolist() for k in ("symbol", "start", "o", "h", "l", "c", "v", "pv", "n")),
+            agg["vw"].tolist(),
+            agg["count"].tolist(),
             strict=True,
         ):
-            vwap = vw if count == 1 else pv / v
-            candles[(name, symbol, start.value // 1_000_000)] = (o, h, lo, c, v, vwap, n, count)
-    return {
-        "bars": len(frame),
-        "seconds": elapsed,
-        "bars_per_s": len(frame) / elapsed,
-        "peak_rss_mib": memory.mib,
-        "candles": candles,
-    }
+            vwap = _vwap(bars_n, vw, pv, v)
+            candles[(name, symbol, start_ms)] = (o, h, lo, c, v, vwap, n, bars_n)
+    return _batch_result(count, elapsed, memory, candles)
+
+
+def run_polars(symbols: int, minutes: int, disorder: float) -> dict[str, Any]:
+    """polars, lazy: de-duplication and sort shared, every interval's group-by collected at
+    once (``collect_all``), on all cores."""
+    import polars as pl
+
+    from speedlayer.runtime import tune_gc
+
+    cols, count = _peer_input(symbols, minutes, disorder)
+    frame = pl.DataFrame(cols)
+    tune_gc()
+    with PeakRss() as memory:
+        began = time.perf_counter()
+        bars = (
+            frame.lazy()
+            .unique(subset=["symbol", "t"], keep="last", maintain_order=True)
+            .sort(["symbol", "t"])
+            .with_columns(pv=pl.col("vw") * pl.col("v"))
+        )
+        queries = [
+            bars.group_by("symbol", (pl.col("t") // size * size).alias("start")).agg(
+                pl.col("o").first(),
+                pl.col("h").max(),
+                pl.col("l").min(),
+                pl.col("c").last(),
+                pl.col("v").sum(),
+                pl.col("pv").sum(),
+                pl.col("n").sum(),
+                pl.col("vw").first(),
+                pl.len().alias("count"),
+            )
+            for size in (INTERVAL_MS[name] for name in INTERVALS)
+        ]
+        results = dict(zip(INTERVALS, pl.collect_all(queries), strict=True))
+        elapsed = time.perf_counter() - began
+    candles: dict[Key, Values] = {}
+    for name, agg in results.items():
+        for symbol, start_ms, o, h, lo, c, v, pv, n, vw, bars_n in agg.select(
+            "symbol", "start", "o", "h", "l", "c", "v", "pv", "n", "vw", "count"
+        ).iter_rows():
+            candles[(name, symbol, start_ms)] = (
+                o,
+                h,
+                lo,
+                c,
+                v,
+                _vwap(bars_n, vw, pv, v),
+                n,
+                bars_n,
+            )
+    return _batch_result(count, elapsed, memory, candles)
+
+
+def run_duckdb(symbols: int, minutes: int, disorder: float) -> dict[str, Any]:
+    """DuckDB SQL on all cores: ``row_number()`` de-duplication into a temporary table, then per
+    interval a GROUP BY with ``arg_min``/``arg_max`` for open/close."""
+    import duckdb
+
+    from speedlayer.runtime import tune_gc
+
+    cols, count = _peer_input(symbols, minutes, disorder)
+    conn = duckdb.connect()
+    conn.register("arrivals", {name: values for name, values in cols.items()})
+    conn.execute("SELECT count(*) FROM arrivals").fetchall()  # the scan is set up
+    tune_gc()
+    with PeakRss() as memory:
+        began = time.perf_counter()
+        conn.execute(
+            "CREATE TEMP TABLE bars AS SELECT * EXCLUDE (arrival) FROM arrivals "
+            "QUALIFY row_number() OVER (PARTITION BY symbol, t ORDER BY arrival DESC) = 1"
+        )
+        results = {}
+        for name in INTERVALS:
+            size = INTERVAL_MS[name]
+            results[name] = conn.execute(
+                f"SELECT symbol, t // {size} * {size} AS start, arg_min(o, t), max(h), min(l), "
+                "arg_max(c, t), sum(v), sum(vw * v), sum(n), arg_min(vw, t), count(*) "
+                "FROM bars GROUP BY ALL"
+            ).fetchnumpy()
+        elapsed = time.perf_counter() - began
+    conn.close()
+    candles: dict[Key, Values] = {}
+    for name, agg in results.items():
+        for symbol, start_ms, o, h, lo, c, v, pv, n, vw, bars_n in zip(
+            *(agg[k].tolist() for k in agg), strict=True
+        ):
+            candles[(name, symbol, start_ms)] = (
+                o,
+                h,
+                lo,
+                c,
+                v,
+                _vwap(bars_n, vw, pv, v),
+                n,
+                bars_n,
+            )
+    return _batch_result(count, elapsed, memory, candles)
 
 
 # -- comparison -----------------------------------------------------------------------------------
@@ -241,42 +408,85 @@ def _close(x: float | None, y: float | None) -> bool:
     return abs(x - y) <= REL * max(1.0, abs(x), abs(y))
 
 
-def compare(ours: Mapping[Key, Values], theirs: Mapping[Key, Values]) -> list[str]:
-    """Differences between the two candle sets (empty when they agree)."""
+def _bits(values: Values) -> tuple[object, ...]:
+    return tuple(x.hex() if isinstance(x, float) else x for x in values)
+
+
+def compare(
+    ours: Mapping[Key, Values], theirs: Mapping[Key, Values], *, exact: bool = False
+) -> list[str]:
+    """Differences between the two candle sets (empty when they agree): OHLC and counts
+    exactly, volume and VWAP up to float summation order, or every float bit for bit when
+    ``exact``."""
     problems = []
     if ours.keys() != theirs.keys():
         only_ours = len(ours.keys() - theirs.keys())
         only_theirs = len(theirs.keys() - ours.keys())
-        problems.append(f"keys differ: {only_ours} only in ours, {only_theirs} only in pandas")
+        problems.append(f"keys differ: {only_ours} only in ours, {only_theirs} only in theirs")
     for key in sorted(ours.keys() & theirs.keys()):
         a, b = ours[key], theirs[key]
-        exact = a[:4] == b[:4] and a[6:] == b[6:]
-        if not (exact and _close(a[4], b[4]) and _close(a[5], b[5])):
-            problems.append(f"{key}: ours {a} pandas {b}")
+        if exact:
+            same = _bits(a) == _bits(b)
+        else:
+            same = a[:4] == b[:4] and a[6:] == b[6:] and _close(a[4], b[4]) and _close(a[5], b[5])
+        if not same:
+            problems.append(f"{key}: ours {a} theirs {b}")
             if len(problems) > 5:
                 break
     return problems
 
 
+PEERS = {"pandas": "run_pandas", "polars": "run_polars", "duckdb": "run_duckdb"}
+
+
 def run(symbols: int, minutes: int) -> dict[str, Any]:
-    """Both orders, both sides; the figures as ``bench/results.json`` records them."""
+    """Both orders; the streaming resampler, the columnar batch path and the peers; the
+    figures as ``bench/results.json`` records them."""
     cases = {}
     for case, disorder in (("in_order", 0.0), ("disordered", 0.05)):
-        ours = in_child(__name__, "run_resampler", symbols, minutes, disorder)
-        theirs = in_child(__name__, "run_pandas", symbols, minutes, disorder)
-        problems = compare(ours.pop("candles"), theirs.pop("candles"))
+        streaming = in_child(__name__, "run_resampler", symbols, minutes, disorder)
+        reference = streaming.pop("candles")
+        batch = in_child(__name__, "run_columnar", symbols, minutes, disorder)
+        problems = compare(batch.pop("candles"), reference, exact=True)
         if problems:
-            raise AssertionError(f"{case}: the resampler and pandas disagree: {problems}")
+            raise AssertionError(f"{case}: columnar and streaming candles differ: {problems}")
+        peers = {}
+        for peer, target in PEERS.items():
+            theirs = in_child(__name__, target, symbols, minutes, disorder)
+            problems = compare(reference, theirs.pop("candles"))
+            if problems:
+                raise AssertionError(f"{case}: the resampler and {peer} disagree: {problems}")
+            peers[peer] = {
+                "bars_per_s": round(theirs["bars_per_s"]),
+                "seconds": round(theirs["seconds"], 3),
+                "peak_rss_mib": round(theirs["peak_rss_mib"], 1),
+            }
+        fastest = max(peers, key=lambda name: peers[name]["bars_per_s"])
         cases[case] = {
-            "bars": ours["bars"],
-            "resampler_bars_per_s": round(ours["bars_per_s"]),
-            "resampler_seconds": round(ours["seconds"], 3),
-            "resampler_candle_updates": ours["candle_updates"],
-            "resampler_peak_rss_mib": round(ours["peak_rss_mib"], 1),
-            "pandas_bars_per_s": round(theirs["bars_per_s"]),
-            "pandas_seconds": round(theirs["seconds"], 3),
-            "pandas_peak_rss_mib": round(theirs["peak_rss_mib"], 1),
-            "ratio": round(ours["bars_per_s"] / theirs["bars_per_s"], 2),
+            "bars": streaming["bars"],
+            "candles": len(reference),
+            "streaming": {
+                "bars_per_s": round(streaming["bars_per_s"]),
+                "seconds": round(streaming["seconds"], 3),
+                "candle_updates": streaming["candle_updates"],
+                "candle_updates_per_s": round(streaming["candle_updates"] / streaming["seconds"]),
+                "peak_rss_mib": round(streaming["peak_rss_mib"], 1),
+            },
+            "batch": {
+                "bars_per_s": round(batch["bars_per_s"]),
+                "seconds": round(batch["seconds"], 3),
+                "objects_seconds": round(batch["objects_seconds"], 3),
+                "peak_rss_mib": round(batch["peak_rss_mib"], 1),
+            },
+            "peers": peers,
+            "fastest_peer": fastest,
+            "batch_ratio": {
+                name: round(batch["bars_per_s"] / p["bars_per_s"], 2) for name, p in peers.items()
+            },
+            "streaming_ratio": {
+                name: round(streaming["bars_per_s"] / p["bars_per_s"], 3)
+                for name, p in peers.items()
+            },
             "candles_compared": "equal",
         }
     return {"symbols": symbols, "minutes": minutes, "intervals": list(INTERVALS), "cases": cases}

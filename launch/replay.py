@@ -1,7 +1,12 @@
-"""``speedlayer replay``: bars from files, in file order, through the same pipeline as live data.
+"""``speedlayer replay``: bars from files, in file order, into the store.
 
-``ingest.replay.read_batches`` reads the files into batches of validated bars; each batch goes
-through ``CandlePipeline.handle`` in turn, and the summary adds what the pipeline made of them.
+``ingest.replay.read_batches`` reads the files into batches of validated bars. They go to a
+``processors.history.HistoryLoader``: history that is complete, final and new to the store is
+resampled in large batches by the columnar engine and each final candle is written once; the rest
+(buckets the store or the resampler already holds, corrections, candles not final yet) goes
+through ``CandlePipeline.handle`` in batches of ``batch_size``, as live data does. The candles are
+the same either way (processors/history.py). With intervals that do not all divide the longest
+one, every batch goes through the pipeline. The summary adds what was made of the batches.
 """
 
 from __future__ import annotations
@@ -11,20 +16,37 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ingest.replay import ReplaySummary, read_batches
+from processors.history import HISTORY_BATCH_BARS, HistoryLoader, columnar_possible
 from processors.pipeline import CandlePipeline
 
 
 async def replay_files(
-    paths: Sequence[str | Path], pipeline: CandlePipeline, batch_size: int = 5000
+    paths: Sequence[str | Path],
+    pipeline: CandlePipeline,
+    batch_size: int = 5000,
+    *,
+    history_batch: int = HISTORY_BATCH_BARS,
+    columnar: bool = True,
 ) -> ReplaySummary:
     summary = ReplaySummary()
     started = time.perf_counter()
-    for batch, _ in read_batches(paths, batch_size, summary):
-        result = await pipeline.handle(batch)
-        summary.accepted += result.accepted
-        summary.duplicates += result.duplicates
-        summary.ttl_rewritten += result.ttl_rewritten
-        summary.candles_published += len(result.candles)
+    if columnar and columnar_possible(pipeline):
+        loader = HistoryLoader(pipeline, batch_bars=history_batch, stream_batch=batch_size)
+        for batch, _ in read_batches(paths, batch_size, summary):
+            await loader.add(batch)
+        await loader.finish()
+        counts = loader.counts
+        summary.accepted = counts.accepted
+        summary.duplicates = counts.duplicates
+        summary.ttl_rewritten = counts.ttl_rewritten
+        summary.candles_published = counts.candles_published
+    else:
+        for batch, _ in read_batches(paths, batch_size, summary):
+            result = await pipeline.handle(batch)
+            summary.accepted += result.accepted
+            summary.duplicates += result.duplicates
+            summary.ttl_rewritten += result.ttl_rewritten
+            summary.candles_published += len(result.candles)
     summary.rows_written = pipeline.stats.rows_written
     summary.expired = pipeline.stats.candles_expired
     summary.seconds = time.perf_counter() - started

@@ -120,6 +120,21 @@ class CandlePipeline:
         stats.bars_duplicate += result.duplicates
         return result
 
+    async def write_history(
+        self, candles: Sequence[Candle], *, accepted: int, duplicates: int
+    ) -> None:
+        """Write (and publish) final candles made outside the resampler from ``accepted`` bars
+        (``processors.history``: the columnar engine), with the same retries and counts."""
+        await self._emit(candles)
+        stats = self.stats
+        stats.batches += 1
+        stats.bars_accepted += accepted
+        stats.bars_duplicate += duplicates
+
+    async def read_store(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """A store read, retried like the pipeline's own (``retry_deadline_s``)."""
+        return await self._until_done("store read", operation)
+
     async def tick(self) -> list[Candle]:
         """Finalize what the clock has passed; call periodically on live feeds."""
         candles = self.resampler.advance()
@@ -131,9 +146,10 @@ class CandlePipeline:
         if not candles:
             return
         store, publish = self.store, self.publish
-        self.stats.rows_written += await self._until_done(
-            "store write", lambda: store.upsert(candles)
-        )
+        # Added after the await: ``x += await ...`` would read x first and lose the rows of
+        # writes finishing meanwhile (processors.history has several in flight).
+        written = await self._until_done("store write", lambda: store.upsert(candles))
+        self.stats.rows_written += written
         self.stats.candles_published += len(candles)
         now_s = store.now_s()
         expired = [candle for candle in candles if candle.ttl <= now_s]

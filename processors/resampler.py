@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from speedlayer.aggregate import ordered_sums
 from speedlayer.clock import Clock
 from speedlayer.intervals import MINUTE_MS, Interval, IntervalSet
 from speedlayer.models import Bar, Candle
@@ -115,20 +116,8 @@ class _Bucket:
         self.last_t, self.close = last.t, last.c
         self.high = max([bar.h for bar in ordered])
         self.low = min([bar.l for bar in ordered])
-        volume = pv = pv_volume = 0.0
-        trades = 0
-        has_vw = has_n = False
-        for bar in ordered:
-            volume += bar.v
-            if bar.vw is not None:
-                has_vw = True
-                pv += bar.vw * bar.v
-                pv_volume += bar.v
-            if bar.n is not None:
-                has_n = True
-                trades += bar.n
-        self.volume, self.pv, self.pv_volume, self.trades = volume, pv, pv_volume, trades
-        self.has_vw, self.has_n = has_vw, has_n
+        (self.volume, self.pv, self.pv_volume, self.trades, self.has_vw,
+         self.has_n) = ordered_sums(ordered)  # fmt: skip
 
     def state(self) -> tuple[object, ...]:
         return (

@@ -41,6 +41,23 @@ def candle_from_bars(
     first, last = bars[0], bars[-1]
     high = max([bar.h for bar in bars])
     low = min([bar.l for bar in bars])
+    volume, pv, pv_volume, trades, has_vw, has_n = ordered_sums(bars)
+    if len(bars) == 1:
+        vwap = first.vw
+    elif has_vw and pv_volume > 0:
+        vwap = pv / pv_volume
+    else:
+        vwap = None
+    return Candle(
+        symbol, interval, start_ms, first.o, high, low, last.c, volume, vwap,
+        trades if has_n else None, len(bars), final, revision, ttl,
+    )  # fmt: skip
+
+
+def ordered_sums(bars: Sequence[Bar]) -> tuple[float, float, float, int, bool, bool]:
+    """``(volume, Σ(vw·v), Σv over bars with vw, trades, any vw, any n)`` of ``bars`` in the
+    order given (time order), each sum from zero: the sums every candle is made of, here and in
+    the resampler's rebuild of a bucket."""
     volume = pv = pv_volume = 0.0
     trades = 0
     has_vw = has_n = False
@@ -53,13 +70,4 @@ def candle_from_bars(
         if bar.n is not None:
             has_n = True
             trades += bar.n
-    if len(bars) == 1:
-        vwap = first.vw
-    elif has_vw and pv_volume > 0:
-        vwap = pv / pv_volume
-    else:
-        vwap = None
-    return Candle(
-        symbol, interval, start_ms, first.o, high, low, last.c, volume, vwap,
-        trades if has_n else None, len(bars), final, revision, ttl,
-    )  # fmt: skip
+    return volume, pv, pv_volume, trades, has_vw, has_n

@@ -14,7 +14,7 @@ import msgspec
 SYMBOL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:/_^=+-]{0,39}\Z")
 MINUTE_MS = 60_000
 # Bars must lie between 1970 and 2200; anything else is a unit mistake (seconds, microseconds).
-_T_MAX_MS = 7_258_118_400_000
+T_MAX_MS = _T_MAX_MS = 7_258_118_400_000
 # Upper bounds of a bar's values, so that a candle's sums stay finite and exact enough: a year of
 # 1-minute bars at the bounds sums to ~5e20 volume and ~5e35 in sum(vw*v), far below the float
 # maximum (~1.8e308), and a day's trade count to ~1.4e15 < 2**53 (exact in JSON numbers and in

@@ -175,16 +175,19 @@ class SQLiteStore(Store):
     async def upsert(self, candles: Sequence[Candle]) -> int:
         if not candles:
             return 0
-        # Rows are the candles' fields in declaration order, the order of the table's columns.
+        # Rows are the candles' fields in declaration order, the order of the table's columns
+        # (symbol, interval, ..., ttl last).
         by_table: dict[str, list[tuple[object, ...]]] = {
             table: [] for table in self._tables.values()
         }
-        tables = self._tables
+        append = {name: by_table[table].append for name, table in self._tables.items()}
         newest_ttl: dict[str, int] = {}
-        for c in candles:
-            by_table[tables[c.interval]].append(astuple(c))
-            if newest_ttl.get(c.symbol, -1) < c.ttl:
-                newest_ttl[c.symbol] = c.ttl
+        newest = newest_ttl.get
+        for row in map(astuple, candles):
+            append[row[1]](row)
+            symbol, ttl = row[0], row[13]
+            if newest(symbol, -1) < ttl:
+                newest_ttl[symbol] = ttl
 
         def write() -> int:
             conn = self._writer

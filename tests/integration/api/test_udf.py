@@ -243,10 +243,10 @@ def test_no_data_and_next_time(setup: Setup) -> None:
         size = int(resolution) * MIN_S
         assert body == {"s": "no_data", "nextTime": last_monday - last_monday % size}
     # the names /udf/symbols accepts work here too
-    window = {"resolution": "15", "from": MON, "to": TUE}
+    window: dict[str, Any] = {"resolution": "15", "from": MON, "to": TUE}
     aapl = history(setup.a, symbol="AAPL", **window)
     assert aapl["s"] == "ok" and history(setup.a, symbol="SPEEDLAYER:AAPL", **window) == aapl
-    btc = {"resolution": "60", "from": 17_413 * 86_400, "to": 17_414 * 86_400}
+    btc: dict[str, Any] = {"resolution": "60", "from": 17_413 * 86_400, "to": 17_414 * 86_400}
     assert len(history(setup.a, symbol="X:BTCUSD", **btc)["t"]) == 24
     assert history(setup.a, symbol="X:BTCUSD", **btc) == history(setup.a, symbol=BTC, **btc)
     # nothing before the range either; an unknown symbol has no data

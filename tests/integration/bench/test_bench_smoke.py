@@ -24,10 +24,20 @@ def test_resampler_comparison_reports_differences() -> None:
     assert compare(ours, off_by_a_bar)
     drifted = {("15m", "AAPL", 0): (1.0, 2.0, 0.5, 1.5, 100.0 * (1 + 1e-6), 1.2, 5, 3)}
     assert compare(ours, drifted)
-    assert compare(ours, {}) == ["keys differ: 1 only in ours, 0 only in pandas"]
+    assert compare(ours, {}) == ["keys differ: 1 only in ours, 0 only in theirs"]
+    # exact: every float bit for bit (the columnar path against the streaming resampler)
+    assert compare(ours, dict(ours), exact=True) == []
+    rounded = {("15m", "AAPL", 0): (1.0, 2.0, 0.5, 1.5, 100.0 * (1 + 1e-15), 1.2, 5, 3)}
+    assert compare(ours, rounded) == [] and compare(ours, rounded, exact=True)
+    signed = {("15m", "AAPL", 0): (1.0, 2.0, 0.5, 1.5, 100.0, 1.2, 5, 3)}
+    assert compare(
+        {k: (*v[:4], 0.0, *v[5:]) for k, v in signed.items()},
+        {k: (*v[:4], -0.0, *v[5:]) for k, v in signed.items()},
+        exact=True,
+    )
 
 
-ONLY = "resampler,live,rest,store_writes"
+ONLY = "resampler,live,rest,store_writes,history"
 
 
 @pytest.mark.timeout(300)
@@ -46,11 +56,20 @@ def test_every_benchmark_runs_at_smoke_size(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(out.read_text())
     names = [entry["name"] for entry in results["benchmarks"]]
-    assert names == ["resampler", "full_market_burst", "rest", "websocket_fanout", "store_writes"]
+    assert names == [
+        "resampler", "full_market_burst", "rest", "websocket_fanout", "store_writes", "history",
+    ]  # fmt: skip
     runs = results["runs"]
     for case in runs["resampler"]["figures"]["cases"].values():
         assert case["candles_compared"] == "equal"
-        assert case["resampler_bars_per_s"] > 0 and case["pandas_bars_per_s"] > 0
+        assert case["streaming"]["bars_per_s"] > 0 and case["batch"]["bars_per_s"] > 0
+        assert set(case["peers"]) == {"pandas", "polars", "duckdb"}
+        assert all(peer["bars_per_s"] > 0 for peer in case["peers"].values())
+    history = runs["history"]["figures"]
+    assert history["tables_compared"] == "equal"
+    assert history["replay"]["summary"]["accepted"] == 20 * 30
+    assert history["candles"] == history["replay"]["rows_written"] > 0
+    assert history["ratio"] > 0 and history["bound"]["seconds"] > 0
     burst = runs["live"]["figures"]["burst"]
     assert burst["bursts"] == 2
     for row in burst["per_burst"]:
@@ -65,7 +84,8 @@ def test_every_benchmark_runs_at_smoke_size(tmp_path: Path) -> None:
             assert rest[side][mode]["non_2xx"] == 0
     assert runs["store_writes"]["figures"]["store_candles_per_s"] > 0
     text = doc.read_text()
-    assert "| 1 | resampler, in order |" in text and "## 5. Store writes" in text
+    assert "| 1 | resampler batch (history, columnar), in order |" in text
+    assert "## 5. Store writes" in text and "## 8. History replay" in text
 
 
 @pytest.mark.timeout(120)
