@@ -164,6 +164,15 @@ def api_server_factory(tmp_path: Path) -> Iterator[type[ApiServer] | object]:
 NODE_MODULES = ROOT / "node_modules"
 
 
+def listening(port: int) -> bool:
+    """Whether something accepts connections on the loopback ``port``."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
 def wait_for_port(port: int, proc: subprocess.Popen[Any], timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

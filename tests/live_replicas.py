@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from speedlayer.bus.base import Bus, candle_topic
@@ -80,3 +81,24 @@ async def assert_every_replica_sees_every_update(
     for client in monitors:  # once each: no replica saw an update twice
         updates = [m for m in client.messages if m["type"] == "candle" and m["symbol"] in SYMBOLS]
         assert len(updates) == len(SYMBOLS)
+
+
+async def check_replicas(
+    bus: Bus,
+    start_api: Callable[..., ApiServer],
+    tmp_path: Path,
+    env: dict[str, str],
+    replicas: int = 2,
+) -> None:
+    """Start ``replicas`` API servers on ``bus`` (``start_api``: the ``api_server_factory``
+    fixture), a wildcard client on each: every replica delivers every update."""
+    servers = [
+        await asyncio.to_thread(start_api, tmp_path / f"api{i}.db", env) for i in range(replicas)
+    ]
+    monitors = await open_monitors(servers)
+    try:
+        await warm_up(bus, monitors)
+        await assert_every_replica_sees_every_update(bus, monitors)
+    finally:
+        for monitor in monitors:
+            await monitor.close()

@@ -7,7 +7,6 @@ a position nor leave one behind (a replica restarting later starts "from now", w
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 from speedlayer.bus.base import candle_topic
 from speedlayer.bus.kinesis import KinesisBus
 from tests.conftest import ApiServer
-from tests.live_replicas import assert_every_replica_sees_every_update, open_monitors, warm_up
+from tests.live_replicas import check_replicas
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -57,18 +56,8 @@ async def test_every_api_replica_sees_every_candle_update_and_writes_no_checkpoi
         await bus.ensure_streams()  # before the replicas: the candle streams have 2 shards
         stream = bus.stream_name(candle_topic("1m"))
         assert len((await bus.kinesis.list_shards(StreamName=stream))["Shards"]) == SHARDS
-        servers = [
-            await asyncio.to_thread(api_server_factory, tmp_path / f"api{i}.db", env)
-            for i in range(2)
-        ]
-        monitors = await open_monitors(servers)
-        try:
-            await warm_up(bus, monitors)
-            await assert_every_replica_sees_every_update(bus, monitors)
-            # broadcast subscribers: the hubs left no checkpoint (the table exists: the bus
-            # creates it at start)
-            items = (await bus.dynamodb.scan(TableName=table, ConsistentRead=True))["Items"]
-            assert items == []
-        finally:
-            for monitor in monitors:
-                await monitor.close()
+        await check_replicas(bus, api_server_factory, tmp_path, env)
+        # broadcast subscribers: the hubs left no checkpoint (the table exists: the bus creates
+        # it at start)
+        items = (await bus.dynamodb.scan(TableName=table, ConsistentRead=True))["Items"]
+        assert items == []

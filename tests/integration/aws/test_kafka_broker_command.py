@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,20 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, require
+from tests.conftest import ROOT, listening, require
 from tests.kafka_broker import missing_prerequisite
 
 pytestmark = [pytest.mark.timeout(120)]
 
 STARTED = re.compile(r"Kafka broker at 127\.0\.0\.1:(\d+) \(data in ([^,)\s]+)")
-
-
-def listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 def children(pid: int) -> list[int]:

@@ -18,7 +18,6 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -27,7 +26,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ROOT, free_port, require
+from tests.conftest import ROOT, free_port, listening, require
 
 README = ROOT / "README.md"
 BLOCK = re.compile(r"<!-- readme-test: (?P<name>[\w-]+) -->\n```sh\n(?P<body>.*?)```", re.S)
@@ -39,14 +38,6 @@ def readme_block(name: str) -> list[str]:
     blocks = {m["name"]: m["body"] for m in BLOCK.finditer(README.read_text())}
     assert name in blocks, f"README has no block marked readme-test: {name}"
     return [line for line in blocks[name].splitlines() if line.strip()]
-
-
-def listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 class Reader:

@@ -25,12 +25,7 @@ from speedlayer.store.sqlite import SQLiteStore
 from tests.conftest import ApiServer
 from tests.integration.api.test_live_api import until
 from tests.integration.api.test_live_hub import events_of, fail, hub_subscription
-from tests.live_replicas import (
-    assert_every_replica_sees_every_update,
-    candle,
-    open_monitors,
-    warm_up,
-)
+from tests.live_replicas import candle, check_replicas
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -58,19 +53,9 @@ async def test_every_api_replica_sees_every_candle_update(
         described = await bus.admin.describe_topics([prefix + "market-data-1m"])
         assert len(described[0]["partitions"]) == PARTITIONS
         groups_before = await consumer_groups(bus)
-        servers = [
-            await asyncio.to_thread(api_server_factory, tmp_path / f"api{i}.db", env)
-            for i in range(2)
-        ]
-        monitors = await open_monitors(servers)
-        try:
-            await warm_up(bus, monitors)
-            await assert_every_replica_sees_every_update(bus, monitors)
-            # broadcast subscribers: no group membership, nothing committed on the broker
-            assert await consumer_groups(bus) == groups_before
-        finally:
-            for monitor in monitors:
-                await monitor.close()
+        await check_replicas(bus, api_server_factory, tmp_path, env)
+        # broadcast subscribers: no group membership, nothing committed on the broker
+        assert await consumer_groups(bus) == groups_before
 
 
 async def test_hub_resubscribes_after_its_kafka_broadcast_subscription_failed(
