@@ -470,6 +470,18 @@ _RETENTION = {
 }
 
 
+def container_health_check(*args: str) -> ecs.HealthCheck:
+    """ECS runs the image's health check only when the task definition names it: the one of the
+    Dockerfile (``python -m launch.healthcheck``), with ``args``."""
+    return ecs.HealthCheck(
+        command=["CMD", "python", "-m", "launch.healthcheck", *args],
+        interval=cdk.Duration.seconds(15),
+        timeout=cdk.Duration.seconds(5),
+        start_period=cdk.Duration.seconds(60),
+        retries=3,
+    )
+
+
 class SpeedlayerStack(cdk.Stack):
     """Everything the Flink shape of the deployment needs; see the module docstring."""
 
@@ -901,6 +913,8 @@ class SpeedlayerStack(cdk.Stack):
                 SPEEDLAYER_METRICS_NAMESPACE=self.metrics_namespace,
             ),
             secrets={"POLYGON_API_KEY": ecs.Secret.from_secrets_manager(secret)},
+            # The image's health file (SPEEDLAYER_HEALTH_FILE), rewritten by ingest every 5 s.
+            health_check=container_health_check(),
             logging=ecs.LogDrivers.aws_logs(
                 stream_prefix="ingest", log_group=self._log_group("IngestLogs")
             ),
@@ -959,6 +973,7 @@ class SpeedlayerStack(cdk.Stack):
             ),
             secrets=secrets,
             port_mappings=[ecs.PortMapping(container_port=API_PORT)],
+            health_check=container_health_check("--url", f"http://127.0.0.1:{API_PORT}/readyz"),
             logging=ecs.LogDrivers.aws_logs(
                 stream_prefix="api", log_group=self._log_group("ApiLogs")
             ),

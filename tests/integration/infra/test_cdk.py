@@ -484,6 +484,26 @@ def test_the_ingest_service(synth: Synth) -> None:
     )
 
 
+def test_both_containers_run_the_images_health_check(synth: Synth) -> None:
+    """ECS ignores the image's HEALTHCHECK: each container names it, and the API's check asks
+    the port the API listens on."""
+    from launch import healthcheck
+
+    containers = _containers(synth)
+    ingest, api = containers["ingest"]["HealthCheck"], containers["api"]["HealthCheck"]
+    assert ingest["Command"] == ["CMD", "python", "-m", "launch.healthcheck"]
+    port = containers["api"]["PortMappings"][0]["ContainerPort"]
+    assert api["Command"] == [
+        "CMD", "python", "-m", "launch.healthcheck", "--url", f"http://127.0.0.1:{port}/readyz"
+    ]  # fmt: skip
+    assert port == int(containers["api"]["Command"][-1])
+    for check in (ingest, api):
+        assert check["Interval"] == 15 and check["Retries"] == 3 and check["StartPeriod"] == 60
+        # the check fails only when the health file is older than its max age: ingest rewrites
+        # it more often than that
+        assert healthcheck.WRITE_EVERY_S < healthcheck.MAX_AGE_S
+
+
 def test_the_api_service_behind_the_load_balancer(synth: Synth) -> None:
     api = _containers(synth)["api"]
     assert api["EntryPoint"] == ["speedlayer"]
