@@ -6,7 +6,9 @@ STAMP  := $(VENV)/.installed
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-NODE_STAMP := node_modules/.package-lock.json
+RUN_STAMP  := $(VENV)/.installed-runtime
+NODE_STAMP := node_modules/.installed
+NODE_RUN_STAMP := node_modules/.installed-runtime
 KAFKA_STAMP := .kafka/.installed
 FLINK_VENV  := .flink-venv
 FLINK_STAMP := $(FLINK_VENV)/.installed
@@ -44,11 +46,27 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	@touch $(STAMP)
 
-# The AWS emulators the tests start (dynalite, kinesalite): pinned in package-lock.json.
-# `npm ci` rewrites node_modules/.package-lock.json, so this runs again only when the lock changes.
+# Every npm package of package-lock.json: the chart library the dashboard serves, and what the
+# tests and tools use (the AWS emulators dynalite and kinesalite, the AWS CDK CLI). Runs again
+# only when the lock changes.
 $(NODE_STAMP): package-lock.json
 	npm ci --no-audit --no-fund
 	@touch $(NODE_STAMP)
+
+# What `make run` needs and no more: the package with its runtime dependencies (no dev tools) and
+# the npm packages the API serves (`dependencies`, not `devDependencies`). A full install (`make
+# setup`, `make test`) that is current counts as one.
+$(RUN_STAMP): pyproject.toml constraints.txt
+	@if [ -f $(STAMP) ] && [ $(STAMP) -nt pyproject.toml ] && [ $(STAMP) -nt constraints.txt ]; then :; else \
+	  test -x $(BIN)/python || $(PYTHON) -m venv $(VENV); \
+	  echo "$(BIN)/python -m pip install -c constraints.txt -e ."; \
+	  $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e .; fi
+	@touch $@
+
+$(NODE_RUN_STAMP): package-lock.json
+	@if [ -f $(NODE_STAMP) ] && [ $(NODE_STAMP) -nt package-lock.json ]; then :; else \
+	  echo "npm ci --omit=dev"; npm ci --omit=dev --no-audit --no-fund; fi
+	@touch $@
 
 # The Kafka broker the tests start (KRaft, no Docker): kafka_2.13 and its runtime jars from Maven
 # Central into .kafka/lib (see infra/kafka/pom.xml). Needs Java 17+ and Maven: installed from
@@ -154,10 +172,11 @@ deploy-check: $(STAMP) ## check docker-compose.yml and the Dockerfiles (no Docke
 # The embedded stack, live: Polygon simulator -> ingest -> resampler -> ./data/speedlayer.db -> API.
 # `make run SPEED=5` runs the simulated market at 5 minutes per second (0 = real time).
 # HISTORY: simulated minutes before start, all backfilled at start-up (the charts' history).
+# HOST, PORT: where the API listens (127.0.0.1:8000). Installs only what running needs.
 SPEED   ?= 0
 SYMBOLS ?= 100
 HISTORY ?= 480
-run: setup ## the embedded stack, live, on the simulator (SPEED=, SYMBOLS=, HISTORY=)
+run: $(RUN_STAMP) $(NODE_RUN_STAMP) ## the embedded stack, live, on the simulator (SPEED=, SYMBOLS=, HISTORY=, HOST=, PORT=)
 	SPEEDLAYER_SIM_HISTORY_MIN=$(HISTORY) SPEEDLAYER_BACKFILL_LOOKBACK_MIN=$(HISTORY) \
 	  $(BIN)/speedlayer up --host $(HOST) --port $(PORT) --symbols $(SYMBOLS) --speed $(SPEED)
 
