@@ -38,6 +38,9 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "build" / "lambda.zip"
 # What the handlers import from the project (their layer and the core).
 HANDLER_PACKAGES = ("speedlayer", "processors")
+# Modules of those packages that only `speedlayer replay` uses (the columnar history path and its
+# numpy): not in the zip.
+NOT_PACKAGED = frozenset({"processors/columnar.py", "processors/history.py"})
 # The third-party distributions the handlers' code imports (the rest comes as their dependencies).
 HANDLER_DEPENDENCIES = ("aioboto3", "aiokafka", "msgspec", "pydantic", "pydantic-settings")
 PYTHON_VERSION = (3, 11)
@@ -74,10 +77,16 @@ def copy_project(dest: Path) -> Path:
     dest.mkdir(parents=True)
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, dest / name)
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+
+    def ignore(directory: str, names: list[str]) -> set[str]:
+        here = Path(directory).relative_to(ROOT)
+        return set(skip(directory, names)) | {
+            name for name in names if (here / name).as_posix() in NOT_PACKAGED
+        }
+
     for package in HANDLER_PACKAGES:
-        shutil.copytree(
-            ROOT / package, dest / package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
-        )
+        shutil.copytree(ROOT / package, dest / package, ignore=ignore)
     return dest
 
 
