@@ -55,6 +55,8 @@ COPY --from=build /opt/venv /opt/venv
 # api/dashboard.py serves the chart library from node_modules next to the installed packages
 # (PROJECT_ROOT/node_modules/lightweight-charts/dist/...): site-packages in this image.
 COPY --from=dashboard /src/node_modules/lightweight-charts /opt/venv/lib/python3.11/site-packages/node_modules/lightweight-charts
+# and Swagger UI's assets for /docs the same way (api/dashboard.py, SWAGGER_UI_DIR)
+COPY --from=dashboard /src/node_modules/swagger-ui-dist /opt/venv/lib/python3.11/site-packages/node_modules/swagger-ui-dist
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -105,6 +105,8 @@ def create_app(
             "intervals and their retention."
         ),
         lifespan=lifespan,
+        docs_url=None,  # served by docs.install_docs_page with local assets (works offline)
+        redoc_url=None,  # ReDoc would load its bundle from a CDN
     )
     errors.install(app)
     app.include_router(router)
@@ -124,6 +126,7 @@ def create_app(
     )
     metrics.install(app)
     docs.install_openapi(app, settings)
+    docs.install_docs_page(app)
     return app
 
 

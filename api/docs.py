@@ -94,6 +94,35 @@ def complete_openapi(spec: dict[str, Any], settings: Settings) -> None:
     security.document_security(spec, settings, _error_ref(spec))
 
 
+def install_docs_page(app: FastAPI) -> None:
+    """``/docs``: Swagger UI with its script, style sheet and icon served by this app (the npm
+    package ``swagger-ui-dist``, see ``api/dashboard.py``) rather than from a CDN, so the page
+    works offline. Build the app with ``docs_url=None`` and ``redoc_url=None`` (ReDoc would
+    load from a CDN too)."""
+    from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+    from fastapi.responses import HTMLResponse
+
+    from api import dashboard
+
+    openapi_url = app.openapi_url or "/openapi.json"
+    redirect_url = "/docs/oauth2-redirect"
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=openapi_url,
+            title=f"{app.title} - Swagger UI",
+            swagger_js_url=dashboard.SWAGGER_JS_URL,
+            swagger_css_url=dashboard.SWAGGER_CSS_URL,
+            swagger_favicon_url=dashboard.SWAGGER_FAVICON_URL,
+            oauth2_redirect_url=redirect_url,
+        )
+
+    @app.get(redirect_url, include_in_schema=False)
+    async def swagger_ui_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+
 def install_openapi(app: FastAPI, settings: Settings) -> None:
     """Wrap ``app.openapi`` so the generated schema is completed once per generation."""
     generate = app.openapi

@@ -79,7 +79,7 @@ def decode_cursor(cursor: str, interval: str, order: str) -> int:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         c_interval, c_order, ts = raw.split(":")
-        timestamp = parse_time_ms(ts, "cursor")
+        timestamp = parse_time_ms(ts, "cursor", any_number=True)
         if not MIN_MS < timestamp < MAX_MS or not ts.lstrip("-").isdigit():
             raise ValueError(ts)
     except (binascii.Error, UnicodeDecodeError, ValueError):

@@ -238,10 +238,21 @@ def sim_options(fn: F) -> F:
     )(fn)
 
 
+def history_option(fn: F) -> F:
+    return click.option(
+        "--history",
+        type=click.IntRange(min=0),
+        metavar="MINUTES",
+        help="simulated minutes before start, served by REST "
+        "(SPEEDLAYER_SIM_HISTORY_MIN, default 120)",
+    )(fn)
+
+
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8001, show_default=True)
 @sim_options
+@history_option
 @click.option("--market", type=click.Choice(["stocks", "crypto", "forex"]), default="stocks")
 @click.option("--api-key", help="accept only this key (default: any key)")
 @click.option("--disconnect-every", type=float, help="fault: drop connections every N seconds")
@@ -259,6 +270,7 @@ def simulate(
     symbols: int | None,
     speed: float | None,
     replay_files: tuple[str, ...],
+    history: int | None,
     market: str,
     api_key: str | None,
     disconnect_every: float | None,
@@ -272,7 +284,12 @@ def simulate(
     stall_after: float | None,
 ) -> None:
     """Serve the Polygon protocol (WebSocket + REST aggregates) on simulated or replayed data."""
-    settings = _settings(sim_symbols=symbols, sim_speed=speed, sim_replay=list(replay_files))
+    settings = _settings(
+        sim_symbols=symbols,
+        sim_speed=speed,
+        sim_replay=list(replay_files),
+        sim_history_min=history,
+    )
     _setup_logging(settings.log_level)
     from ingest.simulator import FaultConfig, PolygonSimulator, SimulatorConfig
 
@@ -282,6 +299,7 @@ def simulate(
         symbols=settings.sim_symbols,
         speed=settings.sim_speed,
         replay=list(settings.sim_replay),
+        history_minutes=settings.sim_history_min,
         api_key=api_key,
         market=market,
         faults=FaultConfig(
@@ -325,6 +343,7 @@ def source_option(fn: F) -> F:
 @click.option("--port", type=int, help="API port (default 8000)")
 @source_option
 @sim_options
+@history_option
 def up(
     db: Path | None,
     store: str | None,
@@ -335,8 +354,12 @@ def up(
     symbols: int | None,
     speed: float | None,
     replay_files: tuple[str, ...],
+    history: int | None,
 ) -> None:
-    """Run everything in one process: feed, resampler, store and the API."""
+    """Run everything in one process: feed, resampler, store and the API.
+
+    --history also sets the start-up backfill (SPEEDLAYER_BACKFILL_LOOKBACK_MIN), so the
+    whole simulated history reaches the store, as `make run HISTORY=` does."""
     settings = _settings(
         db=db,
         store=store,
@@ -347,6 +370,8 @@ def up(
         sim_symbols=symbols,
         sim_speed=speed,
         sim_replay=list(replay_files),
+        sim_history_min=history,
+        backfill_lookback_min=history,
     )
     _setup_logging(settings.log_level)
     tune_gc()

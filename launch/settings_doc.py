@@ -151,12 +151,18 @@ SECTIONS: list[tuple[str, tuple[str, ...], tuple[str, ...], str]] = [
 
 # CLI options whose name is not the setting they set, per command; None: not a setting.
 FLAG_SETTINGS: dict[str, dict[str, str | None]] = {
-    "up": {"symbols": "sim_symbols", "speed": "sim_speed", "replay_files": "sim_replay"},
+    "up": {
+        "symbols": "sim_symbols",
+        "speed": "sim_speed",
+        "replay_files": "sim_replay",
+        "history": "sim_history_min",
+    },
     "ingest": {"symbols": "sim_symbols", "speed": "sim_speed", "replay_files": "sim_replay"},
     "simulate": {
         "symbols": "sim_symbols",
         "speed": "sim_speed",
         "replay_files": "sim_replay",
+        "history": "sim_history_min",
         "host": None,  # the simulator's own address, not the API's
         "port": None,
     },

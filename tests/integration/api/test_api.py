@@ -462,7 +462,7 @@ BAD_QUERIES: list[tuple[str, dict[str, str], tuple[str, ...]]] = [
     ("start_empty", {"start": ""}, ("time",)),
     ("start_bad_offset", {"start": "2024-01-02T00:00:00+99:00"}, ("2024-01-02T00:00:00+99:00",)),
     ("end_before_start", {"start": "2024-01-02", "end": "2024-01-01"}, ("end", "start")),
-    ("end_before_start_ms", {"start": "1000", "end": "999"}, ("end", "start")),
+    ("end_before_start_ms", {"start": "1549895401000", "end": "1549895400999"}, ("end", "start")),
     ("order_sideways", {"order": "sideways"}, ("order",)),
     ("order_upper", {"order": "DESC"}, ("order",)),
     ("cursor_garbage", {"cursor": "garbage"}, ("cursor",)),
@@ -500,7 +500,7 @@ def test_invalid_symbol_is_422(served: Served, symbol: str) -> None:
         ({"start": "9" * 25}, ("start",)),
         ({"end": "-" + "9" * 25}, ("end",)),
         ({"start": str(2**63)}, ("start",)),
-        ({"start": "0", "end": str(2**64)}, ("end",)),
+        ({"start": "1549895400000", "end": str(2**64)}, ("end",)),
     ],
     ids=["start_huge", "end_huge_negative", "start_2p63", "end_2p64"],
 )
@@ -511,6 +511,27 @@ def test_out_of_range_epoch_is_422_not_500(
     resp = isolated_get(served, "/candles/AAPL", params)
     message = assert_error(resp, 422, "invalid_parameter")
     assert any(n in message for n in (*needles, *params.values())), message
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"start": "1796281200"}, {"end": "1796281200"}, {"start": "0"}, {"end": "-60000"}],
+    ids=["start_seconds", "end_seconds", "start_zero", "end_negative"],
+)
+def test_numeric_time_below_1e11_is_422_looks_like_seconds(
+    served: Served, params: dict[str, str]
+) -> None:
+    """Numeric times are epoch ms; one below 10^11 (before 1973-03-03) is a mistake in seconds,
+    never silently a date in 1970."""
+    resp = isolated_get(served, "/candles/AAPL", params)
+    message = assert_error(resp, 422, "invalid_parameter", *params)
+    assert "looks like epoch seconds; pass milliseconds (×1000) or ISO 8601" in message
+
+
+def test_early_times_in_iso_and_ms_from_1e11_are_accepted(client: httpx.Client) -> None:
+    for params in ({"start": "1970-01-01T00:00:00Z"}, {"start": str(10**11)}):
+        resp = client.get("/candles/AAPL", params=params)
+        assert resp.status_code == 200, resp.text
 
 
 @pytest.mark.parametrize(

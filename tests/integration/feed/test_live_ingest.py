@@ -91,12 +91,11 @@ def write_replay(path: Path, *, seed: int = 11) -> Path:
     again at the end (the restart test's start-up backfill is per symbol, on first sight).
     """
     walk = RandomWalk(symbol_names(SYMBOLS), seed)
-    activity = [w.activity for w in walk.walks]
+    activity = walk.activity.copy()
     bars: list[Bar] = []
     for i in range(DATA_MINUTES):
         full = i < FULL_MINUTES or i >= DATA_MINUTES - FULL_MINUTES
-        for w, a in zip(walk.walks, activity, strict=True):
-            w.activity = 1.0 if full else a
+        walk.activity[:] = 1.0 if full else activity
         bars.extend(walk.minute(DATA_START + i * MINUTE))
     write_csv(iter(bars), str(path))
     return path

@@ -82,15 +82,19 @@ def test_the_image_serves_the_dashboard() -> None:
         for line in final_stage_lines(ROOT / "Dockerfile")
         if line.startswith("COPY --from=dashboard ")
     ]
+    swagger = dashboard.SWAGGER_UI_DIR.relative_to(dashboard.PROJECT_ROOT)
+    assert swagger.parts == ("node_modules", "swagger-ui-dist")
     assert copies == [
         [
             "--from=dashboard",
             "/src/node_modules/lightweight-charts",
             str(site_packages / library.parents[1]),
-        ]
+        ],
+        ["--from=dashboard", "/src/node_modules/swagger-ui-dist", str(site_packages / swagger)],
     ]
     package = json.loads((ROOT / "package.json").read_text())
-    assert "lightweight-charts" in package["dependencies"], "npm ci --omit=dev installs it"
+    for name in ("lightweight-charts", "swagger-ui-dist"):
+        assert name in package["dependencies"], "npm ci --omit=dev installs it"
 
 
 def pom_property(path: Path, name: str) -> str:

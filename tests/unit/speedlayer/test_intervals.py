@@ -359,8 +359,7 @@ def test_parse_duration_s_invalid(text: str | int) -> None:
         (1_549_895_400_000, 1_549_895_400_000),
         ("1549895400000", 1_549_895_400_000),
         (" 1549895400000 ", 1_549_895_400_000),
-        ("0", 0),
-        ("-60000", -60_000),
+        ("100000000000", 10**11),
         ("2019-02-11T14:30:00Z", 1_549_895_400_000),
         ("2019-02-11T14:30:00z", 1_549_895_400_000),
         ("2019-02-11T14:30:00+00:00", 1_549_895_400_000),
@@ -401,6 +400,20 @@ def test_parse_time_ms_invalid(text: str) -> None:
 def test_parse_time_ms_rejects_out_of_range_and_odd_numbers(text: str) -> None:
     with pytest.raises(ConfigError):
         parse_time_ms(text)
+
+
+@pytest.mark.parametrize(
+    "text", ["1796281200", 1_796_281_200, "99999999999", "0", "-60000", " 1549895400 "]
+)
+def test_parse_time_ms_rejects_what_looks_like_epoch_seconds(text: str | int) -> None:
+    with pytest.raises(ConfigError, match="looks like epoch seconds; pass milliseconds"):
+        parse_time_ms(text, "start")
+
+
+def test_parse_time_ms_early_times_in_iso_and_cursors() -> None:
+    assert parse_time_ms("1970-01-01T00:01:00Z") == 60_000
+    assert parse_time_ms("-60000", "cursor", any_number=True) == -60_000
+    assert parse_time_ms("0", "cursor", any_number=True) == 0
 
 
 def test_parse_time_ms_error_names_the_parameter() -> None:
