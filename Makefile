@@ -177,8 +177,8 @@ SPEED   ?= 0
 SYMBOLS ?= 100
 HISTORY ?= 480
 run: $(RUN_STAMP) $(NODE_RUN_STAMP) ## the embedded stack, live, on the simulator (SPEED=, SYMBOLS=, HISTORY=, HOST=, PORT=)
-	SPEEDLAYER_SIM_HISTORY_MIN=$(HISTORY) SPEEDLAYER_BACKFILL_LOOKBACK_MIN=$(HISTORY) \
-	  $(BIN)/speedlayer up --host $(HOST) --port $(PORT) --symbols $(SYMBOLS) --speed $(SPEED)
+	$(BIN)/speedlayer up --host $(HOST) --port $(PORT) --symbols $(SYMBOLS) --speed $(SPEED) \
+	  --history $(HISTORY)
 
 lint: $(STAMP) ## ruff and mypy (needs only the virtualenv)
 	$(BIN)/ruff check .
