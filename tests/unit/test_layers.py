@@ -8,10 +8,11 @@ and under ``TYPE_CHECKING``.
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
+
+from tests.imports import top_level_imports
 
 ROOT = Path(__file__).resolve().parents[2]
 FIRST_PARTY = {
@@ -45,16 +46,7 @@ ALLOWED = {
 
 def imported_packages(source: str) -> set[str]:
     """The top-level first-party packages that ``source`` imports."""
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names = [node.module]
-        else:
-            continue
-        found.update(name.split(".")[0] for name in names)
-    return found & FIRST_PARTY
+    return top_level_imports(source) & FIRST_PARTY
 
 
 def violations(package: str, files: list[Path], root: Path = ROOT) -> list[str]:

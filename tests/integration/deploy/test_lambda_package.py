@@ -4,7 +4,6 @@ import with nothing but the zip's contents on the path."""
 
 from __future__ import annotations
 
-import ast
 import subprocess
 import sys
 import zipfile
@@ -14,6 +13,7 @@ import pytest
 
 from launch import lambda_package
 from tests.conftest import ROOT
+from tests.imports import top_level_imports
 
 HANDLERS = ("processors.kinesis_to_dynamodb", "processors.kinesis_to_kafka")
 
@@ -65,17 +65,9 @@ def test_every_third_party_import_of_the_handlers_is_in_the_zip(names: set[str])
         for path in (ROOT / package).rglob("*.py"):
             if path.relative_to(ROOT).as_posix() in lambda_package.NOT_PACKAGED:
                 continue
-            for node in ast.walk(ast.parse(path.read_text())):
-                if isinstance(node, ast.Import):
-                    modules = [alias.name for alias in node.names]
-                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                    modules = [node.module]
-                else:
-                    continue
-                for module in modules:
-                    top = module.split(".")[0]
-                    if top not in sys.stdlib_module_names and top not in first_party | tops:
-                        missing.add(f"{path.relative_to(ROOT)}: {top}")
+            for top in top_level_imports(path.read_text()):
+                if top not in sys.stdlib_module_names and top not in first_party | tops:
+                    missing.add(f"{path.relative_to(ROOT)}: {top}")
     assert missing == set()
 
 
