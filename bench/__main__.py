@@ -38,7 +38,14 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         "store_writes": {"symbols": 2000, "minutes": 60},
         "history": {"symbols": 2000, "minutes": 500},
         "rest": {"symbols": 500, "seconds": 15},
-        "live": {"symbols": 12_000, "speed": 0.1, "bursts": 3, "clients": 1000},
+        "live": {
+            "symbols": 12_000,
+            "speed": 0.1,
+            "bursts": 3,
+            "clients": 1000,
+            "runs": 3,
+            "scan": (2000, 3000, 4000),
+        },
         "flink": {
             "symbols": FLINK_SYMBOLS,
             "minutes": FLINK_MINUTES,
@@ -69,7 +76,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         "store_writes": {"symbols": 20, "minutes": 10},
         "history": {"symbols": 20, "minutes": 30},
         "rest": {"symbols": 3, "seconds": 1, "hours_days": 3, "quarter_days": 2},
-        "live": {"symbols": 100, "speed": 2.0, "bursts": 2, "clients": 4},
+        "live": {"symbols": 100, "speed": 2.0, "bursts": 2, "clients": 4, "runs": 2, "scan": (8,)},
         "flink": {
             "symbols": 10,
             "minutes": 12,

@@ -23,6 +23,13 @@ Phase ``burst``: the monitor alone. Phase ``fanout``: ``--clients`` clients inst
 reported: delivered messages/s, p99 from the hub's receipt to the client's, clients dropped, and
 the stored-after-last-bar time under that load. Clients share the machine's cores with the
 server, so their own scheduling is in the numbers.
+
+The whole run is repeated ``--runs`` times, each on a fresh stack, because the targets hold for
+every run, not for a lucky one: the summaries report the worst burst of all runs, and every burst
+row names its run. Each burst row carries ``tail``: what the process did during the burst
+(garbage collections, event-loop stalls, the pipeline's phases; bench/tail.py), so a slow burst
+can be explained. ``--scan`` then looks for the largest client count that keeps the fan-out p99
+under a second, trying each count once on one more fresh stack.
 """
 
 from __future__ import annotations
@@ -79,7 +86,10 @@ async def _monitor(url: str, end_at: float, results: Any) -> None:
 
 
 def burst_figures(
-    stack: Stack, samples: list[tuple[str, str, int, float]] | None, minutes: list[int]
+    stack: Stack,
+    samples: list[tuple[str, str, int, float]] | None,
+    minutes: list[int],
+    run: int = 1,
 ) -> list[dict[str, Any]]:
     """Per burst minute: the per-bar latency distribution (with a monitor's ``samples``) and the
     stored-after-last-bar time."""
@@ -108,10 +118,12 @@ def burst_figures(
             else:
                 latencies.append(worst)
         latencies.sort()
-        last_sent = max(sent.values())
+        first_sent, last_sent = min(sent.values()), max(sent.values())
         done = [at for at, counts in stack.stored if minute in counts]
+        window_end = max([last_sent, *done]) + (latencies[-1] if latencies else 0.0)
         rows.append(
             {
+                "run": run,
                 "minute": minute,
                 "bars": len(sent),
                 "bars_without_all_updates": missing,
@@ -126,9 +138,18 @@ def burst_figures(
                 "stored_after_last_bar_ms": round((max(done) - last_sent) * 1000, 1)
                 if done
                 else None,
+                "latency_ms": quantiles(latencies),
+                "tail": stack.probe.summarise(first_sent, window_end),
             }
         )
     return rows
+
+
+def quantiles(ascending: list[float], steps: int = 100) -> list[float]:
+    """The distribution of a sorted list of seconds in ms: its 0th..100th percentiles."""
+    if not ascending:
+        return []
+    return [round(percentile(ascending, i / steps) * 1000, 1) for i in range(steps + 1)]
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -140,6 +161,7 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         return values[len(values) // 2] if values else None
 
     return {
+        "runs": len({row["run"] for row in rows}),
         "bursts": len(rows),
         "bars_per_burst": middle("bars"),
         "latency_p50_ms_median": middle("latency_p50_ms"),
@@ -152,12 +174,32 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def fanout_summary(per_run: list[dict[str, Any]]) -> dict[str, Any]:
+    """The fan-out runs at one client count: the worst run's figures, and each run's."""
+    worst = max(per_run, key=lambda r: r["latency_p99_ms"])
+    return {
+        **{k: v for k, v in worst.items() if k != "latency_ms"},
+        "runs": len(per_run),
+        "latency_p99_ms_per_run": [r["latency_p99_ms"] for r in per_run],
+        "dropped_slow": sum(r["dropped_slow"] for r in per_run),
+        "failed_connections": sum(r["failed_connections"] for r in per_run),
+        "latency_ms": worst["latency_ms"],
+    }
+
+
 # -- the run --------------------------------------------------------------------------------------
 
 
 async def _phase(
-    stack: Stack, bursts: int, clients: int, procs: int, per_client: int, monitor: bool
-) -> dict[str, Any]:
+    stack: Stack,
+    bursts: int,
+    clients: int,
+    procs: int,
+    per_client: int,
+    monitor: bool,
+    run: int,
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """One phase on ``stack``: its burst rows and, with clients, the fan-out figures."""
     sim = stack.sim
     ctx = mp.get_context("spawn")
     minute_s = 60.0 / (sim.config.speed * 60) if sim.config.speed > 0 else 60.0
@@ -192,8 +234,8 @@ async def _phase(
     for (_, t), at in stack.sent.items():
         began[t] = min(began.get(t, at), at)
     minutes = sorted(t for t, at in began.items() if start_at <= at <= end_at - 2)
-    rows = burst_figures(stack, samples, minutes[:bursts])
-    result = summary(rows)
+    rows = burst_figures(stack, samples, minutes[:bursts], run)
+    fanout = None
     if clients:
         fan = [s for r in collected for s in r["samples"]]
         closes: Counter[str] = Counter()
@@ -207,7 +249,7 @@ async def _phase(
                 latencies.append(received - stack.marks[i][2])
         latencies.sort()
         window = end_at - start_at
-        result["fanout"] = {
+        fanout = {
             "clients": clients,
             "connected_peak": peak,
             "failed_connections": sum(r["failed"] for r in collected),
@@ -219,26 +261,91 @@ async def _phase(
             "dropped_slow": hub.dropped_slow - dropped0,
             "hub_delivered": hub.delivered - delivered0,
             "closes": dict(closes),
+            "latency_ms": quantiles(latencies),
         }
     await until(lambda: hub.clients == 0, 0.2)
-    return result
+    return rows, fanout
+
+
+async def _one_run(
+    run: int, symbols: int, speed: float, bursts: int, clients: int, procs: int, per_client: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any] | None]:
+    """A fresh stack: the monitor's bursts, then (with clients) the fan-out's."""
+    async with embedded_stack(symbols, speed, max_clients=clients + 10) as stack:
+        log.info("run %d: waiting for the first full burst ...", run)
+        await until(lambda: stack.runner.bars_in >= symbols // 2, 0.2)
+        burst, _ = await _phase(stack, bursts, 0, procs, per_client, True, run)
+        fan_rows: list[dict[str, Any]] = []
+        fan = None
+        if clients:
+            fan_rows, fan = await _phase(stack, bursts, clients, procs, per_client, False, run)
+        return burst, fan_rows, fan
+
+
+async def _scan(
+    symbols: int, speed: float, counts: list[int], procs: int, per_client: int, bound_ms: float
+) -> dict[str, Any]:
+    """Fan-out at growing client counts (2 bursts each) until the p99 reaches ``bound_ms``."""
+    tried: list[dict[str, Any]] = []
+    async with embedded_stack(symbols, speed, max_clients=max(counts) + 10) as stack:
+        await until(lambda: stack.runner.bars_in >= symbols // 2, 0.2)
+        for count in counts:
+            log.info("scan: %d clients", count)
+            _, fan = await _phase(stack, 2, count, procs, per_client, False, 0)
+            assert fan is not None
+            tried.append({k: v for k, v in fan.items() if k not in ("latency_ms", "closes")})
+            if (
+                fan["latency_p99_ms"] >= bound_ms
+                or fan["dropped_slow"]
+                or fan["failed_connections"]
+            ):
+                break
+    kept = [
+        t["clients"]
+        for t in tried
+        if t["latency_p99_ms"] < bound_ms and not t["dropped_slow"] and not t["failed_connections"]
+    ]
+    return {"bound_ms": bound_ms, "largest_clients": max(kept, default=None), "tried": tried}
 
 
 async def run_async(
-    symbols: int, speed: float, bursts: int, clients: int, procs: int, per_client: int
+    symbols: int,
+    speed: float,
+    bursts: int,
+    clients: int,
+    procs: int,
+    per_client: int,
+    runs: int,
+    scan: list[int],
 ) -> dict[str, Any]:
-    async with embedded_stack(symbols, speed, max_clients=clients + 10) as stack:
-        log.info("waiting for the first full burst ...")
-        await until(lambda: stack.runner.bars_in >= symbols // 2, 0.2)
-        out: dict[str, Any] = {"symbols": symbols, "speed": speed}
-        out["burst"] = await _phase(stack, bursts, 0, procs, per_client, monitor=True)
-        if clients:
-            out["fanout"] = await _phase(stack, bursts, clients, procs, per_client, monitor=False)
-        return out
+    out: dict[str, Any] = {"symbols": symbols, "speed": speed, "runs": runs}
+    burst_rows: list[dict[str, Any]] = []
+    fan_rows: list[dict[str, Any]] = []
+    fans: list[dict[str, Any]] = []
+    for run in range(1, runs + 1):
+        burst, rows, fan = await _one_run(run, symbols, speed, bursts, clients, procs, per_client)
+        burst_rows += burst
+        fan_rows += rows
+        if fan is not None:
+            fans.append(fan)
+    out["burst"] = summary(burst_rows)
+    if fans:
+        out["fanout"] = {**summary(fan_rows), "fanout": fanout_summary(fans)}
+    if scan:
+        out["scan"] = await _scan(symbols, speed, scan, procs, per_client, 1000.0)
+    return out
 
 
-def run(symbols: int, speed: float, bursts: int, clients: int, procs: int = 2) -> dict[str, Any]:
-    return asyncio.run(run_async(symbols, speed, bursts, clients, procs, 10))
+def run(
+    symbols: int,
+    speed: float,
+    bursts: int,
+    clients: int,
+    procs: int = 2,
+    runs: int = 1,
+    scan: tuple[int, ...] = (),
+) -> dict[str, Any]:
+    return asyncio.run(run_async(symbols, speed, bursts, clients, procs, 10, runs, list(scan)))
 
 
 def main() -> None:
@@ -248,11 +355,15 @@ def main() -> None:
     parser.add_argument("--bursts", type=int, default=3)
     parser.add_argument("--clients", type=int, default=1000, help="fan-out clients (0: none)")
     parser.add_argument("--procs", type=int, default=2, help="client processes")
+    parser.add_argument("--runs", type=int, default=1, help="fresh stacks, one after another")
+    parser.add_argument(
+        "--scan", default="", help="client counts to try for the p99 < 1 s bound, e.g. 2000,3000"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    print(
-        json.dumps(run(args.symbols, args.speed, args.bursts, args.clients, args.procs), indent=2)
-    )
+    scan = tuple(int(n) for n in args.scan.split(",") if n)
+    figures = run(args.symbols, args.speed, args.bursts, args.clients, args.procs, args.runs, scan)
+    print(json.dumps(figures, indent=2))
 
 
 if __name__ == "__main__":

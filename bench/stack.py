@@ -5,7 +5,8 @@ Polygon simulator -> WebSocket feed -> in-process bus -> resampler -> SQLite sto
 
 * ``sent``: when the simulator wrote each bar's frame to its subscribers, per (symbol, minute),
 * ``stored``: when the pipeline finished a batch (stored and published), with the minutes in it,
-* ``marks``: when the hub took each chunk of candle updates off the bus (first and last ``seq``).
+* ``marks``: when the hub took each chunk of candle updates off the bus (first and last ``seq``),
+* ``probe``: garbage collections, event-loop lateness and the pipeline's phases (bench/tail.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from bench.tail import Probe
 
 
 async def until(condition: Any, every_s: float = 0.1) -> None:
@@ -36,6 +39,7 @@ class Stack:
     sent: dict[tuple[str, int], float] = field(default_factory=dict)
     stored: list[tuple[float, dict[int, int]]] = field(default_factory=list)
     marks: list[tuple[int, int, float]] = field(default_factory=list)
+    probe: Probe = field(default_factory=Probe)
 
     @property
     def ws_url(self) -> str:
@@ -69,8 +73,13 @@ async def embedded_stack(
         async with serve(app, ws_per_message_deflate=deflate, backlog=4096) as port:
             hub = app.state.resources.hub
             result = Stack(embedded.simulator, embedded.runner, hub, port)
+            result.probe.wrap(embedded.runner.pipeline)
             _hook(result, embedded.runner.pipeline)
-            yield result
+            result.probe.start()
+            try:
+                yield result
+            finally:
+                result.probe.stop()
 
 
 def _hook(stack: Stack, pipeline: Any) -> None:

@@ -70,13 +70,18 @@ def test_every_benchmark_runs_at_smoke_size(tmp_path: Path) -> None:
     assert history["replay"]["summary"]["accepted"] == 20 * 30
     assert history["candles"] == history["replay"]["rows_written"] > 0
     assert history["ratio"] > 0 and history["bound"]["seconds"] > 0
-    burst = runs["live"]["figures"]["burst"]
-    assert burst["bursts"] == 2
+    live = runs["live"]["figures"]
+    burst = live["burst"]
+    assert burst["runs"] == 2 and burst["bursts"] == 2 * 2  # two bursts in each of two runs
     for row in burst["per_burst"]:
         assert row["bars"] > 0 and row["bars_without_all_updates"] == 0
         assert row["stored_after_last_bar_ms"] is not None
-    fan = runs["live"]["figures"]["fanout"]["fanout"]
+        assert len(row["latency_ms"]) == 101 and row["latency_ms"] == sorted(row["latency_ms"])
+        assert row["tail"]["batch"]["count"] > 0 and row["tail"]["write"]["items"] > 0
+    fan = live["fanout"]["fanout"]
     assert fan["messages"] > 0 and fan["failed_connections"] == 0
+    assert len(fan["latency_p99_ms_per_run"]) == 2 and len(fan["latency_ms"]) == 101
+    assert [t["clients"] for t in live["scan"]["tried"]] == [8]
     rest = runs["rest"]["figures"]
     for side in ("candles", "noop"):
         for mode in ("saturated", "fixed_rate"):
