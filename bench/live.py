@@ -269,8 +269,9 @@ async def _phase(
 
 async def _one_run(
     run: int, symbols: int, speed: float, bursts: int, clients: int, procs: int, per_client: int
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any] | None]:
-    """A fresh stack: the monitor's bursts, then (with clients) the fan-out's."""
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any] | None, dict[str, Any]]:
+    """A fresh stack: the monitor's bursts, then (with clients) the fan-out's, and the run's
+    garbage collections by generation."""
     async with embedded_stack(symbols, speed, max_clients=clients + 10) as stack:
         log.info("run %d: waiting for the first full burst ...", run)
         await until(lambda: stack.runner.bars_in >= symbols // 2, 0.2)
@@ -279,7 +280,7 @@ async def _one_run(
         fan = None
         if clients:
             fan_rows, fan = await _phase(stack, bursts, clients, procs, per_client, False, run)
-        return burst, fan_rows, fan
+        return burst, fan_rows, fan, stack.probe.collections()
 
 
 async def _scan(
@@ -322,8 +323,12 @@ async def run_async(
     burst_rows: list[dict[str, Any]] = []
     fan_rows: list[dict[str, Any]] = []
     fans: list[dict[str, Any]] = []
+    out["gc_per_run"] = []
     for run in range(1, runs + 1):
-        burst, rows, fan = await _one_run(run, symbols, speed, bursts, clients, procs, per_client)
+        burst, rows, fan, collections = await _one_run(
+            run, symbols, speed, bursts, clients, procs, per_client
+        )
+        out["gc_per_run"].append(collections)
         burst_rows += burst
         fan_rows += rows
         if fan is not None:

@@ -385,6 +385,16 @@ def _details(runs: dict[str, Any]) -> list[str]:
                     else "."
                 ),
             ]
+        if fig.get("gc_per_run"):
+            per_run = "; ".join(
+                f"run {i}: "
+                + ", ".join(
+                    f"gen {gen} x{c['count']} (longest {_fmt(c['ms_max'], ' ms')})"
+                    for gen, c in collections.items()
+                )
+                for i, collections in enumerate(fig["gc_per_run"], 1)
+            )
+            lines += ["", f"Garbage collections over each whole run: {per_run}."]
         if "scan" in fig:
             scan = fig["scan"]
             tried = ", ".join(

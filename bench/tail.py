@@ -124,6 +124,18 @@ class Probe:
             }
         return out
 
+    def collections(self) -> dict[str, dict[str, float]]:
+        """Every garbage collection of the run, by generation: how many, total and longest."""
+        out: dict[str, dict[str, float]] = {}
+        for generation in (0, 1, 2):
+            pauses = [s for _, gen, s in self.gc_pauses if gen == generation]
+            out[str(generation)] = {
+                "count": len(pauses),
+                "ms_total": _ms(sum(pauses)),
+                "ms_max": _ms(max(pauses, default=0.0)),
+            }
+        return out
+
 
 def _ms(seconds: float) -> float:
     return round(seconds * 1000, 1)

@@ -39,6 +39,7 @@ from speedlayer.intervals import Interval
 from speedlayer.models import Candle
 from speedlayer.store.base import Order
 from speedlayer.store.sqlite import SQLiteStore
+from tests.waiting import until
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(60)]
 
@@ -47,14 +48,6 @@ SPEED = 8.0  # simulated minutes per wall second
 CANDLE_FIELDS = (
     "timestamp open high low close volume vwap trades bars final revision".split()  # noqa: SIM905
 )
-
-
-async def until(condition: Callable[[], object], within: float = 10.0, what: str = "") -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what or condition}")
-        await asyncio.sleep(0.02)
 
 
 # -- the stack ------------------------------------------------------------------------------------

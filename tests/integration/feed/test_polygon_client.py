@@ -43,6 +43,7 @@ from speedlayer.clock import ManualClock
 from speedlayer.errors import AuthError, ConfigError
 from speedlayer.models import MINUTE_MS, Bar
 from tests.conftest import free_port
+from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -336,14 +337,6 @@ async def started(
     feeds.append(feed)
     await feed.start()
     return feed
-
-
-async def until(condition: Callable[[], bool], within: float = 10.0, what: str = "") -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or condition}")
-        await asyncio.sleep(0.01)
 
 
 async def collect(sub: Subscription, count: int, within: float = 10.0) -> list[Bar]:

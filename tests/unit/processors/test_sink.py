@@ -5,7 +5,7 @@ reported while it lasts; past the deadline the sink stops, failed, with nothing 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from processors.sink import CandleSink, newest_per_key
 from speedlayer.bus.base import candle_topic
@@ -15,6 +15,7 @@ from speedlayer.errors import ServiceFailed, StoreError
 from speedlayer.intervals import DEFAULT_INTERVALS, IntervalSet
 from speedlayer.models import Candle
 from speedlayer.store.memory import MemoryStore
+from tests.waiting import until
 
 T0 = 1_704_204_000_000  # 2024-01-02T14:00Z
 INTERVALS = IntervalSet(list(DEFAULT_INTERVALS), {"*": "100y"})
@@ -40,13 +41,6 @@ class FailingStore(MemoryStore):
             self.failures -= 1
             raise StoreError("database or disk is full")
         return await super().upsert(candles)
-
-
-async def until(condition: Callable[[], bool], within_s: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within_s
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.01)
 
 
 def test_newest_per_key_keeps_the_highest_revision_in_any_order() -> None:
