@@ -198,13 +198,13 @@ test-fast: $(STAMP) ## the unit tests only (no servers, brokers or browsers; und
 # The benchmarks at full size (about 20 minutes): bench/results.json and docs/benchmarks.md.
 # `make bench ONLY=rest` runs one (resampler, history, live, rest, store_writes, flink) and keeps the others.
 bench: setup ## the benchmarks at full size (ONLY=resampler|history|live|rest|store_writes|flink)
-	$(BIN)/python -m bench $(if $(ONLY),--only $(ONLY))
+	$(BIN)/python -m bench --readme README.md $(if $(ONLY),--only $(ONLY))
 
 # The soak (bench/soak.py, about 22 minutes; not part of `make bench`): the full market with 1,000
 # churning WebSocket clients, SSE and REST load; resident memory, open files and asyncio tasks every
 # 10 s. Its entry in bench/results.json and docs/benchmarks.md, its plot in docs/soak.png.
 soak: setup ## the soak benchmark, about 22 minutes: memory, files and tasks under client churn
-	$(BIN)/python -m bench --only soak
+	$(BIN)/python -m bench --readme README.md --only soak
 
 # Re-make docs/dashboard.png, the README's picture, from the dashboard's end-to-end browser test.
 screenshot: setup ## re-make docs/dashboard.png from the browser test

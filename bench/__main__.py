@@ -1,6 +1,6 @@
 """Run the benchmarks; write ``bench/results.json`` and ``docs/benchmarks.md``.
 
-    .venv/bin/python -m bench                  # everything at full size (make bench)
+    .venv/bin/python -m bench --readme README.md   # everything at full size (make bench)
     .venv/bin/python -m bench --only rest      # one benchmark
     .venv/bin/python -m bench --size smoke --out /tmp/r.json --doc /tmp/b.md   # the tests' run
     .venv/bin/python -m bench --only soak      # the soak, about 22 minutes (make soak)
@@ -8,7 +8,8 @@
 Each benchmark compares the project with a peer run in the same process or the same run where
 there is one (pandas, polars and DuckDB, a no-op endpoint, the bare SQLite engine), because the
 machines are shared and noisy: the ratio means more than an absolute time. Runs at full size take
-about 20 minutes.
+about 25 minutes. ``--readme`` also writes the summary table into the README, between its
+bench-table markers.
 The soak (bench/soak.py) runs only when named, and its result is kept by runs of the others.
 """
 
@@ -25,7 +26,7 @@ from typing import Any
 
 from bench import flink, history, live, resampler, rest, soak, store_writes
 from bench.common import machine
-from bench.report import render
+from bench.report import render, update_readme
 
 # The Flink job's full size: the resampler benchmark's 1M bars, and an options-like universe of
 # 100,000 symbols a minute (docs/flink.md#benchmark).
@@ -123,6 +124,9 @@ def main() -> None:
     parser.add_argument("--only", help="comma-separated: " + ",".join(RUNNERS))
     parser.add_argument("--out", type=Path, default=Path("bench/results.json"))
     parser.add_argument("--doc", type=Path, default=Path("docs/benchmarks.md"))
+    parser.add_argument(
+        "--readme", type=Path, help="also put the summary table in this README (make bench)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     names = args.only.split(",") if args.only else [n for n in RUNNERS if n not in ON_REQUEST]
@@ -154,6 +158,8 @@ def main() -> None:
     command = "python -m bench " + " ".join(sys.argv[1:])
     results = {"size": args.size, "command": command.strip(), "runs": runs}
     results["benchmarks"] = render(results, args.doc)
+    if args.readme is not None and not update_readme(results, args.readme):
+        logging.warning("%s has no bench-table markers: its table is not updated", args.readme)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results["benchmarks"], indent=2))

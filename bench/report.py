@@ -648,3 +648,21 @@ def render(results: dict[str, Any], doc: Path) -> list[dict[str, Any]]:
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text(text)
     return items
+
+
+README_START = "<!-- bench-table: written by `make bench` from bench/results.json -->"
+README_END = "<!-- /bench-table -->"
+
+
+def update_readme(results: dict[str, Any], readme: Path) -> bool:
+    """Put the summary table of ``results`` between the README's bench-table markers, so the
+    README's figures are always those of the last run; False if the README has no markers."""
+    text = readme.read_text()
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        return False
+    header = INTRO[INTRO.index("| # |") :]
+    table = header + "\n".join(_summary_rows(entries(results["runs"]))) + "\n"
+    table = table.replace("](#", "](docs/benchmarks.md#")  # links into the details
+    readme.write_text(text[: start + len(README_START)] + "\n" + table + text[end:])
+    return True

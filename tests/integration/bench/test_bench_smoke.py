@@ -45,8 +45,10 @@ def test_every_benchmark_runs_at_smoke_size(tmp_path: Path) -> None:
     require(bool(shutil.which("wrk")), "wrk is missing: `make setup` installs Debian's wrk package")
     out, doc = tmp_path / "results.json", tmp_path / "benchmarks.md"
     command = [sys.executable, "-m", "bench", "--size", "smoke", "--only", ONLY]
+    readme = tmp_path / "README.md"
+    readme.write_text((ROOT / "README.md").read_text())
     proc = subprocess.run(
-        [*command, "--out", str(out), "--doc", str(doc)],
+        [*command, "--out", str(out), "--doc", str(doc), "--readme", str(readme)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -90,6 +92,13 @@ def test_every_benchmark_runs_at_smoke_size(tmp_path: Path) -> None:
     assert runs["store_writes"]["figures"]["store_candles_per_s"] > 0
     text = doc.read_text()
     assert "| 1 | resampler batch (history, columnar), in order |" in text
+    # The README's table is the run's summary table, and the rest of the README is untouched.
+    table = text[text.index("| # |") : text.index("\n\n", text.index("| # |"))]
+    ours = readme.read_text()
+    assert table in ours.replace("](docs/benchmarks.md#", "](#")
+    before = (ROOT / "README.md").read_text()
+    marker = "<!-- /bench-table -->"
+    assert ours[ours.index(marker) :] == before[before.index(marker) :]
     assert "## 5. Store writes" in text and "## 8. History replay" in text
 
 
