@@ -45,7 +45,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
             "bursts": 3,
             "clients": 1000,
             "runs": 3,
-            "scan": (2000, 3000, 4000),
+            "scan": (2000, 4000, 6000, 8000),
         },
         "flink": {
             "symbols": FLINK_SYMBOLS,
