@@ -88,22 +88,6 @@ def source_for(settings: Settings, size_ms: int) -> CandleSource | None:
     return CandleSource(size_ms, None, base, settings.grace_ms)
 
 
-async def resolve_symbol(store: Store, ticker: str) -> str:
-    """The stored symbol a Polygon REST ticker names. Crypto and forex bars arrive on Polygon's
-    WebSocket as ``BTC-USD`` / ``EUR/USD`` and are stored so, while REST clients ask for
-    ``X:BTCUSD`` / ``C:EURUSD``: a prefixed ticker that is not itself stored maps to the stored
-    symbol with the same letters. Anything else is used as it is (unknown: no candles)."""
-    if len(ticker) > 2 and ticker[1] == ":" and ticker[0] in "XCxc":
-        symbols = await store.symbols()
-        if ticker in symbols:
-            return ticker
-        wanted = ticker[2:].upper()
-        for symbol in symbols:
-            if symbol.upper().replace("-", "").replace("/", "") == wanted:
-                return symbol
-    return ticker
-
-
 @dataclass
 class Page:
     candles: list[Candle]  # in the requested order

@@ -52,7 +52,6 @@ from api.aggregates import (
     CandleReader,
     CandleSource,
     floor_to,
-    resolve_symbol,
     source_for,
 )
 from api.deps import ResourcesDep
@@ -62,6 +61,7 @@ from api.wire import ErrorBody
 from speedlayer.config import Settings
 from speedlayer.intervals import DAY_MS, HOUR_MS, MINUTE_MS
 from speedlayer.models import SYMBOL_RE, Candle
+from speedlayer.symbols import canonical_symbol
 
 TAG = "Polygon-compatible"
 PATH_PREFIX = "/v2/aggs/"
@@ -393,7 +393,7 @@ async def _aggregates(
     start, end = floor_to(from_ms, size), floor_to(to_ms, size) + size
 
     now_ms = resources.clock.now_ms()
-    symbol = await resolve_symbol(resources.store, ticker)
+    symbol = canonical_symbol(ticker)  # X:BTCUSD -> BTC-USD, docs/design.md#symbols
     page = await CandleReader(resources.store, source, symbol, now_ms).page(start, end, sort, limit)
     body: dict[str, object] = {
         "ticker": ticker,

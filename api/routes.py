@@ -29,7 +29,8 @@ from api.wire import (
 )
 from speedlayer.errors import ConfigError
 from speedlayer.intervals import Interval
-from speedlayer.models import SYMBOL_RE, Candle
+from speedlayer.models import Candle
+from speedlayer.symbols import parse_symbol
 from speedlayer.timeparse import MAX_MS, MIN_MS, parse_time_ms
 
 
@@ -157,9 +158,9 @@ async def get_symbols(resources: ResourcesDep) -> Response:
 
 
 # Symbols may contain "/" (BRK/B, forex EUR/USD; uvicorn decodes %2F to "/" before routing): both
-# routes take the rest of the path (the `ticker` convertor: one or more characters, checked
-# against SYMBOL_RE by the route), and the /latest route is declared first so that ".../latest"
-# is never read as part of a symbol.
+# routes take the rest of the path (the `ticker` convertor: one or more characters, mapped to the
+# stored key by parse_symbol: X:BTCUSD -> BTC-USD, aapl -> AAPL, docs/design.md#symbols), and the
+# /latest route is declared first so that ".../latest" is never read as part of a symbol.
 @router.get(
     "/candles/{symbol:ticker}/latest",
     response_model=CandleOut,
@@ -177,8 +178,7 @@ async def get_latest(
     symbol: Annotated[str, Path(description="ticker, e.g. AAPL", examples=["AAPL"])],
     interval: Annotated[str, Query(description=INTERVAL_DOC)] = "1m",
 ) -> Response:
-    if SYMBOL_RE.match(symbol) is None:
-        raise ConfigError(f"symbol {symbol!r} is not a valid ticker")
+    symbol = parse_symbol(symbol)
     iv = resources.settings.interval_set.get(interval)
     candle = await latest_candle(resources, symbol, iv)
     if candle is None:
@@ -211,8 +211,7 @@ async def get_candles(
         query.interval, query.start, query.end, query.limit, query.order, query.cursor
     )  # fmt: skip
     settings = resources.settings
-    if SYMBOL_RE.match(symbol) is None:
-        raise ConfigError(f"symbol {symbol!r} is not a valid ticker")
+    symbol = parse_symbol(symbol)
     iv = settings.interval_set.get(interval)
     start_ms = parse_time_ms(start, "start") if start is not None else None
     end_ms = parse_time_ms(end, "end") if end is not None else None
@@ -265,11 +264,8 @@ async def get_latest_many(
         raise ConfigError(
             f"symbols: at most {MAX_LATEST_SYMBOLS} symbols per request (got {len(names)})"
         )
-    for name in names:
-        if SYMBOL_RE.match(name) is None:
-            raise ConfigError(f"symbols: {name!r} is not a valid ticker")
     iv = resources.settings.interval_set.get(interval)
-    unique = list(dict.fromkeys(names))
+    unique = list(dict.fromkeys(parse_symbol(name, "symbols:") for name in names))
     found = await asyncio.gather(*(latest_candle(resources, name, iv) for name in unique))
     return _json(
         {

@@ -34,13 +34,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.aggregates import CandleReader, CandleSource, ceil_to, resolve_symbol, source_for
+from api.aggregates import CandleReader, CandleSource, ceil_to, source_for
 from api.deps import Resources, ResourcesDep
 from api.docs import openapi_parameters
 from api.wire import ErrorBody
 from speedlayer.config import Settings
 from speedlayer.intervals import DAY_MS, MINUTE_MS
 from speedlayer.models import SYMBOL_RE
+from speedlayer.symbols import canonical_symbol, market_of
 from speedlayer.timeparse import MAX_MS, MIN_MS
 
 TAG = "TradingView UDF"
@@ -53,7 +54,6 @@ RESOLUTION_PATTERN = r"^([1-9][0-9]{0,5}|([1-9][0-9]{0,3})?[SDWM])$"
 _RESOLUTION_RE = re.compile(r"^(?:([1-9][0-9]{0,5})|([1-9][0-9]{0,3})?([SDWM]))\Z")
 _INT_RE = re.compile(r"^-?[0-9]{1,4000}\Z")
 MIN_S, MAX_S = -(-MIN_MS // 1000), MAX_MS // 1000  # the seconds whose ms are valid times
-_FOREX_RE = re.compile(r"^(?:C:[A-Z]{6}|[A-Z]{3}/[A-Z]{3})\Z")
 
 router = APIRouter(prefix="/udf", tags=[TAG])
 
@@ -117,10 +117,9 @@ def _source(settings: Settings, resolution: str) -> CandleSource:
 
 def symbol_type(symbol: str) -> str:
     """A guess from the symbol's form, for display and search filters."""
-    if symbol.startswith("X:") or "-" in symbol:
-        return "crypto"
-    if _FOREX_RE.match(symbol):
-        return "forex"
+    market = market_of(symbol)
+    if market != "stocks":
+        return market
     if symbol.startswith("I:"):
         return "index"
     if symbol.startswith("O:"):
@@ -141,7 +140,7 @@ async def lookup(resources: Resources, name: str) -> str | None:
             return name
     if SYMBOL_RE.match(name) is None:
         return None
-    resolved = await resolve_symbol(store, name)
+    resolved = canonical_symbol(name)
     return resolved if resolved in symbols else None
 
 
@@ -471,7 +470,7 @@ async def udf_history(request: Request, resources: ResourcesDep) -> Response:
         name = name[len(EXCHANGE) + 1 :]
     if SYMBOL_RE.match(name) is None:
         return _json({"s": "no_data"})
-    symbol = await resolve_symbol(resources.store, name)
+    symbol = canonical_symbol(name)
     size = source.size_ms
     reader = CandleReader(resources.store, source, symbol, resources.clock.now_ms())
     end = ceil_to(to_s * 1000, size)  # buckets starting before `to`

@@ -35,6 +35,7 @@ from speedlayer.models import (
     Bar,
     validate_bar,
 )
+from speedlayer.symbols import canonical_symbol
 
 __all__ = ["REQUIRED_CSV_COLUMNS", "Record", "Rejected", "read_bars"]
 
@@ -72,6 +73,7 @@ def _read_csv(handle: io.TextIOBase, name: str) -> Iterator[Record]:
     width = max([*idx, i_vw or 0, i_n or 0]) + 1
     i_s, i_t, i_o, i_h, i_l, i_c, i_v = idx
     symbol_ok = SYMBOL_RE.match
+    canonical = canonical_symbol  # as validate_bar stores it
     for row in reader:
         if len(row) < width:
             if not row:
@@ -106,7 +108,7 @@ def _read_csv(handle: io.TextIOBase, name: str) -> Iterator[Record]:
                 and 0 <= t < T_MAX_MS
                 and symbol_ok(s) is not None
             ):
-                yield Bar(s, t, o, h, lo, c, v, fvw, tn)
+                yield Bar(canonical(s), t, o, h, lo, c, v, fvw, tn)
                 continue
         result = validate_bar(
             s, row[i_t], row[i_o], row[i_h], row[i_l], row[i_c], row[i_v],

@@ -22,6 +22,7 @@ from speedlayer.config import Settings
 from speedlayer.errors import SpeedlayerError
 from speedlayer.models import CANDLE_FIELDS
 from speedlayer.runtime import tune_gc
+from speedlayer.symbols import parse_symbol
 from speedlayer.timeparse import parse_time_ms
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -153,6 +154,7 @@ def candles(
     """Print the stored candles of SYMBOL, oldest first (reads only: creates no table)."""
     settings = _settings(db=db, store=store, aws_create_resources=False)
     try:
+        symbol = parse_symbol(symbol, "SYMBOL")  # the stored key: X:BTCUSD -> BTC-USD, aapl -> AAPL
         iv = settings.interval_set.get(interval)
         start_ms = parse_time_ms(start, "--start") if start else None
         end_ms = parse_time_ms(end, "--end") if end else None
@@ -327,6 +329,16 @@ def simulate(
         _run(go())
 
 
+def market_option(fn: F) -> F:
+    return click.option(
+        "--market",
+        type=click.Choice(["stocks", "crypto", "forex", "options", "indices"]),
+        help="the Polygon market (cluster) fed from: SPEEDLAYER_POLYGON_MARKET, default stocks; "
+        "the simulator serves stocks, crypto and forex (one market per process, "
+        "docs/design.md#symbols)",
+    )(fn)
+
+
 def source_option(fn: F) -> F:
     return click.option(
         "--source",
@@ -342,6 +354,7 @@ def source_option(fn: F) -> F:
 @click.option("--host", help="API bind address (default 127.0.0.1)")
 @click.option("--port", type=int, help="API port (default 8000)")
 @source_option
+@market_option
 @sim_options
 @history_option
 def up(
@@ -351,6 +364,7 @@ def up(
     host: str | None,
     port: int | None,
     source: str | None,
+    market: str | None,
     symbols: int | None,
     speed: float | None,
     replay_files: tuple[str, ...],
@@ -367,6 +381,7 @@ def up(
         host=host,
         port=port,
         source=source,
+        polygon_market=market,
         sim_symbols=symbols,
         sim_speed=speed,
         sim_replay=list(replay_files),
@@ -480,18 +495,26 @@ def _simulator_urls(address: str) -> tuple[str, str]:
     "simulator_url",
     help="ingest from a running `speedlayer simulate` (host:port or URL) instead",
 )
+@market_option
 @sim_options
 def ingest(
     bus: str | None,
     source: str | None,
     simulator_url: str | None,
+    market: str | None,
     symbols: int | None,
     speed: float | None,
     replay_files: tuple[str, ...],
 ) -> None:
-    """Run the feed alone: Polygon (or a simulator) -> 1-minute bars on the raw topic."""
+    """Run the feed alone: Polygon (or a simulator) -> 1-minute bars on the raw topic. One
+    market per process: run one `ingest --market M` per market onto the same bus."""
     given: dict[str, Any] = dict(
-        bus=bus, source=source, sim_symbols=symbols, sim_speed=speed, sim_replay=list(replay_files)
+        bus=bus,
+        source=source,
+        polygon_market=market,
+        sim_symbols=symbols,
+        sim_speed=speed,
+        sim_replay=list(replay_files),
     )
     if simulator_url:
         ws_url, rest_url = _simulator_urls(simulator_url)
@@ -500,7 +523,6 @@ def ingest(
             polygon_ws_url=ws_url,
             polygon_rest_url=rest_url,
             polygon_api_key="simulator",  # the simulator accepts any key
-            polygon_market="stocks",
         )
     settings = _settings(**given)
     if settings.bus == "memory":

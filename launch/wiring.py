@@ -109,17 +109,18 @@ async def start_source(stack: contextlib.AsyncExitStack, settings: Settings) -> 
                     speed=settings.sim_speed,
                     replay=list(settings.sim_replay),
                     history_minutes=settings.sim_history_min,
+                    market=settings.polygon_market,
                 )
             )
         )
-        log.info("feed: Polygon simulator at %s (%d symbols)", simulator.ws_url,
-                 len(simulator.symbols))  # fmt: skip
+        log.info("feed: Polygon simulator at %s/%s (%d symbols)", simulator.ws_url,
+                 settings.polygon_market, len(simulator.symbols))  # fmt: skip
         return FeedTarget(
             clock=simulator.clock,
             api_key="simulator",
             ws_url=simulator.ws_url,
             rest_url=simulator.rest_url,
-            market="stocks",
+            market=settings.polygon_market,
             symbols=["*"],
             backfill_symbols=list(simulator.symbols),
             simulator=simulator,

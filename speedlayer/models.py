@@ -7,11 +7,12 @@ intermediate dict. Validation happens once, where a bar enters (``validate_bar``
 from __future__ import annotations
 
 import math
-import re
 
 import msgspec
 
-SYMBOL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:/_^=+-]{0,39}\Z")
+from speedlayer.symbols import SYMBOL_RE as SYMBOL_RE  # the symbol syntax, re-exported
+from speedlayer.symbols import canonical_symbol
+
 MINUTE_MS = 60_000
 # Bars must lie between 1970 and 2200; anything else is a unit mistake (seconds, microseconds).
 T_MAX_MS = _T_MAX_MS = 7_258_118_400_000
@@ -86,7 +87,9 @@ def validate_bar(
 ) -> Bar | str:
     """Return a Bar, or the reason the values are not a valid 1-minute bar.
 
-    Numbers may arrive as numbers or as strings (CSV). Rejected: a symbol not matching
+    The symbol is stored in its canonical form (``speedlayer.symbols``: ``X:BTCUSD`` ->
+    ``BTC-USD``, ``aapl`` -> ``AAPL``). Numbers may arrive as numbers or as strings (CSV).
+    Rejected: a symbol not matching
     ``SYMBOL_RE``; a time that is not a whole minute in 1970..2200; prices that are not finite
     and positive or above ``MAX_PRICE`` (``price_too_large``); a volume that is negative, not
     finite or above ``MAX_VOLUME`` (``volume_too_large``); a VWAP outside [0, ``MAX_PRICE``]
@@ -95,6 +98,7 @@ def validate_bar(
     """
     if not isinstance(symbol, str) or SYMBOL_RE.match(symbol) is None:
         return "bad_symbol"
+    symbol = canonical_symbol(symbol)
     try:
         t_ms = _to_int(t)
         fo, fh, fl, fc, fv = float(o), float(h), float(l), float(c), float(v)  # type: ignore[arg-type]

@@ -20,6 +20,7 @@ import msgspec
 from speedlayer.config import Settings
 from speedlayer.errors import ConfigError, RequestError
 from speedlayer.models import SYMBOL_RE, Candle
+from speedlayer.symbols import canonical_symbol
 
 Pair = tuple[str, str]  # (symbol, canonical interval name)
 WILDCARD = "*"
@@ -82,7 +83,8 @@ Item = CandleEvent | Message
 def parse_selection(
     settings: Settings, symbols: object, intervals: object
 ) -> tuple[list[str], list[str]]:
-    """Validate symbols (tickers or ``*``) and intervals (aliases allowed); canonical names out,
+    """Validate symbols (tickers or ``*``) and intervals (aliases allowed); canonical names out
+    (``speedlayer.symbols``: the symbols candles are published under),
     duplicates removed, order kept. Raises RequestError with a message for the client."""
     if not isinstance(symbols, list) or not symbols:
         raise RequestError("symbols: give a non-empty list of tickers, e.g. AAPL,MSFT (or *)")
@@ -92,6 +94,8 @@ def parse_selection(
     for symbol in symbols:
         if not isinstance(symbol, str) or (symbol != WILDCARD and SYMBOL_RE.match(symbol) is None):
             raise RequestError(f"symbol {symbol!r} is not a valid ticker (or * for all)")
+        if symbol != WILDCARD:
+            symbol = canonical_symbol(symbol)  # the stored key: X:BTCUSD -> BTC-USD, aapl -> AAPL
         if symbol not in out_symbols:
             out_symbols.append(symbol)
     out_intervals: list[str] = []

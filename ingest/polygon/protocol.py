@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from speedlayer.models import Bar, validate_bar
+from speedlayer.symbols import canonical_symbol
 
 MINUTE_EVENTS = frozenset({"AM", "XA", "CA"})
 CHANNEL_PREFIX = {"stocks": "AM", "options": "AM", "indices": "AM", "crypto": "XA", "forex": "CA"}
@@ -67,8 +68,10 @@ def from_rest_result(ticker: object, item: dict[str, object], where: str) -> Rec
 
 
 def clean_symbols(symbols: list[str]) -> list[str]:
-    """Symbols stripped, blanks and repeats dropped; ``["*"]`` if any of them is ``*``."""
-    cleaned = list(dict.fromkeys(s.strip() for s in symbols if s and s.strip()))
+    """Symbols stripped and in their canonical form, which is Polygon's WebSocket form
+    (``X:BTCUSD`` -> ``BTC-USD``, ``aapl`` -> ``AAPL``: ``speedlayer.symbols``), blanks and
+    repeats dropped; ``["*"]`` if any of them is ``*``."""
+    cleaned = list(dict.fromkeys(canonical_symbol(s.strip()) for s in symbols if s and s.strip()))
     return ["*"] if "*" in cleaned else cleaned
 
 

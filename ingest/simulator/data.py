@@ -19,6 +19,7 @@ import orjson
 
 from ingest.synthetic import WELL_KNOWN, symbol_names
 from speedlayer.models import MINUTE_MS, Bar
+from speedlayer.symbols import FIAT
 
 EASTERN = ZoneInfo("America/New_York")
 Event = dict[str, object]
@@ -58,19 +59,28 @@ FOREX_WELL_KNOWN = (
     "EUR/USD", "USD/JPY", "GBP/USD", "USD/CHF", "AUD/USD", "USD/CAD", "NZD/USD", "EUR/GBP",
     "EUR/JPY", "GBP/JPY", "USD/SGD", "USD/MXN", "USD/CNH", "EUR/CHF", "USD/HKD", "USD/SEK",
 )  # fmt: skip
-_QUOTES = ("USDT", "USDC", "USD", "EUR", "GBP", "JPY", "BTC", "ETH", "CAD", "AUD", "CHF")
 
 
 def market_symbols(market: str, count: int) -> list[str]:
-    """``count`` distinct instrument names in the WebSocket form of ``market``."""
+    """``count`` distinct instrument names in the WebSocket form of ``market``, each already in
+    its canonical form (``speedlayer.symbols``). Forex pairs are two currency codes, so forex
+    has at most ``len(FIAT) * (len(FIAT) - 1)`` of them."""
     if market == "stocks":
         return symbol_names(count)
-    known = CRYPTO_WELL_KNOWN if market == "crypto" else FOREX_WELL_KNOWN
-    sep = "-" if market == "crypto" else "/"
-    names = list(known[:count])
-    extra = symbol_names(len(WELL_KNOWN) + count - len(names))[len(WELL_KNOWN) :]
-    names += [f"{name}{sep}USD" for name in extra]
-    return names[:count]
+    if market == "crypto":
+        names = list(CRYPTO_WELL_KNOWN[:count])
+        extra = symbol_names(len(WELL_KNOWN) + count - len(names))[len(WELL_KNOWN) :]
+        return (names + [f"{name}-USD" for name in extra])[:count]
+    names = list(FOREX_WELL_KNOWN[:count])
+    codes = sorted(FIAT)
+    for base in codes:
+        for quote in codes:
+            if len(names) >= count:
+                return names
+            pair = f"{base}/{quote}"
+            if base != quote and pair not in FOREX_WELL_KNOWN:
+                names.append(pair)
+    return names
 
 
 def compact_ticker(ticker: str) -> str:
@@ -79,21 +89,6 @@ def compact_ticker(ticker: str) -> str:
     if len(upper) > 2 and upper[1] == ":" and upper[0] in "XC":
         upper = upper[2:]
     return upper.replace("-", "").replace("/", "")
-
-
-def ws_symbol(market: str, symbol: str) -> str:
-    """The WebSocket form of a (replayed) symbol: ``X:BTCUSD`` -> ``BTC-USD``, ``C:EURUSD`` ->
-    ``EUR/USD``; anything else is kept."""
-    if market == "crypto" and symbol.startswith("X:"):
-        body = symbol[2:]
-        for quote in _QUOTES:
-            if body.endswith(quote) and len(body) > len(quote):
-                return f"{body[: -len(quote)]}-{quote}"
-        return body
-    if market == "forex" and symbol.startswith("C:"):
-        body = symbol[2:]
-        return f"{body[:3]}/{body[3:]}" if len(body) == 6 else body
-    return symbol
 
 
 def wire_bar(bar: Bar, spec: MarketSpec) -> Bar:

@@ -40,7 +40,6 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
-import msgspec
 import orjson
 from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
 from websockets.datastructures import Headers
@@ -56,7 +55,6 @@ from ingest.simulator.data import (
     malformed_frame,
     market_symbols,
     wire_bar,
-    ws_symbol,
 )
 from ingest.simulator.faults import BurstPlanner, Item
 from ingest.simulator.rest import RestApi, error_body
@@ -361,7 +359,7 @@ class PolygonSimulator:
 
     async def _load_replay(self) -> None:
         config = self.config
-        groups, read, rejected = await asyncio.to_thread(_read_replay, config.replay, config.market)
+        groups, read, rejected = await asyncio.to_thread(_read_replay, config.replay)
         self.stats.replay_bars, self.stats.replay_rejected = read, rejected
         if not groups:
             raise ConfigError(f"no valid bars in {', '.join(config.replay)}")
@@ -725,8 +723,9 @@ def _json_response(status: int, body: dict[str, object]) -> Response:
     return Response(status, HTTPStatus(status).phrase, headers, data)
 
 
-def _read_replay(paths: list[str], market: str) -> tuple[dict[int, list[Bar]], int, int]:
-    """Bars of the replay files grouped by minute (file order within a minute)."""
+def _read_replay(paths: list[str]) -> tuple[dict[int, list[Bar]], int, int]:
+    """Bars of the replay files grouped by minute (file order within a minute), under their
+    canonical symbols (``X:BTCUSD`` is replayed as ``BTC-USD``: ``speedlayer.symbols``)."""
     groups: dict[int, list[Bar]] = {}
     read = rejected = 0
     for path in paths:
@@ -735,9 +734,6 @@ def _read_replay(paths: list[str], market: str) -> tuple[dict[int, list[Bar]], i
             if isinstance(record, Rejected):
                 rejected += 1
                 continue
-            symbol = ws_symbol(market, record.symbol)
-            if symbol != record.symbol:
-                record = msgspec.structs.replace(record, symbol=symbol)
             groups.setdefault(record.t, []).append(record)
     return groups, read, rejected
 

@@ -47,7 +47,7 @@ T = TypeVar("T")
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
 MINUTES = 3 * 60
-SYMBOLS = ["AAPL", "MSFT", "BRK.B", "X:BTCUSD"]
+SYMBOLS = ["AAPL", "MSFT", "BRK.B", "BTC-USD"]
 INTERVALS = ["1m", "5m", "15m", "30m", "1h", "2h", "4h"]
 TABLES = {
     "1m": "speed_layer_ohlcv_1min", "5m": "speed_layer_ohlcv_5min",
@@ -342,14 +342,15 @@ def test_latest_bad_input_is_422(
 
 
 def test_multi_latest_equals_single_latest(client: httpx.Client, db: Path) -> None:
-    wanted = ["MSFT", "AAPL", "ZZZZ", "X:BTCUSD", "AAPL", "BRK.B"]
+    # X:BTCUSD and btc-usd name BTC-USD, aapl names AAPL (docs/design.md#symbols)
+    wanted = ["MSFT", "AAPL", "ZZZZ", "X:BTCUSD", "aapl", "BRK.B", "btc-usd"]
     resp = client.get("/candles", params={"symbols": ",".join(wanted), "interval": "15m"})
     assert resp.status_code == 200, resp.text
     body = resp.json()
     assert set(body) == {"interval", "candles", "missing"}
     assert body["interval"] == "15m"
     # request order, duplicates once, unknown symbols in `missing`
-    assert [c["symbol"] for c in body["candles"]] == ["MSFT", "AAPL", "X:BTCUSD", "BRK.B"]
+    assert [c["symbol"] for c in body["candles"]] == ["MSFT", "AAPL", "BTC-USD", "BRK.B"]
     assert body["missing"] == ["ZZZZ"]
     for candle in body["candles"]:
         assert candle == stored_newest(db, candle["symbol"], "15m")

@@ -396,7 +396,10 @@ def test_rest_ticker(market: str, symbol: str, expected: str) -> None:
         ("options", ["O:SPY251219C00650000"], "AM.O:SPY251219C00650000"),
         ("indices", ["I:SPX"], "AM.I:SPX"),
         ("crypto", ["BTC-USD", "ETH-USD"], "XA.BTC-USD,XA.ETH-USD"),
+        ("crypto", ["X:BTCUSD", "eth-usd", "BTC/USD"], "XA.BTC-USD,XA.ETH-USD"),
         ("forex", ["*"], "CA.*"),
+        ("forex", ["C:EURUSD", "usd-cad", "EUR/USD"], "CA.EUR/USD,CA.USD/CAD"),
+        ("stocks", ["aapl", "AMpB"], "AM.AAPL,AM.AMpB"),
     ],
 )
 def test_subscribe_params(market: str, symbols: list[str], expected: str) -> None:

@@ -85,23 +85,24 @@ def test_accepted_edge_values(changes: dict[str, Any], field: str, value: Any) -
 
 
 @pytest.mark.parametrize(
-    "symbol",
+    ("symbol", "stored"),
     [
-        "A",
-        "BRK.B",
-        "X:BTCUSD",
-        "C:EUR/USD",
-        "I:SPX",
-        "O:AAPL250117C00150000",
-        "ES=F",
-        "a_b-c+d",
-        "A" * 40,
+        ("A", "A"),
+        ("BRK.B", "BRK.B"),
+        ("X:BTCUSD", "BTC-USD"),  # the canonical form (speedlayer.symbols)
+        ("C:EUR/USD", "C:EUR/USD"),
+        ("I:SPX", "I:SPX"),
+        ("O:AAPL250117C00150000", "O:AAPL250117C00150000"),
+        ("ES=F", "ES=F"),
+        ("a_b-c+d", "A_B-C+D"),
+        ("AMpB", "AMpB"),
+        ("A" * 40, "A" * 40),
     ],
 )
-def test_good_symbols(symbol: str) -> None:
+def test_good_symbols(symbol: str, stored: str) -> None:
     bar = check(symbol=symbol)
     assert isinstance(bar, Bar)
-    assert bar.symbol == symbol
+    assert bar.symbol == stored
 
 
 @pytest.mark.parametrize(
