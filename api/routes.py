@@ -25,12 +25,13 @@ from api.wire import (
     Health,
     IntervalList,
     LatestCandles,
+    SymbolInfo,
     SymbolList,
 )
 from speedlayer.errors import ConfigError
 from speedlayer.intervals import Interval
 from speedlayer.models import Candle
-from speedlayer.symbols import parse_symbol
+from speedlayer.symbols import SYMBOL_PATTERN, explain, market_of, parse_symbol
 from speedlayer.timeparse import MAX_MS, MIN_MS, parse_time_ms
 
 
@@ -157,6 +158,37 @@ async def get_symbols(resources: ResourcesDep) -> Response:
     return _json({"symbols": await resources.store.symbols()})
 
 
+@router.get(
+    "/symbols/{symbol:ticker}",
+    response_model=SymbolInfo,
+    responses=ERRORS,
+    summary="How a ticker is read, and whether it has candles",
+    description=(
+        "The stored key a ticker names (docs/design.md#symbols: `X:BTCUSD`, `btc/usd` -> "
+        "`BTC-USD`; `C:EURUSD`, `EUR-USD` -> `EUR/USD`; `aapl` -> `AAPL`), whether it has "
+        "candles, and if not why (e.g. a mixed-case ticker, kept as written, whose other case has "
+        "candles). Always 200 for a well-formed ticker."
+    ),
+)
+async def get_symbol(
+    resources: ResourcesDep,
+    symbol: Annotated[
+        str,
+        Path(
+            description="a ticker in any form",
+            examples=["X:BTCUSD"],
+            json_schema_extra={"pattern": SYMBOL_PATTERN},
+        ),
+    ],
+) -> Response:
+    parse_symbol(symbol)  # a malformed ticker is a 422
+    key, stored, message = explain(symbol, set(await resources.store.symbols()))
+    return _json(
+        {"symbol": key, "given": symbol, "market": market_of(key), "stored": stored,
+         "message": message}
+    )  # fmt: skip
+
+
 # Symbols may contain "/" (BRK/B, forex EUR/USD; uvicorn decodes %2F to "/" before routing): both
 # routes take the rest of the path (the `ticker` convertor: one or more characters, mapped to the
 # stored key by parse_symbol: X:BTCUSD -> BTC-USD, aapl -> AAPL, docs/design.md#symbols), and the
@@ -178,12 +210,14 @@ async def get_latest(
     symbol: Annotated[str, Path(description="ticker, e.g. AAPL", examples=["AAPL"])],
     interval: Annotated[str, Query(description=INTERVAL_DOC)] = "1m",
 ) -> Response:
-    symbol = parse_symbol(symbol)
+    given, symbol = symbol, parse_symbol(symbol)
     iv = resources.settings.interval_set.get(interval)
     candle = await latest_candle(resources, symbol, iv)
     if candle is None:
+        message = f"no candle for {symbol} at interval {iv.name}"
+        _, stored, why = explain(given, set(await resources.store.symbols()))
         return _json(
-            {"error": "not_found", "message": f"no candle for {symbol} at interval {iv.name}"},
+            {"error": "not_found", "message": message if stored else f"{message}; {why}"},
             status=404,
         )
     return _json(candle)

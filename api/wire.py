@@ -3,6 +3,8 @@ from the domain structs; these pydantic models describe that JSON, they are not 
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 CANDLE_EXAMPLE: dict[str, JsonValue] = {
@@ -68,6 +70,17 @@ class IntervalList(BaseModel):
 
 class SymbolList(BaseModel):
     symbols: list[str]
+
+
+class SymbolInfo(BaseModel):
+    symbol: str = Field(description="the stored key the ticker names", examples=["BTC-USD"])
+    given: str = Field(description="the ticker as requested", examples=["X:BTCUSD"])
+    market: Literal["stocks", "crypto", "forex"] = Field(description="read from the form")
+    stored: bool = Field(description="whether the store has candles of `symbol`")
+    message: str = Field(
+        description="how the ticker was read, or why it has no candles",
+        examples=["BTC-USD has candles (X:BTCUSD is read as BTC-USD)"],
+    )
 
 
 class ErrorBody(BaseModel):

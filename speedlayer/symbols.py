@@ -24,11 +24,14 @@ thousand instruments pass it at a dictionary look-up each.
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 
 from speedlayer.errors import ConfigError
 
-# What a symbol may look like (a bar with another is rejected, a request gets a 422).
-SYMBOL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:/_^=+-]{0,39}\Z")
+# What a symbol may look like (a bar with another is rejected, a request gets a 422), as a
+# JSON-schema pattern and as a regular expression.
+SYMBOL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9.:/_^=+-]{0,39}$"
+SYMBOL_RE = re.compile(SYMBOL_PATTERN.removesuffix("$") + r"\Z")
 # Fiat (and precious-metal) ISO 4217 codes: a pair of two of them is forex.
 FIAT = frozenset({
     "USD", "EUR", "JPY", "GBP", "CHF", "CAD", "AUD", "NZD", "CNH", "CNY", "HKD", "SGD", "SEK",
@@ -111,3 +114,27 @@ def market_of(symbol: str) -> str:
     if symbol.startswith("C:"):
         return "forex"
     return "stocks"
+
+
+def explain(given: str, known: Collection[str]) -> tuple[str, bool, str]:
+    """``(symbol, stored, message)``: the key ``given`` names, whether ``known`` (the stored
+    symbols) holds it, and in words how ``given`` was read or why it has no candles."""
+    symbol = canonical_symbol(given)
+    read = f" ({given} is read as {symbol})" if symbol != given else ""
+    if symbol in known:
+        return symbol, True, f"{symbol} has candles{read}"
+    upper = symbol.upper()
+    other_case = sorted(k for k in known if k.upper() == upper and k != symbol)
+    if other_case:
+        why = (
+            f"tickers are case-sensitive (Polygon's AMpB is not AMPB): an all-lower-case one is "
+            f"upper-cased, any other is kept as written; {', '.join(other_case)} has candles"
+        )
+    elif len(symbol) > 2 and symbol[1] == ":" and symbol[0] in "XC":
+        why = (
+            f"{symbol[2:]} is not read as a pair (crypto: no known quote currency ends it; "
+            "forex: not two three-letter currency codes), and no symbol is stored as it is"
+        )
+    else:
+        why = f"it is not among the {len(known)} symbols with candles"
+    return symbol, False, f"no candles for {symbol}{read}: {why}"

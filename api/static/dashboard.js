@@ -649,8 +649,28 @@ class Panel {
 
 // --- the page ---------------------------------------------------------------------------------
 
+// The stored key a typed ticker names (GET /symbols/{ticker}: X:BTCUSD and btc/usd name BTC-USD,
+// aapl names AAPL; docs/design.md#symbols), with the server's word on it when it has no candles.
+async function resolveTicker(text, known) {
+  const wanted = text.trim();
+  if (!wanted) return null;
+  if (known.includes(wanted)) return { symbol: wanted, message: null };
+  if (!TICKER.test(wanted)) {
+    const message = `${wanted} is not a ticker (letters, digits and . : / _ ^ = + -)`;
+    return { symbol: null, message };
+  }
+  try {
+    const body = await getJson(`/symbols/${encodeURIComponent(wanted)}`);
+    return { symbol: body.symbol, message: body.stored ? null : body.message };
+  } catch (error) {
+    if (error instanceof AuthError) throw error;
+    const message = `No data for ${wanted} yet: its charts fill in when candles arrive.`;
+    return { symbol: wanted, message };
+  }
+}
+
 class Dashboard {
-  constructor(intervals, symbols) {
+  constructor(intervals, symbols, first = null) {
     this.intervals = intervals.map((iv) => iv.name);
     this.intervalMs = new Map(intervals.map((iv) => [iv.name, iv.interval_ms]));
     this.symbols = symbols;
@@ -663,7 +683,8 @@ class Dashboard {
     this.setSymbols(symbols);
 
     const saved = new URLSearchParams(location.hash.slice(1));
-    this.symbol = saved.get("symbol") || this.defaultSymbol();
+    this.symbol = first?.symbol || this.defaultSymbol();
+    if (first?.message) this.notice(first.message);
     let wanted = (saved.get("intervals") || "").split(",").filter((iv) => this.intervalMs.has(iv));
     if (wanted.length === 0) wanted = DEFAULT_INTERVALS.filter((iv) => this.intervalMs.has(iv));
     if (wanted.length === 0) wanted = this.intervals.slice(0, 3);
@@ -674,8 +695,8 @@ class Dashboard {
       this.pickSymbol($("#symbol").value);
     });
     $("#symbol").addEventListener("change", () => {
-      const symbol = this.resolveSymbol($("#symbol").value);
-      if (symbol && this.symbols.includes(symbol)) this.pickSymbol(symbol); // picked from the list
+      const symbol = $("#symbol").value.trim();
+      if (this.symbols.includes(symbol)) this.pickSymbol(symbol); // picked from the list
     });
     $("#add-chart").addEventListener("click", () => this.addPanel(this.nextInterval()));
 
@@ -703,27 +724,18 @@ class Dashboard {
     $("#symbol-count").textContent = `${symbols.length} symbols`;
   }
 
-  resolveSymbol(text) {
-    const wanted = text.trim();
-    if (!wanted) return null;
-    if (this.symbols.includes(wanted)) return wanted;
-    const upper = wanted.toUpperCase();
-    return this.symbols.find((s) => s.toUpperCase() === upper) || upper;
-  }
-
-  pickSymbol(text) {
-    const symbol = this.resolveSymbol(text);
+  async pickSymbol(text) {
+    let resolved = null;
+    try {
+      resolved = await resolveTicker(text, this.symbols);
+    } catch {
+      return; // the key form is shown
+    }
+    if (!resolved) return;
+    this.notice(resolved.message);
+    const symbol = resolved.symbol;
     if (!symbol) return;
-    if (!TICKER.test(symbol)) {
-      this.notice(`${symbol} is not a ticker (letters, digits and . : / _ ^ = + -)`);
-      return;
-    }
     $("#symbol").value = symbol;
-    if (!this.symbols.includes(symbol)) {
-      this.notice(`No data for ${symbol} yet: its charts fill in when candles arrive.`);
-    } else {
-      this.notice(null);
-    }
     if (symbol === this.symbol) return;
     this.symbol = symbol;
     for (const panel of this.panels) panel.setPair(symbol, panel.interval);
@@ -876,9 +888,11 @@ async function main() {
   for (let attempt = 0; ; attempt += 1) {
     try {
       const [intervals, symbols] = await Promise.all([getJson("/intervals"), getJson("/symbols")]);
+      const saved = new URLSearchParams(location.hash.slice(1)).get("symbol");
+      const first = saved ? await resolveTicker(saved, symbols.symbols) : null;
       showProblem("");
       $("#notice").hidden = true;
-      dashboard = new Dashboard(intervals.intervals, symbols.symbols);
+      dashboard = new Dashboard(intervals.intervals, symbols.symbols, first);
       window.speedlayer = dashboard;
       return;
     } catch (error) {

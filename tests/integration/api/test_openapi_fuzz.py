@@ -130,6 +130,6 @@ def test_every_rest_route_is_fuzzed(open_server: ApiServer) -> None:
     fuzzed = {path for path in spec["paths"] if not re.match(STREAMS, path)}
     assert fuzzed == {
         "/candles", "/candles/{symbol}", "/candles/{symbol}/latest", "/intervals", "/symbols",
-        "/healthz", "/readyz", "/metrics", "/asyncapi.json", POLYGON_AGGS, "/udf/config",
-        "/udf/symbols", "/udf/search", "/udf/history", "/udf/time",
+        "/symbols/{symbol}", "/healthz", "/readyz", "/metrics", "/asyncapi.json", POLYGON_AGGS,
+        "/udf/config", "/udf/symbols", "/udf/search", "/udf/history", "/udf/time",
     }  # fmt: skip

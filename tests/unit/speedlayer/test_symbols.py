@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from speedlayer.models import SYMBOL_RE
-from speedlayer.symbols import canonical_symbol, market_of
+from speedlayer.symbols import canonical_symbol, explain, market_of
 
 
 @pytest.mark.parametrize(
@@ -79,3 +79,22 @@ def test_every_form_of_a_pair_is_one_key(base: str, quote: str) -> None:
     assert len(keys) == 1, keys
     (key,) = keys
     assert key in (f"{base}-{quote}", f"{base}/{quote}")
+
+
+@pytest.mark.parametrize(
+    ("given_as", "symbol", "stored", "says"),
+    [
+        ("aapl", "AAPL", True, "AAPL has candles (aapl is read as AAPL)"),
+        ("x:btcusd", "BTC-USD", True, "BTC-USD has candles (x:btcusd is read as BTC-USD)"),
+        ("EUR/USD", "EUR/USD", True, "EUR/USD has candles"),
+        ("Aapl", "Aapl", False, "case-sensitive"),
+        ("ampb", "AMPB", False, "AMpB has candles"),
+        ("X:FOOBAR", "X:FOOBAR", False, "FOOBAR is not read as a pair"),
+        ("ZZZ", "ZZZ", False, "not among the 5 symbols with candles"),
+    ],
+)
+def test_explain(given_as: str, symbol: str, stored: bool, says: str) -> None:
+    known = {"AAPL", "AMpB", "BTC-USD", "EUR/USD", "MSFT"}
+    got_symbol, got_stored, message = explain(given_as, known)
+    assert (got_symbol, got_stored) == (symbol, stored)
+    assert says in message, message
