@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from speedlayer.aggregate import candle_from_bars
 from speedlayer.config import Settings
-from speedlayer.intervals import DAY_MS, MINUTE_MS, Interval, name_for_ms
+from speedlayer.intervals import DAY_MS, HOUR_MS, MINUTE_MS, Interval, name_for_ms
 from speedlayer.models import Candle, candle_as_bar
 from speedlayer.store.base import Order, Store
 
@@ -75,7 +75,8 @@ def source_for(settings: Settings, size_ms: int) -> CandleSource | None:
     """The source of ``size_ms`` candles, or None when they cannot be served: not a configured
     interval and not a whole number of minutes up to ``MAX_DERIVED_MINUTES``, or a day or longer
     while no interval of a day or longer is configured (days would otherwise silently be UTC
-    days built from minutes; configuring ``1d`` is the explicit opt-in)."""
+    days built from minutes; configuring ``1d`` is the explicit opt-in), or an hour or more that
+    is not configured while candles are exchange-aligned (derived buckets are UTC-aligned)."""
     intervals = settings.interval_set
     base = intervals.items[0]
     for interval in intervals:
@@ -85,6 +86,8 @@ def source_for(settings: Settings, size_ms: int) -> CandleSource | None:
         return None
     if size_ms >= DAY_MS and not any(iv.interval_ms >= DAY_MS for iv in intervals):
         return None
+    if size_ms >= HOUR_MS and intervals.exchange is not None:
+        return None  # derived buckets are UTC-aligned; exchange-time sizes must be configured
     return CandleSource(size_ms, None, base, settings.grace_ms)
 
 

@@ -166,6 +166,12 @@ def render(intervals: IntervalSet, options: JobOptions) -> JobSpec:
     for interval in intervals:
         if interval.interval_ms % MINUTE_MS:
             raise ConfigError(f"interval {interval.name} is not a whole number of minutes")
+        if not interval.utc_aligned:
+            raise ConfigError(
+                f"interval {interval.name} is exchange-aligned (SPEEDLAYER_CANDLE_ALIGNMENT="
+                "exchange): the Flink job computes UTC-aligned candles only; run the resampler "
+                "(`speedlayer process` / `up`) for exchange-time candles"
+            )
     common: dict[str, object] = {}
     config = {
         **BASE_CONFIG,

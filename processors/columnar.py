@@ -33,7 +33,7 @@ from itertools import repeat
 import numpy as np
 import numpy.typing as npt
 
-from speedlayer.intervals import Interval
+from speedlayer.intervals import NO_BUCKET, Interval
 from speedlayer.models import Bar, Candle
 
 Ints = npt.NDArray[np.int64]
@@ -176,8 +176,12 @@ def candle_columns(bars: BarColumns, intervals: Sequence[Interval]) -> list[Cand
     same_symbol = sym[1:] == sym[:-1]
     out = []
     for interval in intervals:
-        size = interval.interval_ms
-        bucket = t - t % size
+        bucket = interval.bucket_starts(t)
+        if not interval.utc_aligned and (bucket == NO_BUCKET).any():
+            # Bars in no bucket of this interval (outside every session): in none of its candles.
+            inside = bucket != NO_BUCKET
+            out.extend(candle_columns(bars.take(inside), [interval]))
+            continue
         new = np.ones(count, dtype=np.bool_)
         new[1:] = ~same_symbol | (bucket[1:] != bucket[:-1])
         starts = np.flatnonzero(new).astype(np.int64)
@@ -215,7 +219,7 @@ def to_candles(columns: Sequence[CandleColumns], names: Sequence[str]) -> list[C
     out: list[Candle] = []
     for cc in columns:
         interval = cc.interval
-        ttls = (cc.timestamp + interval.interval_ms) // 1000 + interval.retention_s
+        ttls = interval.bucket_ends(cc.timestamp) // 1000 + interval.retention_s
         bar_counts = cc.bars.tolist()
         out.extend(
             map(

@@ -69,8 +69,13 @@ class HistoryCounts:
 
 
 def columnar_possible(pipeline: CandlePipeline) -> bool:
-    """Whether every interval divides the longest one (units hold whole buckets)."""
-    sizes = [interval.interval_ms for interval in pipeline.resampler.intervals]
+    """Whether every interval divides the longest one (units hold whole buckets). Exchange-aligned
+    intervals (docs/design.md#exchange-time-candles) have no such unit: history takes the
+    streaming path then."""
+    intervals = pipeline.resampler.intervals
+    if not all(interval.utc_aligned for interval in intervals):
+        return False
+    sizes = [interval.interval_ms for interval in intervals]
     return all(max(sizes) % size == 0 for size in sizes)
 
 

@@ -139,7 +139,7 @@ def decode_candles(event: Mapping[str, Any], intervals: IntervalSet) -> DecodedB
                     interval = by_name.get(item.interval)
                     if interval is None:
                         reason = "unknown_interval"
-                    elif item.timestamp % interval.interval_ms != 0:
+                    elif interval.bucket_start(item.timestamp) != item.timestamp:
                         reason = "not_on_bucket_boundary"
                     elif SYMBOL_RE.match(item.symbol) is None:
                         reason = "bad_symbol"

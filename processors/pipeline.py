@@ -90,7 +90,7 @@ class CandlePipeline:
                     RestoreRequest(
                         candle.symbol,
                         candle.timestamp,
-                        candle.timestamp + interval.interval_ms,
+                        interval.bucket_end(candle.timestamp),
                         ((interval, candle.timestamp),),
                     )
                 )

@@ -19,6 +19,11 @@ bucket may cover its minute. The caller (the pipeline) writes every published ca
 before evicting, so an evicted or pre-restart bucket can be rebuilt from the store's 1-minute
 table (``restore``) when a late bar for it arrives; ``known_until`` tracks, per symbol, before
 which time the store may hold bars that are not in memory.
+
+Buckets come from ``Interval``: UTC-aligned intervals inline ``t - t % size`` (the hot path), the
+exchange-aligned ones (docs/design.md#exchange-time-candles) call ``Interval.bucket_start``, which
+may say a bar is in no bucket (outside every session of the session ``1d``): such a bar is in
+none of that interval's candles. A bucket's end is ``Interval.bucket_end``.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from dataclasses import dataclass, field
 
 from speedlayer.aggregate import ordered_sums
 from speedlayer.clock import Clock
-from speedlayer.intervals import MINUTE_MS, Interval, IntervalSet
+from speedlayer.intervals import MINUTE_MS, NO_BUCKET, Interval, IntervalSet
 from speedlayer.models import Bar, Candle
 
 
@@ -210,8 +215,8 @@ class Resampler:
             if bar.t - longest_ms >= until:
                 continue  # every bucket of this bar starts after the stored bars end
             for index, interval in enumerate(self.intervals):
-                start = bar.t - bar.t % interval.interval_ms
-                if start >= until:
+                start = interval.bucket_start(bar.t)
+                if start == NO_BUCKET or start >= until:
                     continue
                 group = self._open[index].get(start)
                 if group is None or bar.symbol not in group:
@@ -220,7 +225,7 @@ class Resampler:
         for symbol, keys in wanted.items():
             buckets = tuple((self.intervals[i], start) for i, start in sorted(keys))
             lo = min(start for _, start in buckets)
-            hi = max(start + iv.interval_ms for iv, start in buckets)
+            hi = max(iv.bucket_end(start) for iv, start in buckets)
             requests.append(RestoreRequest(symbol, lo, hi, buckets))
         return requests
 
@@ -245,7 +250,7 @@ class Resampler:
             if request.symbol in group:
                 continue
             candle = stored.get((interval.name, start))
-            end = start + interval.interval_ms
+            end = interval.bucket_end(start)
             # A stored candle keeps its state: if it is due, ``_finalize`` makes it final with a
             # new revision, exactly as if the process had not restarted. A bucket the store has
             # no candle for starts like a fresh one.
@@ -286,8 +291,9 @@ class Resampler:
         """
         now = self.clock.now_ms()
         grace = self.grace_ms
+        # interval_ms is 0 for an exchange-aligned interval: its buckets come from the Interval.
         plan = [
-            (interval, interval.interval_ms, groups, forming)
+            (interval, interval.interval_ms if interval.utc_aligned else 0, groups, forming)
             for interval, groups, forming in zip(
                 self.intervals, self._open, self._forming, strict=True
             )
@@ -307,8 +313,8 @@ class Resampler:
             if previous is not None and previous == bar:
                 result.duplicates += 1
                 # Unchanged, unless the retention changed since its candles were stored.
-                for _, interval_ms, groups, _ in plan:
-                    start = t - t % interval_ms
+                for interval, interval_ms, groups, _ in plan:
+                    start = t - t % interval_ms if interval_ms else interval.bucket_start(t)
                     bucket = groups.get(start, {}).get(symbol)
                     if bucket is not None and bucket.stale_ttl:
                         bucket.stale_ttl = False
@@ -323,13 +329,20 @@ class Resampler:
             if t + MINUTE_MS > watermark:
                 watermark = t + MINUTE_MS
             for interval, interval_ms, groups, forming in plan:
-                start = t - t % interval_ms
+                if interval_ms:
+                    start = t - t % interval_ms
+                    end = start + interval_ms
+                else:
+                    start = interval.bucket_start(t)
+                    if start == NO_BUCKET:
+                        continue
+                    end = interval.bucket_end(start)
                 group = groups.get(start)
                 if group is None:
                     group = groups[start] = {}
                 bucket = group.get(symbol)
                 if bucket is None:
-                    final = start + interval_ms + grace <= now
+                    final = end + grace <= now
                     bucket = group[symbol] = _Bucket(symbol, interval, start, final=final)
                     if not final:
                         forming.add(start)
@@ -337,7 +350,7 @@ class Resampler:
                     bucket.append(bar)
                 else:
                     before = bucket.state()
-                    bucket.recompute(self._bucket_bars(symbol, start, start + interval_ms))
+                    bucket.recompute(self._bucket_bars(symbol, start, end))
                     if bucket.state() == before and not bucket.stale_ttl:
                         continue
                 bucket.stale_ttl = False
@@ -359,7 +372,12 @@ class Resampler:
             starts = self._forming[index]
             if not starts:
                 continue
-            due = [start for start in starts if start + interval.interval_ms + self.grace_ms <= now]
+            if interval.utc_aligned:
+                size = interval.interval_ms
+                due = [start for start in starts if start + size + self.grace_ms <= now]
+            else:
+                end = interval.bucket_end
+                due = [start for start in starts if end(start) + self.grace_ms <= now]
             for start in sorted(due):
                 starts.discard(start)
                 for bucket in self._open[index].get(start, {}).values():
@@ -377,12 +395,12 @@ class Resampler:
         known = self._known_until
         evicted = 0
         for index, interval in enumerate(self.intervals):
-            interval_ms = interval.interval_ms
+            end_of = interval.bucket_end
             groups = self._open[index]
             forming = self._forming[index]
-            for start in [s for s in groups if s + interval_ms <= horizon]:
+            for start in [s for s in groups if end_of(s) <= horizon]:
                 group = groups[start]
-                end = start + interval_ms
+                end = end_of(start)
                 if start in forming:
                     victims = [symbol for symbol, bucket in group.items() if bucket.final]
                     for symbol in victims:

@@ -8,6 +8,13 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from speedlayer.exchange_time import (
+    DEFAULT_ANCHOR,
+    DEFAULT_CALENDAR,
+    DEFAULT_ZONE,
+    ExchangeTime,
+    parse_anchor,
+)
 from speedlayer.intervals import DEFAULT_INTERVALS, IntervalSet, parse_duration_s
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -32,6 +39,22 @@ class Settings(BaseSettings):
     retention: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict,
         description="retention overrides, e.g. '1m=3d,4h=365d' or '*=10y' for every interval",
+    )
+    candle_alignment: Literal["utc", "exchange"] = Field(
+        "utc",
+        description="utc: buckets are multiples of the interval since the epoch; exchange: "
+        "intervals of 1h or more on the exchange's clock anchored at the session open, and 1d "
+        "the exchange's regular session (stocks, options, indices; crypto and forex stay UTC)",
+    )
+    exchange_timezone: str = Field(
+        DEFAULT_ZONE, description="the exchange's time zone (exchange alignment)"
+    )
+    exchange_calendar: str = Field(
+        DEFAULT_CALENDAR,
+        description="the exchange_calendars calendar of the session 1d interval, e.g. XNYS",
+    )
+    session_anchor: str = Field(
+        DEFAULT_ANCHOR, description="local time the exchange-aligned hour buckets start from"
     )
     grace_ms: int = Field(10_000, ge=0, description="a candle is final this long after its end")
     lateness_ms: int = Field(
@@ -247,7 +270,17 @@ class Settings(BaseSettings):
     def _build_intervals(self) -> Settings:
         for duration in self.retention.values():
             parse_duration_s(duration)
-        self._interval_set = IntervalSet(self.intervals, dict(self.retention))
+        exchange = None
+        if self.candle_alignment == "exchange":
+            if self.polygon_market in ("crypto", "forex"):
+                raise ValueError(
+                    f"candle alignment 'exchange' is for exchange-traded markets; "
+                    f"{self.polygon_market} trades around the clock and stays on UTC"
+                )
+            exchange = ExchangeTime(
+                self.exchange_timezone, parse_anchor(self.session_anchor), self.exchange_calendar
+            )
+        self._interval_set = IntervalSet(self.intervals, dict(self.retention), exchange)
         return self
 
     @property

@@ -2,12 +2,15 @@
 
 Written separately from the resampler on purpose: it de-duplicates with pandas
 (``drop_duplicates(keep="last")`` on arrival order), buckets with integer floor division and
-aggregates with pandas reductions.
+aggregates with pandas reductions. Exchange-time buckets (docs/design.md#exchange-time-candles)
+come from pandas' own time-zone handling: ``exchange_wall_buckets`` floors the exchange's local
+wall-clock time (tz-aware conversion) from the 09:30 anchor and localizes the result back,
+``session_buckets`` matches each bar to the calendar's sessions with ``merge_asof``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import cast
 
 import pandas as pd
@@ -17,10 +20,49 @@ from speedlayer.models import Bar
 CandleValues = tuple[float, float, float, float, float, float | None, int | None, int]
 
 
+Bucketer = Callable[["pd.Series[int]"], "pd.Series[float]"]
+
+
+def exchange_wall_buckets(zone: str, anchor: str, size: str) -> Bucketer:
+    """Bucket starts (epoch ms) on ``zone``'s wall clock: ``anchor + k * size`` local."""
+    offset = pd.Timedelta(anchor)
+    step = pd.Timedelta(size)
+
+    def buckets(t: pd.Series[int]) -> pd.Series[float]:
+        local = pd.to_datetime(t, unit="ms", utc=True).dt.tz_convert(zone)
+        wall = local.dt.tz_localize(None)
+        start_wall = (wall - offset).dt.floor(step) + offset
+        # The bar's own side of a repeated (fall-back) hour; a skipped one has no bars to bucket.
+        dst = (local.apply(lambda x: x.dst()) != pd.Timedelta(0)).to_numpy()
+        start = start_wall.dt.tz_localize(zone, ambiguous=dst, nonexistent="raise")
+        return (
+            start.dt.tz_convert("UTC").dt.tz_localize(None) - pd.Timestamp(0)
+        ).dt.total_seconds() * 1000
+
+    return buckets
+
+
+def session_buckets(opens_ms: list[int], closes_ms: list[int]) -> Bucketer:
+    """The open (epoch ms) of the session ``[open, close)`` holding each bar; NaN outside all."""
+    sessions = pd.DataFrame({"open": opens_ms, "close": closes_ms}).astype("int64")
+
+    def buckets(t: pd.Series[int]) -> pd.Series[float]:
+        bars = pd.DataFrame({"t": t.astype("int64"), "row": range(len(t))}).sort_values("t")
+        matched = pd.merge_asof(bars, sessions, left_on="t", right_on="open", direction="backward")
+        inside = matched["open"].where(matched["t"] < matched["close"])
+        out = pd.Series(inside.to_numpy(dtype="float64"), index=matched["row"].to_numpy())
+        return pd.Series(out.sort_index().to_numpy(), index=t.index)
+
+    return buckets
+
+
 def oracle_candles(
-    bars: Iterable[Bar], intervals: dict[str, int]
+    bars: Iterable[Bar], intervals: dict[str, int] | dict[str, int | Bucketer]
 ) -> dict[tuple[str, str, int], CandleValues]:
-    """(interval, symbol, bucket start) -> (open, high, low, close, volume, vwap, trades, bars)."""
+    """(interval, symbol, bucket start) -> (open, high, low, close, volume, vwap, trades, bars).
+
+    An interval is its size in ms (UTC multiples) or a function of the bar times giving bucket
+    starts (NaN: the bar is in no bucket of that interval)."""
     frame = pd.DataFrame(
         [(b.symbol, b.t, b.o, b.h, b.l, b.c, b.v, b.vw, b.n) for b in bars],
         columns=["symbol", "t", "o", "h", "l", "c", "v", "vw", "n"],
@@ -33,9 +75,13 @@ def oracle_candles(
     frame["n"] = frame["n"].astype("Float64")
     frame["pv"] = frame["vw"] * frame["v"]
     frame["v_with_vw"] = frame["v"].where(frame["vw"].notna())
-    for name, interval_ms in intervals.items():
-        frame["bucket"] = frame["t"] // interval_ms * interval_ms
-        grouped = frame.groupby(["symbol", "bucket"], sort=True)
+    for name, interval in intervals.items():
+        if callable(interval):
+            frame["bucket"] = interval(frame["t"])
+            grouped = frame.dropna(subset=["bucket"]).groupby(["symbol", "bucket"], sort=True)
+        else:
+            frame["bucket"] = frame["t"] // interval * interval
+            grouped = frame.groupby(["symbol", "bucket"], sort=True)
         agg = grouped.agg(
             open=("o", "first"),
             high=("h", "max"),
