@@ -10,7 +10,7 @@ wall-clock time (tz-aware conversion) from the 09:30 anchor and localizes the re
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import cast
 
 import pandas as pd
@@ -57,7 +57,7 @@ def session_buckets(opens_ms: list[int], closes_ms: list[int]) -> Bucketer:
 
 
 def oracle_candles(
-    bars: Iterable[Bar], intervals: dict[str, int] | dict[str, int | Bucketer]
+    bars: Iterable[Bar], intervals: Mapping[str, int | Bucketer]
 ) -> dict[tuple[str, str, int], CandleValues]:
     """(interval, symbol, bucket start) -> (open, high, low, close, volume, vwap, trades, bars).
 
