@@ -33,7 +33,16 @@ SECTIONS: list[tuple[str, tuple[str, ...], tuple[str, ...], str]] = [
     (
         "Candles",
         ("up", "replay", "process", "sink", "api", "candles", "purge", LAMBDA),
-        ("intervals", "retention", "grace_ms", "lateness_ms"),
+        (
+            "intervals",
+            "retention",
+            "grace_ms",
+            "lateness_ms",
+            "candle_alignment",
+            "exchange_timezone",
+            "exchange_calendar",
+            "session_anchor",
+        ),
         "Every part that makes, stores or serves candles must use the same values.",
     ),
     (
