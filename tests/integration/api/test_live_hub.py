@@ -32,7 +32,8 @@ from speedlayer.config import Settings
 from speedlayer.errors import BusError
 from speedlayer.models import Candle
 from speedlayer.store.sqlite import SQLiteStore
-from tests.integration.api.test_live_api import SseEvent, WsClient, sse_events, sub, until
+from tests.integration.api.test_live_api import SseEvent, WsClient, sse_events, sub
+from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(60)
 

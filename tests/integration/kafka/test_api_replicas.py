@@ -23,9 +23,9 @@ from speedlayer.clock import SystemClock
 from speedlayer.config import Settings
 from speedlayer.store.sqlite import SQLiteStore
 from tests.conftest import ApiServer
-from tests.integration.api.test_live_api import until
 from tests.integration.api.test_live_hub import events_of, fail, hub_subscription
 from tests.live_replicas import candle, check_replicas
+from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(180)
 
