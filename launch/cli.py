@@ -30,7 +30,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def _settings(**overrides: Any) -> Settings:
     """Settings from flags (given ones only) over SPEEDLAYER_* variables over defaults."""
-    given = {key: value for key, value in overrides.items() if value not in (None, ())}
+    given = {key: value for key, value in overrides.items() if value not in (None, (), [])}
     try:
         return Settings(**given)
     except ValidationError as exc:

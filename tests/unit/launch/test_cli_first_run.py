@@ -77,3 +77,12 @@ def test_simulate_history_reaches_the_simulator(monkeypatch: pytest.MonkeyPatch)
     result = CliRunner().invoke(cli.main, ["simulate", "--history", "15"])
     assert isinstance(result.exception, Stop)
     assert seen["config"].history_minutes == 15
+
+
+def test_an_absent_repeatable_flag_leaves_the_environment_in_force(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`replay` without --retention keeps SPEEDLAYER_RETENTION (an empty flag list is no flag)."""
+    monkeypatch.setenv("SPEEDLAYER_RETENTION", "*=10y")
+    assert cli._settings(retention=[]).retention == {"*": "10y"}
+    assert cli._settings(retention=["1m=3d"]).retention == {"1m": "3d"}
