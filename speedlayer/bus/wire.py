@@ -13,6 +13,7 @@ import msgspec
 
 from speedlayer.errors import BusError
 from speedlayer.models import Bar, Candle, bar_problem, candle_problem
+from speedlayer.symbols import canonical_symbol
 
 _ENCODER = msgspec.json.Encoder()
 _BAR_TAG = b'{"type":"bar",'
@@ -54,7 +55,8 @@ def decode_item(data: bytes) -> Bar | Candle:
         problem = bar_problem(bar)
         if problem is not None:
             raise BusError(f"invalid bar ({problem})")
-        return bar
+        key = canonical_symbol(bar.symbol)  # stored under its canonical symbol, as if ingested
+        return bar if key == bar.symbol else msgspec.structs.replace(bar, symbol=key)
     if kind == "candle":
         candle = _CANDLE_DECODER.decode(data)
         problem = candle_problem(candle)

@@ -93,3 +93,13 @@ def test_records_with_values_that_let_sums_overflow_are_errors(record: bytes) ->
         decode_record(record)
     with pytest.raises((BusError, msgspec.DecodeError)):
         decode_record(envelope(b"null", record, "c"))
+
+
+def test_a_bar_from_another_producer_gets_its_canonical_symbol() -> None:
+    """A record need not come from speedlayer's ingest: its symbol is mapped like an ingested
+    bar's (docs/design.md#symbols), so the pipeline stores one key per instrument."""
+    for written, stored in (("X:BTCUSD", "BTC-USD"), ("eur-usd", "EUR/USD"), ("AAPL", "AAPL")):
+        bar = Bar(written, 1_700_000_040_000, 1.0, 2.0, 0.5, 1.5, 10.0)
+        decoded = decode_item(encode_item(bar))
+        assert isinstance(decoded, Bar)
+        assert decoded == Bar(stored, 1_700_000_040_000, 1.0, 2.0, 0.5, 1.5, 10.0)
