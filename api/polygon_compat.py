@@ -61,7 +61,7 @@ from api.wire import ErrorBody
 from speedlayer.config import Settings
 from speedlayer.intervals import DAY_MS, HOUR_MS, MINUTE_MS
 from speedlayer.models import SYMBOL_RE, Candle
-from speedlayer.symbols import canonical_symbol
+from speedlayer.symbols import SYMBOL_PATTERN, canonical_symbol
 
 TAG = "Polygon-compatible"
 PATH_PREFIX = "/v2/aggs/"
@@ -72,8 +72,7 @@ _UNIT_MS = {"minute": MINUTE_MS, "hour": HOUR_MS, "day": DAY_MS}
 _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}\Z")
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 BOUND_PATTERN = r"^([0-9]{4}-[0-9]{2}-[0-9]{2}|[0-9]{1,16})$"
-# SYMBOL_RE as a JSON-schema pattern
-TICKER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9.:/_^=+-]{0,39}$"
+TICKER_PATTERN = SYMBOL_PATTERN  # SYMBOL_RE as a JSON-schema pattern
 
 router = APIRouter(tags=[TAG])
 
