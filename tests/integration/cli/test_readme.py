@@ -220,3 +220,29 @@ def follow_block(follow: Reader, name: str, ready: Callable[[str], bool], api_po
     follow.stop()
     for command, proc, _ in follow.terminals:
         assert proc.returncode in (0, 2, -signal.SIGINT, 130), (command, follow.logs())
+
+
+@pytest.mark.timeout(300)
+def test_the_symbols_section_works_as_written(reader: MakeReader, tmp_path: Path) -> None:
+    """`speedlayer up --market crypto`, then the pair by Polygon's REST ticker and lower case."""
+    ports = {8000: free_port()}
+    api = f"http://127.0.0.1:{ports[8000]}"
+    # where `up` listens and keeps its database: the README's defaults, moved out of the way
+    follow = reader(
+        ports, {"SPEEDLAYER_PORT": str(ports[8000]), "SPEEDLAYER_DB": str(tmp_path / "up.db")}
+    )
+
+    def ready(command: str) -> bool:
+        try:
+            return httpx.get(api + "/readyz").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    lines = readme_block("symbols")
+    assert any(KEEPS_RUNNING in line for line in lines)
+    for line in lines:
+        follow.follow(line, ready)
+    assert "BTC-USD" in httpx.get(api + "/symbols").json()["symbols"]
+    info = httpx.get(api + "/symbols/x:btcusd").json()
+    assert info["symbol"] == "BTC-USD" and info["stored"] is True, info
+    follow.stop()
