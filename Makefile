@@ -172,13 +172,16 @@ deploy-check: $(STAMP) ## check docker-compose.yml and the Dockerfiles (no Docke
 # The embedded stack, live: Polygon simulator -> ingest -> resampler -> ./data/speedlayer.db -> API.
 # `make run SPEED=5` runs the simulated market at 5 minutes per second (0 = real time).
 # HISTORY: simulated minutes before start, all backfilled at start-up (the charts' history).
+# MARKET: stocks, crypto or forex (the Polygon cluster, which the simulator serves; default
+# SPEEDLAYER_POLYGON_MARKET, else stocks).
 # HOST, PORT: where the API listens (127.0.0.1:8000). Installs only what running needs.
 SPEED   ?= 0
 SYMBOLS ?= 100
 HISTORY ?= 480
-run: $(RUN_STAMP) $(NODE_RUN_STAMP) ## the embedded stack, live, on the simulator (SPEED=, SYMBOLS=, HISTORY=, HOST=, PORT=)
+MARKET  ?=
+run: $(RUN_STAMP) $(NODE_RUN_STAMP) ## the embedded stack, live, on the simulator (SPEED=, SYMBOLS=, HISTORY=, MARKET=, HOST=, PORT=)
 	$(BIN)/speedlayer up --host $(HOST) --port $(PORT) --symbols $(SYMBOLS) --speed $(SPEED) \
-	  --history $(HISTORY)
+	  --history $(HISTORY) $(if $(MARKET),--market $(MARKET))
 
 lint: $(STAMP) ## ruff and mypy (needs only the virtualenv)
 	$(BIN)/ruff check .
