@@ -198,7 +198,8 @@ test: lint pytest ## lint, then every test (installs what they need; about 20 mi
 test-fast: $(STAMP) ## the unit tests only (no servers, brokers or browsers; under a minute)
 	SPEEDLAYER_TEST_FAST=1 $(BIN)/pytest tests/unit -q
 
-# The benchmarks at full size (about 20 minutes): bench/results.json and docs/benchmarks.md.
+# The benchmarks at full size (about 20 minutes): bench/results.json, docs/benchmarks.md and its
+# plots (docs/bench-peers.png, docs/bench-latency.png; bench/plots.py draws them from the results).
 # `make bench ONLY=rest` runs one (resampler, history, live, rest, store_writes, flink) and keeps the others.
 bench: setup ## the benchmarks at full size (ONLY=resampler|history|live|rest|store_writes|flink)
 	$(BIN)/python -m bench --readme README.md $(if $(ONLY),--only $(ONLY))

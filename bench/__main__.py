@@ -24,9 +24,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import flink, history, live, resampler, rest, soak, store_writes
+from bench import flink, history, live, plots, resampler, rest, soak, store_writes
 from bench.common import machine
 from bench.report import render, update_readme
+from speedlayer.progress import Progress, progress_mode
 
 # The Flink job's full size: the resampler benchmark's 1M bars, and an options-like universe of
 # 100,000 symbols a minute (docs/flink.md#benchmark).
@@ -114,8 +115,18 @@ RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
 }
 # Run only when named (--only): the soak takes 20 minutes on its own (make soak).
 ON_REQUEST = {"soak"}
-# Benchmarks that draw a picture put it next to the document that shows it.
-PLOTS = {"soak": "soak.png"}
+
+
+class PhaseHandler(logging.Handler):
+    """Shows the running benchmark's last log message as its phase in the progress."""
+
+    def __init__(self, progress: Progress) -> None:
+        super().__init__(logging.INFO)
+        self._progress = progress
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name.startswith("bench") and record.name != "bench.__main__":
+            self._progress.update(phase=record.getMessage()[:60])
 
 
 def main() -> None:
@@ -127,6 +138,7 @@ def main() -> None:
     parser.add_argument(
         "--readme", type=Path, help="also put the summary table in this README (make bench)"
     )
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     names = args.only.split(",") if args.only else [n for n in RUNNERS if n not in ON_REQUEST]
@@ -143,20 +155,32 @@ def main() -> None:
         elif old.get("size") == args.size:
             previous = {n: r for n, r in old.get("runs", {}).items() if n in ON_REQUEST}
     runs = dict(previous)
-    for name in names:
-        params = SIZES[args.size][name]
-        logging.info("running %s %s", name, params)
-        began = time.perf_counter()
-        extra = {"plot_path": args.doc.parent / PLOTS[name]} if name in PLOTS else {}
-        figures = RUNNERS[name](**params, **extra)
-        runs[name] = {
-            "params": params,
-            "seconds": round(time.perf_counter() - began, 1),
-            "machine": machine(),
-            "figures": figures,
-        }
+    # In a terminal, a bar on stderr: which benchmark, of how many, and its last logged phase;
+    # elsewhere a log line every 30 s.
+    progress = Progress(
+        "bench", total=len(names), unit="benchmarks", mode=progress_mode(args.quiet), every_s=30
+    )
+    phases = PhaseHandler(progress)
+    logging.getLogger().addHandler(phases)
+    with progress:
+        for done, name in enumerate(names):
+            progress.update(completed=done, status=name, phase="starting")
+            params = SIZES[args.size][name]
+            logging.info("running %s %s", name, params)
+            began = time.perf_counter()
+            figures = RUNNERS[name](**params)
+            runs[name] = {
+                "params": params,
+                "seconds": round(time.perf_counter() - began, 1),
+                "machine": machine(),
+                "figures": figures,
+            }
+        progress.update(completed=len(names), status="plots and report", phase="")
+    logging.getLogger().removeHandler(phases)
     command = "python -m bench " + " ".join(sys.argv[1:])
     results = {"size": args.size, "command": command.strip(), "runs": runs}
+    for path in plots.write(results, args.doc.parent):  # the pictures the report shows
+        logging.info("wrote %s", path)
     results["benchmarks"] = render(results, args.doc)
     if args.readme is not None and not update_readme(results, args.readme):
         logging.warning("%s has no bench-table markers: its table is not updated", args.readme)

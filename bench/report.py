@@ -1,10 +1,17 @@
-"""Turn the benchmark runs into ``bench/results.json`` entries and ``docs/benchmarks.md``."""
+"""Turn the benchmark runs into ``bench/results.json`` entries and ``docs/benchmarks.md``, with
+the pictures of bench/plots.py.
+
+    .venv/bin/python -m bench.report    # docs/benchmarks.md and its plots again from the results
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 from typing import Any
+
+from bench.plots import LATENCY_PNG, PEERS_PNG, available
 
 INTRO = """\
 # Benchmarks
@@ -370,6 +377,8 @@ def _details(runs: dict[str, Any]) -> list[str]:
                     + " | ".join(cells)
                     + " |"
                 )
+        if LATENCY_PNG in available(runs):
+            lines += ["", f"![latency distributions of the bursts and the fan-out]({LATENCY_PNG})"]
         if "fanout" in fig:
             fan = fig["fanout"]["fanout"]
             lines += [
@@ -644,7 +653,14 @@ def render(results: dict[str, Any], doc: Path) -> list[dict[str, Any]]:
     items = entries(runs)
     any_run = next(iter(runs.values()))
     head = INTRO.format(command=results["command"], **any_run["machine"])
-    text = head + "\n".join(_summary_rows(items)) + "\n" + "\n".join(_details(runs)) + "\n"
+    pictures = (
+        f"\n![speedlayer against its peers, the ratio on each peer's bar]({PEERS_PNG})\n"
+        if PEERS_PNG in available(runs)
+        else ""
+    )
+    text = (
+        head + "\n".join(_summary_rows(items)) + "\n" + pictures + "\n".join(_details(runs)) + "\n"
+    )
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text(text)
     return items
@@ -666,3 +682,26 @@ def update_readme(results: dict[str, Any], readme: Path) -> bool:
     table = table.replace("](#", "](docs/benchmarks.md#")  # links into the details
     readme.write_text(text[: start + len(README_START)] + "\n" + table + text[end:])
     return True
+
+
+def main() -> None:
+    """Write the document (and with --readme the README's table) and the plots again from a
+    results file, without running a benchmark."""
+    from bench.plots import write
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--results", type=Path, default=Path("bench/results.json"))
+    parser.add_argument("--doc", type=Path, default=Path("docs/benchmarks.md"))
+    parser.add_argument("--readme", type=Path, help="also put the summary table in this README")
+    args = parser.parse_args()
+    results = json.loads(args.results.read_text())
+    for path in write(results, args.doc.parent):
+        print(path)
+    render(results, args.doc)
+    print(args.doc)
+    if args.readme is not None and update_readme(results, args.readme):
+        print(args.readme)
+
+
+if __name__ == "__main__":
+    main()

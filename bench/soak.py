@@ -39,7 +39,7 @@ reconnect or rejected event, the pipeline, feed and hub without a problem and ca
 flowing at the end, every client gone from the hub and tasks and open files back near their
 level before the clients came. The figures (first/last/max RSS, the RSS slope over the second
 half, files and tasks at start/end/max) and the samples go to bench/results.json; the plot (RSS,
-open files, tasks, clients over time) to ``plot_path``.
+open files, tasks, clients over time; bench/plots.py draws it) to ``plot_path``.
 
 What the RSS covers: the whole process, not only the API. The resampler holds the bars of every
 open bucket once, up to 4h15m of the market (the longest interval plus the lateness): with the full
@@ -69,6 +69,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import percentile
+from bench.plots import plot_soak
 from bench.stack import until
 
 log = logging.getLogger("bench.soak")
@@ -817,61 +818,6 @@ def _checks(
     return [{"check": name, "value": value, "ok": bool(ok)} for name, value, ok in rows]
 
 
-# -- the plot -------------------------------------------------------------------------------------
-
-
-def plot(figures: dict[str, Any], path: Path) -> None:
-    """RSS (and the bars the resampler holds), open files, asyncio tasks and connected clients
-    over time, with the bursts (dotted) and the clients' end (dashed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    s = figures["samples"]
-    scale, unit = (60.0, "minutes") if figures["seconds"] >= 600 else (1.0, "seconds")
-    x = [t / scale for t in s["t_s"]]
-    fig, axes = plt.subplots(4, 1, figsize=(10, 11), sharex=True)
-    rss_ax = axes[0]
-    (rss_line,) = rss_ax.plot(x, s["rss_mib"], color="C0", label="RSS")
-    rss_ax.set_ylabel("resident memory (MiB)")
-    rss_ax.set_ylim(bottom=0)
-    held_ax = rss_ax.twinx()
-    (held_line,) = held_ax.plot(
-        x, [b / 1000 for b in s["held_bars"]], color="0.6", lw=1, ls="--", label="bars held"
-    )
-    held_ax.set_ylabel("bars the resampler holds (k)")
-    held_ax.set_ylim(bottom=0)
-    rss_ax.legend(handles=[rss_line, held_line], loc="upper left")
-    axes[1].plot(x, s["fds"], color="C1")
-    axes[1].set_ylabel("open files")
-    axes[2].plot(x, s["tasks"], color="C2")
-    axes[2].set_ylabel("asyncio tasks")
-    axes[3].plot(x, s["ws_clients"], color="C4", label="WebSocket")
-    axes[3].plot(x, s["sse_clients"], color="C5", label="SSE")
-    axes[3].set_ylabel("connected clients")
-    axes[3].legend(loc="upper left")
-    axes[3].set_xlabel(f"{unit} since the clients started")
-    for ax in axes:
-        for at in figures["burst_at_s"]:
-            ax.axvline(at / scale, color="C3", lw=0.8, ls=":")
-        ax.axvline(figures["seconds"] / scale, color="k", lw=0.8, ls="--")
-        ax.grid(alpha=0.3)
-    fig.suptitle(
-        f"Soak: {figures['symbols']:,} symbols (a simulated minute every "
-        f"{figures['sim_minute_s']:g} s), {figures['clients']:,} WebSocket clients with churn "
-        f"(all reconnecting every {figures['burst_every_s']:g} s, dotted),\n"
-        f"{figures['sse_clients']} SSE, REST {figures['rest_rate']:g} req/s; "
-        f"heap trimmed every {figures['memory_trim_s']:g} s; "
-        f"sampled every {figures['sample_s']:g} s; clients stop at the dashed line",
-        fontsize=10,
-    )
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 def run(
     symbols: int,
     speed: float,
@@ -909,7 +855,7 @@ def run(
             )
         )
     if plot_path is not None:
-        plot(figures, plot_path)
+        plot_soak(figures, plot_path)
         figures["plot"] = str(plot_path)
     failed = [c["check"] for c in figures["checks"] if not c["ok"]]
     if failed:

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from bench.plots import LATENCY_PNG, PEERS_PNG
 from bench.resampler import compare
 from tests.conftest import ROOT, require
+from tests.integration.bench.test_plots import decoded_size
 
 
 def test_resampler_comparison_reports_differences() -> None:
@@ -100,6 +102,11 @@ def test_every_benchmark_runs_at_smoke_size(tmp_path: Path) -> None:
     marker = "<!-- /bench-table -->"
     assert ours[ours.index(marker) :] == before[before.index(marker) :]
     assert "## 5. Store writes" in text and "## 8. History replay" in text
+    # The pictures of the run, next to the document that shows them (bench/plots.py).
+    for name in (PEERS_PNG, LATENCY_PNG):
+        assert f"]({name})" in text
+        width, height = decoded_size(tmp_path / name)
+        assert width >= 600 and height >= 300
 
 
 @pytest.mark.timeout(120)
