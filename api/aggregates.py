@@ -209,4 +209,6 @@ class CandleReader:
             return None
         table = source.stored or source.base
         rows = await self.store.query(self.symbol, table, lower, before_ms, 1, "desc")
-        return floor_to(rows[0].timestamp, source.size_ms) if rows else None
+        if not rows:
+            return None
+        return rows[0].timestamp if source.stored else floor_to(rows[0].timestamp, source.size_ms)

@@ -19,8 +19,19 @@ minutes (``1``, ``5``, ..., ``240``), served from the configured interval of tha
 from the 1-minute candles (api/aggregates.py, as the Polygon-compatible endpoint does); ``1D``
 and other day multiples only when a day interval is configured; seconds, weeks and months never.
 Bad parameters get ``{"s": "error", "errmsg": ...}`` with status 400. Bar times are bucket
-starts aligned to the Unix epoch in UTC; symbols are listed in the ``Etc/UTC`` time zone with a
-``24x7`` session (the service knows no exchange calendars).
+starts, aligned to the Unix epoch in UTC; symbols are listed in the ``Etc/UTC`` time zone with a
+``24x7`` session.
+
+With exchange-aligned candles (``SPEEDLAYER_CANDLE_ALIGNMENT=exchange``,
+docs/design.md#exchange-time-candles) stock, index and option symbols are listed in the exchange's
+time zone (``SPEEDLAYER_EXCHANGE_TIMEZONE``, ``America/New_York``) with its regular hours as the
+session (from the calendar ``SPEEDLAYER_EXCHANGE_CALENDAR``: ``0930-1600`` for XNYS), so the
+chart's hour bars fall where the service's do (09:30, 10:30, ... local); crypto and forex symbols
+stay ``Etc/UTC``/``24x7``. Resolutions of an hour or more are then only the configured intervals
+(computed ones would be UTC-aligned), and ``1D`` is the configured session ``1d``: its bars are
+stamped with the trading day at 00:00 UTC, as TradingView expects daily bars (the candle's own
+``timestamp`` is the session open), and ``from``/``to`` select by that time. Pre- and post-market
+bars are in the intraday candles, outside the listed session; the chart may leave them out.
 """
 
 from __future__ import annotations
@@ -39,6 +50,8 @@ from api.deps import Resources, ResourcesDep
 from api.docs import openapi_parameters
 from api.wire import ErrorBody
 from speedlayer.config import Settings
+from speedlayer.errors import ConfigError
+from speedlayer.exchange_time import regular_hours
 from speedlayer.intervals import DAY_MS, MINUTE_MS
 from speedlayer.models import SYMBOL_RE
 from speedlayer.symbols import canonical_symbol, market_of
@@ -104,15 +117,54 @@ def supported_resolutions(settings: Settings) -> list[str]:
 def _source(settings: Settings, resolution: str) -> CandleSource:
     source = source_for(settings, resolution_size_ms(resolution))
     if source is None:
+        derived = (
+            "other minute counts below 60 (candles are exchange-aligned, so hours are served "
+            "only as configured intervals)"
+            if settings.interval_set.exchange is not None
+            else "other minute counts"
+        )
         raise _BadRequest(
             f"resolution {resolution!r} is not supported; supported: "
-            f"{', '.join(supported_resolutions(settings))} (and other minute counts, computed "
-            "from the 1-minute candles)"
+            f"{', '.join(supported_resolutions(settings))} (and {derived}, computed from the "
+            "1-minute candles)"
         )
     return source
 
 
+def first_start(source: CandleSource, t_ms: int) -> int:
+    """The earliest stored bucket start whose bar time (``bar_time``) is at or after ``t_ms``."""
+    stored = source.stored
+    if stored is None or stored.frame == "utc":
+        return ceil_to(t_ms, source.size_ms)
+    if stored.frame == "wall" or stored.exchange is None:
+        return t_ms  # the bar time is the bucket start
+    return stored.exchange.day_start(ceil_to(t_ms, DAY_MS))
+
+
+def bar_time(source: CandleSource, start_ms: int) -> int:
+    """A bar's UDF time (ms): its bucket start, but for the session ``1d`` the trading day at
+    00:00 UTC, as TradingView expects daily bars (not the session open)."""
+    stored = source.stored
+    if stored is None or stored.frame != "session" or stored.exchange is None:
+        return start_ms
+    return stored.exchange.local_day(start_ms)
+
+
 # -- symbols --------------------------------------------------------------------------------------
+
+
+def symbol_hours(settings: Settings, kind: str) -> tuple[str, str]:
+    """(time zone, TradingView session) of a symbol of type ``kind``: the exchange's zone and
+    regular hours (``0930-1600``) with exchange alignment, except crypto and forex, which trade
+    around the clock (``Etc/UTC``, ``24x7``), as everything does with UTC alignment."""
+    exchange = settings.interval_set.exchange
+    if exchange is None or kind in ("crypto", "forex"):
+        return "Etc/UTC", "24x7"
+    try:
+        opens, closes = regular_hours(exchange.calendar)
+    except ConfigError:  # exchange_calendars missing: the trading hours are unknown
+        return exchange.zone, "24x7"
+    return exchange.zone, f"{opens:%H%M}-{closes:%H%M}"
 
 
 def symbol_type(symbol: str) -> str:
@@ -351,7 +403,9 @@ async def udf_time(resources: ResourcesDep) -> Response:
         **ERRORS,
     },
     summary="Symbol information (UDF)",
-    description="The symbol information of a stored symbol: 24x7 session in Etc/UTC, the "
+    description="The symbol information of a stored symbol: 24x7 session in Etc/UTC (with "
+    "exchange-aligned candles, stocks get the exchange's time zone and regular session, e.g. "
+    "0930-1600 in America/New_York), the "
     "supported resolutions (all served directly, so `intraday_multipliers` lists them all), "
     "`pricescale` from the latest price. A symbol without unexpired candles is unknown.",
     openapi_extra={"parameters": openapi_parameters(SymbolsQuery)},
@@ -373,16 +427,17 @@ async def udf_symbols(request: Request, resources: ResourcesDep) -> Response:
             break
     resolutions = supported_resolutions(settings)
     kind = symbol_type(symbol)
+    timezone, session = symbol_hours(settings, kind)
     return _json(
         {
             "name": symbol,
             "ticker": symbol,
             "description": symbol,
             "type": kind,
-            "session": "24x7",
+            "session": session,
             "exchange": EXCHANGE,
             "listed_exchange": EXCHANGE,
-            "timezone": "Etc/UTC",
+            "timezone": timezone,
             "format": "price",
             "minmov": 1,
             "pricescale": _pricescale(latest),
@@ -471,25 +526,24 @@ async def udf_history(request: Request, resources: ResourcesDep) -> Response:
     if SYMBOL_RE.match(name) is None:
         return _json({"s": "no_data"})
     symbol = canonical_symbol(name)
-    size = source.size_ms
     reader = CandleReader(resources.store, source, symbol, resources.clock.now_ms())
-    end = ceil_to(to_s * 1000, size)  # buckets starting before `to`
+    end = first_start(source, to_s * 1000)  # bars whose time is before `to`
     cap = settings.max_page
     if countback is not None:
         start = None
         candles = await reader.newest(None, end, min(countback, cap))
     else:
-        start = ceil_to(from_s * 1000, size)  # buckets starting at or after `from`
+        start = first_start(source, from_s * 1000)  # bars whose time is at or after `from`
         candles = await reader.newest(start, end, cap) if start < end else []
     if not candles:
         before = await reader.newest_start_before(start) if start is not None else None
-        return _json(
-            {"s": "no_data"} if before is None else {"s": "no_data", "nextTime": before // 1000}
-        )
+        if before is None:
+            return _json({"s": "no_data"})
+        return _json({"s": "no_data", "nextTime": bar_time(source, before) // 1000})
     return _json(
         {
             "s": "ok",
-            "t": [c.timestamp // 1000 for c in candles],
+            "t": [bar_time(source, c.timestamp) // 1000 for c in candles],
             "o": [c.open for c in candles],
             "h": [c.high for c in candles],
             "l": [c.low for c in candles],

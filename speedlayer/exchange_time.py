@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     Ints = npt.NDArray[np.int64]
 
 MINUTE_MS = 60_000
+DAY_MS = 24 * 60 * MINUTE_MS
 DEFAULT_ZONE = "America/New_York"
 DEFAULT_CALENDAR = "XNYS"
 DEFAULT_ANCHOR = "09:30"
@@ -125,6 +126,26 @@ def sessions(calendar: str) -> Sessions:
     return Sessions(opens, closes, dict(zip(opens, closes, strict=True)))
 
 
+@lru_cache(maxsize=4)
+def regular_hours(calendar: str) -> tuple[dt.time, dt.time]:
+    """The local open and close of the exchange's regular session today (its calendar's latest
+    regime, ignoring early closes): ``XNYS`` -> 09:30, 16:00."""
+    try:
+        import exchange_calendars
+    except ImportError:  # pragma: no cover - a dependency of the package
+        raise ConfigError(
+            "the exchange's trading hours need the exchange_calendars package: "
+            "pip install -c constraints.txt 'speedlayer[exchange]'"
+        ) from None
+    try:
+        cal: Any = exchange_calendars.get_calendar(calendar)
+    except exchange_calendars.errors.InvalidCalendarName:
+        raise ConfigError(
+            f"unknown exchange calendar {calendar!r}: expected e.g. XNYS, XNAS, XLON"
+        ) from None
+    return cal.open_times[-1][1], cal.close_times[-1][1]
+
+
 @dataclass(frozen=True, slots=True)
 class ExchangeTime:
     """Where exchange-aligned buckets come from: the zone, the session anchor, the calendar."""
@@ -174,6 +195,29 @@ class ExchangeTime:
             wall = starts[j] - 1 + previous
             start[early] = wall - (wall - self.anchor_ms) % size - previous
         return start
+
+    # -- local dates ---------------------------------------------------------------------------
+
+    def local_day(self, t_ms: int) -> int:
+        """The exchange's local date at ``t_ms``, as that date's 00:00 UTC (epoch ms): how
+        charting libraries stamp a daily bar (a session opening 2024-03-05 09:30 New York ->
+        2024-03-05T00:00Z)."""
+        table = zone_table(self.zone)
+        wall = t_ms + table.offsets[bisect_right(table.starts, t_ms) - 1]
+        return wall - wall % DAY_MS
+
+    def day_start(self, day_ms: int) -> int:
+        """The first instant of the local date ``day_ms`` (given as its 00:00 UTC, epoch ms):
+        ``local_day(t) >= day_ms`` exactly when ``t >= day_start(day_ms)``."""
+        table = zone_table(self.zone)
+        lo = max(bisect_right(table.starts, day_ms - 2 * DAY_MS) - 1, 0)
+        hi = bisect_right(table.starts, day_ms + 2 * DAY_MS)
+        for offset in sorted(set(table.offsets[lo:hi]), reverse=True):  # earliest instant first
+            start = day_ms - offset
+            if table.offsets[bisect_right(table.starts, start) - 1] == offset:
+                return start
+        # A switch skipped local midnight: the date starts at the switch.
+        return next(s for s in table.starts[lo + 1 : hi] if self.local_day(s) >= day_ms)
 
     # -- session days --------------------------------------------------------------------------
 

@@ -21,6 +21,12 @@ Charting Library's "UDF" page, and what its `UDFCompatibleDatafeed` adapter read
 
 Bar values must be the stored candles (read through `speedlayer candles`), also for resolutions
 the API computes from the 1-minute candles (stored by a second database with other intervals).
+
+With exchange-aligned candles (`SPEEDLAYER_CANDLE_ALIGNMENT=exchange`, a third database), stocks
+are listed in the exchange's time zone with its regular session (TradingView's `HHMM-HHMM` in
+that zone), and daily bars carry "a trading day at 00:00 UTC, not the session start" (the
+Charting Library's `Bar.time`): the session candles of 2019-02-11..15 (opening 14:30Z) are
+stamped 00:00Z of their day.
 """
 
 from __future__ import annotations
@@ -47,6 +53,13 @@ from tests.conftest import ApiServer
 MIN_S = 60
 MON = 1_549_895_400  # 2019-02-11T14:30Z, the first regular session of the eqker bars
 TUE = MON + 86_400
+MON_DAY = 1_549_843_200  # 2019-02-11T00:00Z
+DAY_S = 86_400
+EXCHANGE_ENV = {
+    "SPEEDLAYER_CANDLE_ALIGNMENT": "exchange",
+    "SPEEDLAYER_INTERVALS": "1m,5m,1h,4h,1d",
+    "SPEEDLAYER_RETENTION": RETENTION,
+}
 SYMBOL_INFO_KEYS = {
     "name", "ticker", "description", "type", "session", "exchange", "listed_exchange",
     "timezone", "format", "minmov", "pricescale", "has_intraday", "supported_resolutions",
@@ -79,6 +92,19 @@ def setup(realbars: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     yield Setup(db_a, db_b, a, b)
     a.stop()
     b.stop()
+
+
+@pytest.fixture(scope="module")
+def exchange(realbars: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    """One database and server with exchange-aligned candles (``a`` and ``b`` are the same)."""
+    tmp = tmp_path_factory.mktemp("udf-exchange")
+    csv_path = write_bars(realbars, tmp / "bars.csv", symbols=("AAPL", BTC))
+    db = tmp / "exchange.db"
+    replay(db, csv_path, env=EXCHANGE_ENV)
+    server = ApiServer(db, env=EXCHANGE_ENV)
+    server.start()
+    yield Setup(db, db, server, server)
+    server.stop()
 
 
 def get(server: ApiServer, path: str, status: int = 200, **params: Any) -> Any:
@@ -279,6 +305,60 @@ def test_history_errors(setup: Setup, params: dict[str, Any], needle: str) -> No
     body = history(setup.a, 400, **{k: v for k, v in query.items() if v is not None})
     assert set(body) == {"s", "errmsg"} and body["s"] == "error"
     assert needle in body["errmsg"], body
+
+
+# -- exchange-aligned candles ---------------------------------------------------------------------
+
+
+def test_exchange_alignment_lists_stocks_in_exchange_time(exchange: Setup) -> None:
+    resolutions = ["1", "2", "3", "5", "10", "45", "60", "240", "1D"]  # no computed hours
+    assert get(exchange.a, "/udf/config")["supported_resolutions"] == resolutions
+    info = get(exchange.a, "/udf/symbols", symbol="AAPL")
+    assert (info["timezone"], info["session"]) == ("America/New_York", "0930-1600")
+    assert info["supported_resolutions"] == resolutions and info["has_daily"] is True
+    assert info["intraday_multipliers"] == resolutions[:-1]
+    btc = get(exchange.a, "/udf/symbols", symbol="X:BTCUSD")
+    assert (btc["timezone"], btc["session"]) == ("Etc/UTC", "24x7")
+    for resolution in ("120", "180"):
+        body = history(exchange.a, 400, symbol="AAPL", resolution=resolution,
+                       **{"from": MON, "to": TUE})  # fmt: skip
+        assert "not supported" in body["errmsg"] and "exchange-aligned" in body["errmsg"], body
+
+
+def test_exchange_hour_bars_are_the_stored_candles(exchange: Setup) -> None:
+    candles = stored(exchange.db_a, "AAPL", "1h", EXCHANGE_ENV)
+    assert {c["timestamp"] % 3_600_000 for c in candles} == {1_800_000}  # :30 New York
+    # `from` and `to` 10 minutes before a bar: that bar is in, the one at `to`'s side out
+    frm = candles[2]["timestamp"] // 1000 - 600
+    to = candles[-3]["timestamp"] // 1000 - 600
+    want = [c for c in candles if frm <= c["timestamp"] // 1000 < to]
+    assert_ok(history(exchange.a, symbol="AAPL", resolution="60", **{"from": frm, "to": to}),
+              columns(want))  # fmt: skip
+
+
+def test_exchange_daily_bars_are_sessions_on_their_trading_day(exchange: Setup) -> None:
+    sessions = stored(exchange.db_a, "AAPL", "1d", EXCHANGE_ENV)
+    assert [c["timestamp"] // 1000 for c in sessions] == [MON + k * DAY_S for k in range(5)]
+    days = [MON_DAY + k * DAY_S for k in range(5)]  # Monday..Friday at 00:00Z
+
+    def bars(selected: list[int]) -> dict[str, list[Any]]:
+        want = columns([sessions[k] for k in selected])
+        return {**want, "t": [days[k] for k in selected]}
+
+    everything = history(exchange.a, symbol="AAPL", resolution="1D",
+                         **{"from": 0, "to": 2_000_000_000})  # fmt: skip
+    assert_ok(everything, bars([0, 1, 2, 3, 4]))
+    # from Tuesday noon (after Tuesday 00:00: out) to Thursday 01:00 (Thursday 00:00 is before
+    # it, though its session opens later: in)
+    window = {"from": days[1] + DAY_S // 2, "to": days[3] + 3600}
+    assert_ok(history(exchange.a, symbol="AAPL", resolution="1D", **window), bars([2, 3]))
+    back = history(exchange.a, symbol="AAPL", resolution="D", countback=2,
+                   **{"from": days[4], "to": days[4]})  # fmt: skip
+    assert_ok(back, bars([2, 3]))
+    weekend = {"from": days[4] + DAY_S, "to": days[4] + 3 * DAY_S}
+    assert history(exchange.a, symbol="AAPL", resolution="1D", **weekend) == {
+        "s": "no_data", "nextTime": days[4],
+    }  # fmt: skip
 
 
 # -- OpenAPI -------------------------------------------------------------------------------------

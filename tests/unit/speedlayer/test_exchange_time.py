@@ -4,7 +4,7 @@ in New York local time and converted with zoneinfo."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, time
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -13,6 +13,7 @@ import pytest
 from flink_sql import JobOptions, render
 from speedlayer.config import Settings
 from speedlayer.errors import ConfigError
+from speedlayer.exchange_time import regular_hours
 from speedlayer.intervals import NO_BUCKET, ExchangeTime, IntervalSet
 
 NY = ZoneInfo("America/New_York")
@@ -85,6 +86,33 @@ def test_session_day() -> None:
     assert day.bucket_starts(times).tolist() == [utc("2008-03-07 14:30"), NO_BUCKET]
     with pytest.raises(ValueError, match="not the open"):
         day.bucket_end(utc("2008-03-07 15:00"))
+
+
+def test_local_days_for_daily_bars() -> None:
+    """A session's trading day (as TradingView stamps daily bars: the date at 00:00 UTC), and
+    back: ``day_start`` is the first instant of that local date, also where a switch skipped
+    local midnight (Sao Paulo, 2018-11-04 00:00 -> 01:00) and east of UTC (a Sydney open is
+    the previous UTC day)."""
+    new_york = ExchangeTime()
+    assert new_york.local_day(ny("2011-03-14 09:30")) == utc("2011-03-14 00:00")
+    assert new_york.local_day(ny("2011-03-14 23:59")) == utc("2011-03-14 00:00")  # 03:59Z next
+    assert new_york.day_start(utc("2011-03-14 00:00")) == ny("2011-03-14 00:00")  # 04:00Z, EDT
+    assert new_york.day_start(utc("2011-03-11 00:00")) == ny("2011-03-11 00:00")  # 05:00Z, EST
+    sydney = ExchangeTime(zone="Australia/Sydney")
+    assert sydney.local_day(utc("2024-01-04 23:00")) == utc("2024-01-05 00:00")  # 10:00 AEDT
+    assert sydney.day_start(utc("2024-01-05 00:00")) == utc("2024-01-04 13:00")
+    sao_paulo = ExchangeTime(zone="America/Sao_Paulo")
+    start = sao_paulo.day_start(utc("2018-11-04 00:00"))
+    assert start == utc("2018-11-04 03:00")  # 23:59:59.999 -03 on the 3rd, then 01:00 -02
+    assert sao_paulo.local_day(start - 1) == utc("2018-11-03 00:00")
+    assert sao_paulo.local_day(start) == utc("2018-11-04 00:00")
+
+
+def test_regular_hours() -> None:
+    assert regular_hours("XNYS") == (time(9, 30), time(16, 0))
+    assert regular_hours("XLON") == (time(8, 0), time(16, 30))
+    with pytest.raises(ConfigError, match="unknown exchange calendar"):
+        regular_hours("NOPE")
 
 
 def test_settings() -> None:
