@@ -21,6 +21,7 @@ from speedlayer.clock import SystemClock
 from speedlayer.config import Settings
 from speedlayer.errors import SpeedlayerError
 from speedlayer.models import CANDLE_FIELDS
+from speedlayer.progress import Progress, progress_mode
 from speedlayer.runtime import tune_gc
 from speedlayer.symbols import parse_symbol
 from speedlayer.timeparse import parse_time_ms
@@ -52,6 +53,12 @@ def _setup_logging(level: str) -> None:
     if level.lower() != "debug":
         for name in _CHATTY_LOGGERS:
             logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def quiet_option(fn: F) -> F:
+    return click.option(
+        "--quiet", "-q", is_flag=True, help="no progress and only warnings and errors on stderr"
+    )(fn)
 
 
 def db_option(fn: F) -> F:
@@ -98,6 +105,7 @@ def main() -> None:
 @click.option("--batch-size", type=int, help="bars per batch (default 5000)")
 @click.option("--retention", multiple=True, help="INTERVAL=DURATION override, e.g. '*=10y'")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
+@quiet_option
 def replay(
     files: tuple[str, ...],
     db: Path | None,
@@ -105,22 +113,48 @@ def replay(
     batch_size: int | None,
     retention: tuple[str, ...],
     as_json: bool,
+    quiet: bool,
 ) -> None:
-    """Replay bars from FILES (CSV, Polygon AM JSON lines, REST aggregate responses) in order."""
+    """Replay bars from FILES (CSV, Polygon AM JSON lines, REST aggregate responses) in order.
+
+    Progress (bars read of those the file sizes suggest, accepted, rejected, bars/s, ETA) goes
+    to stderr: a bar on a terminal, else a log line every SPEEDLAYER_STATS_INTERVAL_S."""
     settings = _settings(db=db, store=store, batch_size=batch_size, retention=list(retention))
-    _setup_logging(settings.log_level)
+    _setup_logging("warning" if quiet else settings.log_level)
     tune_gc()
 
     async def go() -> Any:
-        from launch.replay import replay_files
+        from launch.replay import estimate_bars, replay_files
         from launch.wiring import build_pipeline
         from speedlayer.backends import open_store
 
         clock = SystemClock()
+        progress = Progress(
+            "replay",
+            total=estimate_bars(files),
+            unit="bars",
+            mode=progress_mode(quiet),
+            every_s=settings.stats_interval_s,
+        )
+
+        def on_batch(summary: Any, accepted: int) -> None:
+            read = summary.bars_read
+            progress.update(
+                completed=read,
+                total=max(progress.total or 0, read),
+                accepted=accepted,
+                rejected=sum(summary.rejected.values()),
+            )
+
         async with open_store(settings, clock) as store:
             pipeline = build_pipeline(settings, store, clock)
             await pipeline.recover()
-            return await replay_files(files, pipeline, settings.batch_size)
+            with progress:
+                summary = await replay_files(
+                    files, pipeline, settings.batch_size, on_batch=on_batch
+                )
+                progress.update(total=summary.bars_read, accepted=summary.accepted)
+            return summary
 
     summary = _run(go())
     if as_json:
@@ -139,6 +173,13 @@ def replay(
 @click.option(
     "--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True
 )
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="draw them as a candlestick chart with volume into this file (.png, .svg, .pdf) "
+    "instead of printing them; the forming candle is marked (the plot extra: matplotlib)",
+)
 @db_option
 @store_option
 def candles(
@@ -148,10 +189,12 @@ def candles(
     end: str | None,
     limit: int | None,
     fmt: str,
+    plot_path: Path | None,
     db: Path | None,
     store: str | None,
 ) -> None:
-    """Print the stored candles of SYMBOL, oldest first (reads only: creates no table)."""
+    """Print the stored candles of SYMBOL, oldest first (reads only: creates no table), or with
+    --plot draw them."""
     settings = _settings(db=db, store=store, aws_create_resources=False)
     try:
         symbol = parse_symbol(symbol, "SYMBOL")  # the stored key: X:BTCUSD -> BTC-USD, aapl -> AAPL
@@ -170,6 +213,14 @@ def candles(
             return await store.query(symbol, iv, start_ms, end_ms, limit, "asc")
 
     rows = _run(go())
+    if plot_path is not None:
+        from launch.candle_plot import plot_candles
+
+        if not rows:
+            raise click.ClickException(f"no stored candles of {symbol} at {iv.name} to plot")
+        _run_sync(lambda: plot_candles(rows, plot_path))
+        click.echo(f"wrote {plot_path} ({len(rows)} candles of {symbol} {iv.name})", err=True)
+        return
     if fmt == "json":
         click.echo(msgspec.json.encode(rows).decode())
         return

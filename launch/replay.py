@@ -7,17 +7,37 @@ resampled in large batches by the columnar engine and each final candle is writt
 through ``CandlePipeline.handle`` in batches of ``batch_size``, as live data does. The candles are
 the same either way (processors/history.py). With intervals that do not all divide the longest
 one, every batch goes through the pipeline. The summary adds what was made of the batches.
+
+``on_batch``, if given, is called after each batch with the summary so far (bars read and
+rejected) and the bars accepted so far: ``speedlayer replay`` shows progress with it, against
+``estimate_bars``, the number of bars the files' sizes suggest.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ingest.replay import ReplaySummary, read_batches
 from processors.history import HISTORY_BATCH_BARS, HistoryLoader, columnar_possible
 from processors.pipeline import CandlePipeline
+
+OnBatch = Callable[[ReplaySummary, int], None]  # (the summary so far, bars accepted so far)
+SAMPLE_BYTES = 256 * 1024
+
+
+def estimate_bars(paths: Sequence[str | Path]) -> int:
+    """The bars ``paths`` hold, estimated from their sizes and the records in their first 256 KiB
+    (lines of CSV or JSON, or bar objects of a JSON document on one line)."""
+    total = 0.0
+    for path in paths:
+        size = Path(path).stat().st_size
+        with open(path, "rb") as handle:
+            sample = handle.read(SAMPLE_BYTES)
+        records = max(sample.count(b"\n"), sample.count(b'"t":'), sample.count(b'"ev":'), 1)
+        total += size * records / max(len(sample), 1)
+    return round(total)
 
 
 async def replay_files(
@@ -27,6 +47,7 @@ async def replay_files(
     *,
     history_batch: int = HISTORY_BATCH_BARS,
     columnar: bool = True,
+    on_batch: OnBatch | None = None,
 ) -> ReplaySummary:
     summary = ReplaySummary()
     started = time.perf_counter()
@@ -34,6 +55,8 @@ async def replay_files(
         loader = HistoryLoader(pipeline, batch_bars=history_batch, stream_batch=batch_size)
         for batch, _ in read_batches(paths, batch_size, summary):
             await loader.add(batch)
+            if on_batch is not None:
+                on_batch(summary, loader.counts.accepted)
         await loader.finish()
         counts = loader.counts
         summary.accepted = counts.accepted
@@ -47,6 +70,8 @@ async def replay_files(
             summary.duplicates += result.duplicates
             summary.ttl_rewritten += result.ttl_rewritten
             summary.candles_published += len(result.candles)
+            if on_batch is not None:
+                on_batch(summary, summary.accepted)
     summary.rows_written = pipeline.stats.rows_written
     summary.expired = pipeline.stats.candles_expired
     summary.seconds = time.perf_counter() - started

@@ -121,7 +121,7 @@ class Progress:
         self.fields.update(fields)
         if self.mode == "bar":
             self._refresh_bar()
-        elif self.mode == "log" and self._clock() >= self._next_log:
+        elif self.mode == "log" and self._clock() >= self._next_log and not self._complete():
             self._log_line()
 
     def close(self, ok: bool = True) -> None:
@@ -136,6 +136,10 @@ class Progress:
             self._handlers.clear()
         elif self.mode == "log" and self.lines_logged and ok:
             self._log_line(final=True)
+
+    def _complete(self) -> bool:
+        """All of a known total is done (what is left is said by ``close``)."""
+        return bool(self.total) and self.completed >= (self.total or 0)
 
     # -- text ----------------------------------------------------------------------------------
 
