@@ -621,14 +621,28 @@ def sink(db: Path | None, store: str | None, bus: str | None, consumer: str | No
 
 
 @main.command("init-aws")
-def init_aws() -> None:
+@quiet_option
+def init_aws(quiet: bool) -> None:
     """Create the DynamoDB tables (TTL on), the checkpoint table and the Kinesis streams if
-    missing, and wait until they are ACTIVE (idempotent)."""
+    missing, and wait until they are ACTIVE (idempotent). Progress on stderr."""
     settings = _settings()
-    _setup_logging(settings.log_level)
+    _setup_logging("warning" if quiet else settings.log_level)
     from speedlayer.backends import init_aws as create
 
-    for line in _run(create(settings, SystemClock())).lines():
+    progress = Progress(
+        "init-aws",
+        unit="resources",
+        mode=progress_mode(quiet),
+        every_s=settings.stats_interval_s,
+        rate=False,
+    )
+
+    def step(what: str, ready: int, total: int) -> None:
+        progress.update(completed=ready, total=total, status=what)
+
+    with progress:
+        resources = _run(create(settings, SystemClock(), step))
+    for line in resources.lines():
         click.echo(line)
 
 

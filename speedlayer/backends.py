@@ -14,7 +14,7 @@ region ``aws_region``; credentials from the usual AWS chain (dummy ones against 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -158,21 +158,32 @@ class AwsResources:
         return out
 
 
-async def init_aws(settings: Settings, clock: Clock) -> AwsResources:
+async def init_aws(
+    settings: Settings, clock: Clock, progress: Callable[[str, int, int], None] | None = None
+) -> AwsResources:
     """Create the candle tables (on-demand, TTL on ``ttl``), the checkpoint table and the raw and
-    candle streams if they are missing, and wait until all are ACTIVE (idempotent)."""
+    candle streams if they are missing, and wait until all are ACTIVE (idempotent).
+
+    ``progress(step, resources ready, resources in all)`` is called as each step begins and
+    once all are ready."""
     from speedlayer.bus.base import RAW_TOPIC, candle_topic
 
     done = AwsResources()
     store = dynamodb_store(settings, clock)
     store.create_tables = False
-    async with store:
-        done.tables = await store.ensure_tables()
     bus = kinesis_bus(settings)
     bus.create_checkpoint_table = True
+    topics = [RAW_TOPIC, *(candle_topic(name) for name in bus.intervals)]
+    total = len(store.tables) + 1 + len(topics)
+    report = progress or (lambda step, ready, total: None)
+    report(f"{len(store.tables)} candle tables", 0, total)
+    async with store:
+        done.tables = await store.ensure_tables()
+    report("the checkpoint table", len(done.tables), total)
     async with bus:
-        await bus.ensure_streams()
         done.checkpoint_table = bus.checkpoint_table
-        topics = [RAW_TOPIC, *(candle_topic(name) for name in bus.intervals)]
+        report(f"{len(topics)} Kinesis streams", len(done.tables) + 1, total)
+        await bus.ensure_streams(topics)
         done.streams = [bus.stream_name(topic) for topic in topics]
+    report("ready", total, total)
     return done

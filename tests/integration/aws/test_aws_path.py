@@ -313,6 +313,20 @@ def api_candles(url: str, symbols: list[str]) -> dict[tuple[str, str], list[dict
     return out
 
 
+def test_init_aws_shows_its_progress_on_stderr_and_nothing_when_quiet(aws: Aws) -> None:
+    env = {**aws.env, "SPEEDLAYER_STATS_INTERVAL_S": "0.001"}  # a line at every step
+    first = run_cli("init-aws", env=env)
+    log_line = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (INFO|WARNING) [\w.]+: .+$")
+    lines = first.stderr.splitlines()
+    assert lines and all(log_line.match(line) for line in lines), first.stderr
+    progress = [line for line in lines if " speedlayer.progress: init-aws: " in line]
+    total = len(INTERVALS) + 1 + 1 + len(INTERVALS)  # tables, checkpoints, raw + candle streams
+    assert any(f"of {total} resources" in line and "streams" in line for line in progress)
+    assert f"init-aws: {total} of {total} resources (100%), ready, done in" in progress[-1]
+    quiet = run_cli("init-aws", "--quiet", env=env)
+    assert quiet.stderr == "" and quiet.stdout == first.stdout
+
+
 # -- the full path --------------------------------------------------------------------------------
 
 
