@@ -4,6 +4,9 @@ A size that is a configured interval is read from that interval's table. Any oth
 minutes (up to ``MAX_DERIVED_MINUTES``) is computed on the fly from the 1-minute table with
 :func:`speedlayer.aggregate.candle_from_bars`, the resampler's own arithmetic: buckets aligned to
 multiples of the size since the Unix epoch (UTC), one candle per bucket holding at least one bar.
+With exchange-aligned candles (docs/design.md#exchange-time-candles) the configured intervals are
+read as stored (on the exchange's clock, ``1d`` the session) and only sizes below an hour are
+computed (an hour or more would be UTC-aligned, unlike the stored ones).
 
 Derived buckets are served only while every minute they cover is within the 1-minute retention
 (``CandleSource.horizon_ms``), so a bucket is never built from part of its bars. The horizon is

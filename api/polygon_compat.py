@@ -28,6 +28,16 @@ milliseconds or ``YYYY-MM-DD`` (a whole UTC day, inclusive); ``from`` snaps back
 its bucket and ``to`` forward to the end of its bucket. Buckets start at multiples of the size
 since the Unix epoch (UTC). The forming (not yet final) bucket is included, as Polygon includes
 the current bar.
+
+With exchange-aligned candles (``SPEEDLAYER_CANDLE_ALIGNMENT=exchange``,
+docs/design.md#exchange-time-candles) the configured intervals of an hour or more are on the
+exchange's clock (1h buckets at 09:30, 10:30, ... New York) and ``1/day`` is the configured
+session ``1d``: one bar per trading day, ``t`` its session open (09:30 New York; Polygon's own day
+bars are stamped at midnight Eastern), regular-hours bars only. Sizes of an hour or more that are
+not configured intervals are refused with a 400 saying so (buckets computed from the 1-minute
+candles would be UTC-aligned); minute sizes below an hour are computed as before. ``from``
+snaps back to the start of its bucket (a time outside every session stays as given) and ``to``
+forward to the end of its bucket (the session's close).
 """
 
 from __future__ import annotations
@@ -59,7 +69,7 @@ from api.docs import openapi_parameters
 from api.security import KeyCheck
 from api.wire import ErrorBody
 from speedlayer.config import Settings
-from speedlayer.intervals import DAY_MS, HOUR_MS, MINUTE_MS
+from speedlayer.intervals import DAY_MS, HOUR_MS, MINUTE_MS, NO_BUCKET
 from speedlayer.models import SYMBOL_RE, Candle
 from speedlayer.symbols import SYMBOL_PATTERN, canonical_symbol
 
@@ -121,7 +131,10 @@ class PolygonAgg(BaseModel):
     c: float = Field(description="close of the latest 1-minute bar")
     h: float
     l: float  # noqa: E741 - Polygon's field name
-    t: int = Field(description="bucket start, Unix ms (UTC, epoch-aligned)")
+    t: int = Field(
+        description="bucket start, Unix ms (UTC; epoch-aligned, or with exchange alignment on "
+        "the exchange's clock, the session open for day bars)"
+    )
     n: int | None = Field(
         None, description="number of transactions (absent when no bar carried one)"
     )
@@ -279,6 +292,11 @@ def supported_sizes(settings: Settings) -> str:
     """What this server serves, for error messages."""
     stored = ", ".join(iv.name for iv in settings.interval_set)
     days = any(iv.interval_ms >= DAY_MS for iv in settings.interval_set)
+    if settings.interval_set.exchange is not None:
+        return (
+            f"the stored intervals {stored} (exchange-aligned), and other minute multiples "
+            "below an hour computed from the 1-minute candles"
+        )
     return (
         f"minute and hour multiples{', and day multiples' if days else ''} up to "
         f"{MAX_DERIVED_MINUTES} minutes (stored intervals {stored}; other sizes are computed "
@@ -300,9 +318,30 @@ def _source(settings: Settings, multiplier: int, timespan: str) -> CandleSource:
         why += "(SPEEDLAYER_INTERVALS, e.g. 1d)"
     elif unit is None:
         why = f"timespan {timespan!r} is not supported"
+    elif settings.interval_set.exchange is not None and multiplier * unit >= HOUR_MS:
+        why = (
+            f"{multiplier}/{timespan} is not a configured interval; with exchange-aligned "
+            "candles (SPEEDLAYER_CANDLE_ALIGNMENT=exchange) sizes of an hour or more are served "
+            "only from configured intervals (SPEEDLAYER_INTERVALS), as buckets computed from "
+            "the 1-minute candles would be UTC-aligned"
+        )
     else:
         why = f"{multiplier}/{timespan} is longer than {MAX_DERIVED_MINUTES} minutes"
     raise _BadRequest(f"{why}; supported: {supported_sizes(settings)}")
+
+
+def _span(source: CandleSource, from_ms: int, to_ms: int) -> tuple[int, int]:
+    """[start, end) of the buckets the range touches: ``from`` snapped back to its bucket's
+    start, ``to`` forward to its bucket's end (for a session interval, a time outside every
+    session is kept as it is)."""
+    stored = source.stored
+    if stored is None or stored.utc_aligned:
+        size = source.size_ms
+        return floor_to(from_ms, size), floor_to(to_ms, size) + size
+    first, last = stored.bucket_start(from_ms), stored.bucket_start(to_ms)
+    start = from_ms if first == NO_BUCKET else first
+    end = to_ms + 1 if last == NO_BUCKET else stored.bucket_end(last)
+    return start, end
 
 
 def _number(value: float) -> int | float:
@@ -346,8 +385,11 @@ def _iso(t_ms: int) -> str:
         f"{MAX_DERIVED_MINUTES} minutes are computed from the 1-minute candles while these are "
         "kept; `day` only when a day interval is configured; `second`, `week`, `month`, "
         "`quarter`, `year`: 400. `from`/`to`: Unix ms or `YYYY-MM-DD` (a whole UTC day), "
-        "inclusive, snapped to whole buckets. Buckets are epoch-aligned in UTC; the forming "
-        "bucket is included. Not split-adjusted (`adjusted` is accepted, the answer says "
+        "inclusive, snapped to whole buckets. Buckets are epoch-aligned in UTC; with "
+        "`SPEEDLAYER_CANDLE_ALIGNMENT=exchange`, configured intervals of an hour or more are on "
+        "the exchange's clock (09:30, 10:30, ... New York), `1/day` is the exchange's regular "
+        "session (`t`: the session open) and other sizes of an hour or more are 400. The "
+        "forming bucket is included. Not split-adjusted (`adjusted` is accepted, the answer says "
         "false). `limit` counts 1-minute bars per page; follow `next_url`. A range reaching "
         "back beyond the retention gets what is kept plus a `message`."
     ),
@@ -386,10 +428,9 @@ async def _aggregates(
         raise _BadRequest(f"ticker {ticker!r} is not a valid ticker")
     multiplier = _positive_int(multiplier_text, "multiplier")
     source = _source(settings, multiplier, timespan)
-    size = source.size_ms
     from_ms = _bound(from_text, "from", end=False)
     to_ms = _bound(to_text, "to", end=True)
-    start, end = floor_to(from_ms, size), floor_to(to_ms, size) + size
+    start, end = _span(source, from_ms, to_ms)
 
     now_ms = resources.clock.now_ms()
     symbol = canonical_symbol(ticker)  # X:BTCUSD -> BTC-USD, docs/design.md#symbols
@@ -417,7 +458,8 @@ async def _aggregates(
     if page.more:
         last = page.candles[-1].timestamp
         if sort == "asc":
-            next_from, next_to = str(last + size), to_text
+            after = source.stored.bucket_end(last) if source.stored else last + source.size_ms
+            next_from, next_to = str(after), to_text
         else:
             next_from, next_to = from_text, str(last - 1)
         base = str(request.base_url).rstrip("/")
