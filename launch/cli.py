@@ -787,20 +787,40 @@ def flink_plan(sql_only: bool, cluster: bool, **options: Any) -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="temporary files of the job (default: a new temporary directory)",
 )
-def flink_run(work_dir: Path | None, **options: Any) -> None:
+@quiet_option
+def flink_run(work_dir: Path | None, quiet: bool, **options: Any) -> None:
     """Run the job on a local mini-cluster: until the input ends (--env files, --bounded) or
-    until stopped (Ctrl-C cancels it). Progress events go to stderr as JSON lines."""
-    from launch.flink import changelog_to_records, echo_event, run_job
+    until stopped (Ctrl-C cancels it). Progress events go to stderr as JSON lines (with --env
+    files also the first output's); on a terminal as a status line instead."""
+    from launch.flink import changelog_to_records, echo_event, run_job, watch_first_output
 
     output = options["output_path"]
+    mode = progress_mode(quiet)
+    progress = Progress("flink", mode=mode, rate=False, counts=False)
+
+    def on_event(event: dict[str, object]) -> None:
+        if mode == "log":
+            echo_event(event)
+        elif mode == "bar":  # the job's state; the first output's time stays shown
+            after = f"after {event['seconds']} s" if "seconds" in event else ""
+            if event["event"] == "first_output":
+                progress.update(first_output=after)
+                return
+            fields: dict[str, Any] = {k: event[k] for k in ("job_id", "records") if k in event}
+            progress.update(status=f"{event['event']} {after}".strip(), **fields)
+
     with contextlib.ExitStack() as stack:
         work = _work_dir(stack, work_dir)
         settings, spec = _flink_spec(work, **options)
+        stack.enter_context(progress)
+        progress.update(status="starting")
+        if options["environment"] == "files":
+            stack.enter_context(watch_first_output(work / "changelog", on_event))
         with contextlib.suppress(KeyboardInterrupt):
-            _run_sync(lambda: run_job(settings, spec, work, echo_event))
+            _run_sync(lambda: run_job(settings, spec, work, on_event))
             if options["environment"] == "files":
                 records = changelog_to_records(work / "changelog", Path(output))
-                echo_event({"event": "written", "records": records, "output": output})
+                on_event({"event": "written", "records": records, "output": output})
 
 
 @flink.command("package")

@@ -8,6 +8,7 @@ temporary files under ``work_dir``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -16,7 +17,8 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from flink_sql import JOB_SCRIPT, STREAMING, JobOptions, JobSpec, render
@@ -273,6 +275,36 @@ def explain(settings: Settings, spec: JobSpec, work_dir: Path) -> str:
         tail = "\n".join(err.splitlines()[-20:])
         raise RunnerError(f"planning the Flink job failed:\n{tail}")
     return out
+
+
+@contextlib.contextmanager
+def watch_first_output(
+    changelog: Path, on_event: Callable[[dict[str, object]], None], every_s: float = 0.5
+) -> Iterator[None]:
+    """While in the block, watch ``changelog`` (the files job's output directory) and report
+    ``{"event": "first_output", "seconds": ...}`` once a file in it has content."""
+    started = time.monotonic()
+    stop = threading.Event()
+
+    def written() -> bool:
+        try:
+            return any(f.is_file() and f.stat().st_size > 0 for f in changelog.rglob("*"))
+        except OSError:  # a part file renamed while looked at
+            return False
+
+    def watch() -> None:
+        while not stop.wait(every_s):
+            if written():
+                on_event({"event": "first_output", "seconds": round(time.monotonic() - started, 1)})
+                return
+
+    thread = threading.Thread(target=watch, name="flink-first-output", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def echo_event(event: dict[str, object]) -> None:

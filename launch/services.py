@@ -30,7 +30,7 @@ import time
 import uvicorn
 
 from api.app import create_app
-from ingest.polygon import PolygonFeed
+from ingest.polygon import FeedStats, PolygonFeed
 from launch import emf
 from launch.healthcheck import health_file
 from launch.wiring import (
@@ -46,6 +46,7 @@ from speedlayer.backends import open_bus, open_store
 from speedlayer.clock import SystemClock
 from speedlayer.config import Settings
 from speedlayer.errors import ServiceFailed
+from speedlayer.progress import Progress, progress_mode
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +78,12 @@ async def run_stack(settings: Settings) -> None:
         server = uvicorn_server(embedded.app, settings)
         log.info("API on http://%s:%d", settings.host, settings.port)
         watcher = asyncio.create_task(_stop_on_failure(embedded, server))
+        backfill = asyncio.create_task(report_backfill(embedded.feed.stats, settings))
         try:
             await server.serve()
         finally:
             watcher.cancel()
+            backfill.cancel()
         failure = embedded.failure()
         if failure is not None:
             raise ServiceFailed(f"speedlayer up stopped: {failure}")
@@ -106,10 +109,11 @@ async def run_ingest(settings: Settings) -> None:
         )
         failed = asyncio.Event()
         watcher = asyncio.create_task(_watch_feed(feed, failed))
+        backfill = asyncio.create_task(report_backfill(feed.stats, settings))
         try:
             stopped = await wait_for_stop(failed)
         finally:
-            for task in (reporter, watcher):
+            for task in (reporter, watcher, backfill):
                 task.cancel()
             await asyncio.gather(reporter, watcher, return_exceptions=True)
         stats = feed.stats
@@ -117,6 +121,33 @@ async def run_ingest(settings: Settings) -> None:
                  stats.backfill_bars)  # fmt: skip
         if not stopped and feed.failed is not None:
             raise ServiceFailed(f"ingest stopped: {feed.failed}")
+
+
+async def report_backfill(stats: FeedStats, settings: Settings, every_s: float = 0.25) -> None:
+    """The start-up backfill's progress on stderr: symbols done of those asked for, minute bars
+    fetched, waits a rate limit (429) caused; a bar on a terminal, else a log line every
+    ``stats_interval_s`` and one at the end; none at a log level above info."""
+    while stats.backfill_symbols_requested == 0:  # noqa: ASYNC110 (the feed's counter, polled)
+        await asyncio.sleep(every_s)
+    quiet = settings.log_level not in ("debug", "info")
+    with Progress(
+        "backfill",
+        unit="symbols",
+        mode=progress_mode(quiet),
+        every_s=settings.stats_interval_s,
+        summary=True,
+    ) as progress:
+        while True:
+            done, asked = stats.backfill_symbols_done, stats.backfill_symbols_requested
+            progress.update(
+                completed=done,
+                total=asked,
+                minute_bars=stats.backfill_bars,
+                rate_limit_waits=stats.backfill_rate_limited,
+            )
+            if done >= asked:
+                return
+            await asyncio.sleep(every_s)
 
 
 async def _watch_feed(feed: PolygonFeed, failed: asyncio.Event) -> None:

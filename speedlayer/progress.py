@@ -7,7 +7,8 @@ line every few seconds when it is not (CI logs, pipes), nothing when quiet.
 stdout is never written, so ``--json`` output and pipes stay clean. In log mode the lines go to
 the ``speedlayer.progress`` logger at INFO every ``every_s`` seconds (the first after
 ``every_s``, so a short command logs nothing more than before) and a last one when a command that
-logged progress ends. While the bar is live, log records written to stderr are printed above it.
+logged progress ends (or always, with ``summary``). While the bar is live, log records written to
+stderr are printed above it.
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ class Progress:
         mode: Mode = "log",
         every_s: float = 5.0,
         rate: bool = True,
+        counts: bool = True,
+        summary: bool = False,
         clock: Callable[[], float] = time.monotonic,
         stream: TextIO | None = None,
     ) -> None:
@@ -76,6 +79,8 @@ class Progress:
         self.fields: dict[str, Any] = {}
         self.lines_logged = 0
         self._rate = rate
+        self._counts = counts  # the bar shows "M/N" and a percentage
+        self._summary = summary  # log the last line even if no periodic one was logged
         self._clock = clock
         self._started = clock()
         self._next_log = self._started + every_s
@@ -134,7 +139,7 @@ class Progress:
             for handler, stream in self._handlers:
                 handler.setStream(stream)
             self._handlers.clear()
-        elif self.mode == "log" and self.lines_logged and ok:
+        elif self.mode == "log" and (self.lines_logged or self._summary) and ok:
             self._log_line(final=True)
 
     def _complete(self) -> bool:
@@ -208,15 +213,15 @@ class Progress:
 
         stream = self._stream if self._stream is not None else sys.stderr
         console = Console(file=stream, stderr=self._stream is None)
+        counts = [TaskProgressColumn(), MofNCompleteColumn()] if self._counts else []
+        eta = [TextColumn("ETA"), TimeRemainingColumn()] if self._counts else []
         self._bar = RichProgress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
-            TaskProgressColumn(),
-            MofNCompleteColumn(),
+            *counts,
             TextColumn("{task.fields[figures]}"),
             TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
+            *eta,
             console=console,
             redirect_stdout=False,
             redirect_stderr=False,

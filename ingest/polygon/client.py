@@ -170,7 +170,10 @@ class FeedStats:
     (pages and retries); ``backfill_errors`` counts fetches given up, by ``http_<status>``,
     ``transport`` or ``publish``; ``publish_errors`` counts failed attempts to publish a batch
     (live or backfill) and ``publish_retries`` the attempts made again after one;
-    ``parse_errors`` counts batches a bug in parsing made the parser skip.
+    ``parse_errors`` counts batches a bug in parsing made the parser skip;
+    ``backfill_symbols_requested`` and ``backfill_symbols_done`` count symbol fetches queued and
+    finished (successful or given up), ``backfill_rate_limited`` the waits a 429 caused and
+    ``backfill_wait_s`` the seconds of all waits before a retry.
     """
 
     connects: int = 0
@@ -185,6 +188,10 @@ class FeedStats:
     backfill_requests: int = 0
     backfill_bars: int = 0
     backfill_errors: Counter[str] = field(default_factory=Counter)
+    backfill_symbols_requested: int = 0
+    backfill_symbols_done: int = 0
+    backfill_rate_limited: int = 0
+    backfill_wait_s: float = 0.0
     publish_errors: int = 0
     publish_retries: int = 0
     parse_errors: int = 0

@@ -59,6 +59,10 @@ class BackfillCounters(Protocol):
     backfill_requests: int
     backfill_bars: int
     backfill_errors: Counter[str]
+    backfill_symbols_requested: int
+    backfill_symbols_done: int
+    backfill_rate_limited: int
+    backfill_wait_s: float
     rejected: Counter[str]
 
 
@@ -131,6 +135,7 @@ class AggsClient:
                 delay = self._retry_delay(backoff, None, target, reason)
                 if delay is None:
                     raise RestError(f"GET {target} failed: {reason}") from exc
+                self._stats.backfill_wait_s += delay
                 await asyncio.sleep(delay)
                 continue
             except httpx.HTTPError as exc:  # decoding errors, redirects: not worth a retry
@@ -164,6 +169,8 @@ class AggsClient:
                         status,
                         body,
                     )
+                self._stats.backfill_rate_limited += status == 429
+                self._stats.backfill_wait_s += delay
                 await asyncio.sleep(delay)
                 continue
             raise RestError(f"GET {target} failed with {status}: {body}", status, body)
@@ -307,6 +314,7 @@ class Backfiller:
         if previous is None:
             self._pending[symbol] = from_ms
             self._queue.put_nowait(symbol)
+            self._stats.backfill_symbols_requested += 1
         elif from_ms < previous:
             self._pending[symbol] = from_ms
 
@@ -335,6 +343,7 @@ class Backfiller:
             except Exception:  # a bug must not kill the worker (and silently halve concurrency)
                 log.exception("backfill of %s failed unexpectedly", symbol)
             finally:
+                self._stats.backfill_symbols_done += 1
                 self._queue.task_done()
 
     async def backfill(self, symbol: str, from_ms: int, to_ms: int) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import time
@@ -94,6 +95,11 @@ def test_up_serves_live_candles_forming_and_finalizing(tmp_path: Path) -> None:
     text = log_path.read_text()
     assert code == 0, text
     assert "bars in" in text and "feed lag" in text, "no throughput/lag log lines"
+    # the start-up backfill's progress (stderr is no terminal: log lines), to its end
+    # (each of the 20 symbols at least once; a reconnect's gap fetches count too)
+    done = re.search(r"backfill: (\d+) of \1 symbols \(100%\), minute bars ([\d,]+), rate "
+                     r"limit waits 0, .*done in", text)  # fmt: skip
+    assert done and int(done[1]) >= 20 and int(done[2].replace(",", "")) >= 20, text[-3000:]
     assert "Traceback" not in text, text
 
 

@@ -912,10 +912,21 @@ async def test_rest_429_with_retry_after_is_retried(
 
         filler = Backfiller(client, "stocks", ManualClock(NOW), stats, publish)
         await filler.backfill("AAPL", minute(0), minute(5))
+        assert stats.backfill_requests == 1 + 2  # 429, then 2 pages
+        # the progress counters: one wait for the rate limit, of the Retry-After's second
+        assert stats.backfill_rate_limited == 1 and stats.backfill_wait_s == pytest.approx(1.0)
+        assert stats.backfill_symbols_requested == stats.backfill_symbols_done == 0
+        filler.request("AAPL", minute(0))
+        filler.request("AAPL", minute(1))  # merged into the pending fetch
+        filler.request("MSFT", minute(0))
+        await filler.start()
+        await filler.join()
+        await filler.stop()
+        assert (stats.backfill_symbols_requested, stats.backfill_symbols_done) == (2, 2)
     first, retry = fake.rest_calls[:2]
     assert first.path == retry.path and retry.at - first.at >= 0.95  # Retry-After, not 0.01 s
-    assert published == [rest_bar("AAPL", minute(i)) for i in range(5)]
-    assert stats.backfill_requests == 1 + 2 and not stats.backfill_errors  # 429, then 2 pages
+    assert published[:5] == [rest_bar("AAPL", minute(i)) for i in range(5)]
+    assert not stats.backfill_errors and stats.backfill_rate_limited == 1
     assert "Retry-After" in caplog.text and "429" in caplog.text
 
 

@@ -3,6 +3,7 @@ bars: late minutes, superseded versions, exact duplicates (docs/flink.md#semanti
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -41,10 +42,18 @@ def test_flink_job_gives_the_embedded_candles_on_adversarial_real_bars(
     source = write_bar_records(arrivals, tmp_path / "bars.jsonl")
     output = tmp_path / "candles.jsonl"
     # Paths relative to the working directory, as a user types them.
-    run_cli(
+    proc = run_cli(
         "flink", "run", "--env", "files", "--input", source.name, "--output", output.name,
         "--work-dir", "work", env=FLINK_ENV, timeout=800, cwd=tmp_path,
     )  # fmt: skip
+    # Its progress on stderr (not a terminal): the job's events as JSON lines, in order.
+    events = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+    names = [event["event"] for event in events]
+    assert [n for n in names if n != "first_output"] == [
+        "planned", "running", "finished", "written",
+    ], names  # fmt: skip
+    assert names.index("running") < names.index("first_output") < names.index("finished")
+    assert proc.stdout == ""
     updates = read_candles(output)
     got = newest(updates)
     want = embedded_candles(arrivals)
