@@ -158,7 +158,12 @@ def main() -> None:
     # In a terminal, a bar on stderr: which benchmark, of how many, and its last logged phase;
     # elsewhere a log line every 30 s.
     progress = Progress(
-        "bench", total=len(names), unit="benchmarks", mode=progress_mode(args.quiet), every_s=30
+        "bench",
+        total=len(names),
+        unit="benchmarks",
+        mode=progress_mode(args.quiet),
+        every_s=30,
+        rate=False,
     )
     phases = PhaseHandler(progress)
     logging.getLogger().addHandler(phases)

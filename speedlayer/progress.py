@@ -164,7 +164,11 @@ class Progress:
     def figures_text(self) -> str:
         """The status, named figures and rate: ``accepted 1,200, rejected 3, 4,100 bars/s``."""
         parts = [self.status] if self.status else []
-        parts += [f"{name.replace('_', ' ')} {_number(v)}" for name, v in self.fields.items()]
+        parts += [
+            f"{name.replace('_', ' ')} {_number(v)}"
+            for name, v in self.fields.items()
+            if v not in ("", None)
+        ]
         rate = self.rate_per_s() if self._rate else None
         if rate is not None:
             parts.append(f"{_number(rate)} {self.unit or 'items'}/s")
