@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 
 from api import dashboard, docs, errors, metrics, polygon_compat, security, sse, udf, ws
 from api.deps import Resources
@@ -105,6 +106,9 @@ def create_app(
             "intervals and their retention."
         ),
         lifespan=lifespan,
+        # operationId = the route's name (get_candles, not get_candles_candles__symbol__get):
+        # what generated clients call their functions (README#client-sdks)
+        generate_unique_id_function=_operation_id,
         docs_url=None,  # served by docs.install_docs_page with local assets (works offline)
         redoc_url=None,  # ReDoc would load its bundle from a CDN
     )
@@ -128,6 +132,10 @@ def create_app(
     docs.install_openapi(app, settings)
     docs.install_docs_page(app)
     return app
+
+
+def _operation_id(route: APIRoute) -> str:
+    return route.name
 
 
 def _purger(store: Store) -> Callable[[], Awaitable[None]]:

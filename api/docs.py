@@ -70,6 +70,8 @@ def complete_openapi(spec: dict[str, Any], settings: Settings) -> None:
                 schema = param.setdefault("schema", {})
                 if param["name"] == "interval" and param["in"] == "query":
                     schema["enum"] = names
+                    # member names for generated clients (GetCandlesInterval.INTERVAL_5M)
+                    schema["x-enum-varnames"] = [f"INTERVAL_{name.upper()}" for name in names]
                     schema.pop("anyOf", None)
                     schema["type"] = "string"
                 elif param["name"] == "limit" and param["in"] == "query":
