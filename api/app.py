@@ -10,7 +10,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
-from api import dashboard, docs, errors, metrics, polygon_compat, security, sse, udf, ws
+from api import (
+    dashboard,
+    docs,
+    errors,
+    metrics,
+    polygon_compat,
+    polygon_ws,
+    security,
+    sse,
+    udf,
+    ws,
+)
 from api.deps import Resources
 from api.head import HeadAsGetMiddleware
 from api.live.hub import CandleHub
@@ -119,13 +130,14 @@ def create_app(
     app.include_router(dashboard.router)  # the live dashboard at /
     app.include_router(polygon_compat.router)  # Polygon's /v2/aggs/... on our candles
     app.include_router(udf.router)  # a TradingView UDF datafeed at /udf
+    app.include_router(polygon_ws.router)  # Polygon's WebSocket protocol at /polygon/{market}
     # Middleware order, outermost first: metrics (sees every response), CORS, API-key check,
     # WebSocket origin check, HEAD as GET.
     app.add_middleware(HeadAsGetMiddleware)
     security.install(
         app,
         settings,
-        public_paths=dashboard.PUBLIC_PATHS,
+        public_paths=dashboard.PUBLIC_PATHS | polygon_ws.PATHS,  # that key is in its auth
         rejections={polygon_compat.PATH_PREFIX: polygon_compat.auth_rejection},
     )
     metrics.install(app)

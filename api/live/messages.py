@@ -35,7 +35,7 @@ _encode = msgspec.json.Encoder().encode
 class CandleEvent:
     """One candle update as the hub numbered it; its messages are encoded once, on first use."""
 
-    __slots__ = ("_sse", "_text", "at", "candle", "seq")
+    __slots__ = ("_sse", "_text", "at", "candle", "polygon", "seq")
 
     def __init__(self, seq: int, candle: Candle, at: float) -> None:
         self.seq = seq
@@ -43,6 +43,7 @@ class CandleEvent:
         self.at = at  # wall time (time.time()) when the hub received it
         self._text: str | None = None
         self._sse: bytes | None = None
+        self.polygon: str | None = None  # its Polygon ``AM`` event, set by api.polygon_ws
 
     @property
     def text(self) -> str:

@@ -61,6 +61,14 @@ from ingest.simulator.rest import RestApi, error_body
 from ingest.synthetic import RandomWalk
 from speedlayer.errors import ConfigError
 from speedlayer.models import MINUTE_MS, Bar
+from speedlayer.polygon_ws import (
+    AUTH_FAILED,
+    AUTH_SUCCESS,
+    CONNECTED,
+    channels,
+    status_frame,
+    subscribed,
+)
 
 log = logging.getLogger("speedlayer.simulator")
 
@@ -75,14 +83,7 @@ MAX_CONNECTIONS_MESSAGE = (
 _POLICIES = ("evict_oldest", "reject_newest")
 
 
-def _status(status: str, message: str) -> bytes:
-    return orjson.dumps([{"ev": "status", "status": status, "message": message}])
-
-
-_CONNECTED = _status("connected", "Connected Successfully")
-_AUTH_SUCCESS = _status("auth_success", "authenticated")
-_AUTH_FAILED = _status("auth_failed", "authentication failed")
-_MAX_CONNECTIONS = _status("max_connections", MAX_CONNECTIONS_MESSAGE)
+_MAX_CONNECTIONS = status_frame("max_connections", MAX_CONNECTIONS_MESSAGE)
 
 
 @dataclass
@@ -524,7 +525,7 @@ class PolygonSimulator:
         if faults.stall_after_s is not None:
             conn.timers.append(loop.call_later(faults.stall_after_s, self._stall, conn))
         try:
-            await ws.send(_CONNECTED, text=True)
+            await ws.send(CONNECTED, text=True)
             async for message in ws:
                 await self._on_message(conn, message)
         except ConnectionClosed:
@@ -562,7 +563,7 @@ class PolygonSimulator:
 
     async def _error(self, conn: _Conn, message: str) -> None:
         self.stats.client_errors += 1
-        await conn.ws.send(_status("error", message), text=True)
+        await conn.ws.send(status_frame("error", message), text=True)
 
     async def _auth(self, conn: _Conn, key: object) -> None:
         expected = self.config.api_key
@@ -572,10 +573,10 @@ class PolygonSimulator:
             or (expected is not None and key != expected)
         ):
             self.stats.auth_failures += 1
-            await conn.ws.send(_AUTH_FAILED, text=True)
+            await conn.ws.send(AUTH_FAILED, text=True)
             return
         self.stats.auth_successes += 1
-        await conn.ws.send(_AUTH_SUCCESS, text=True)
+        await conn.ws.send(AUTH_SUCCESS, text=True)
         if conn.authed or conn.kicked:
             return
         conn.authed = True
@@ -608,16 +609,11 @@ class PolygonSimulator:
 
     async def _subscribe(self, conn: _Conn, subscribe: bool, params: str) -> None:
         spec = self._spec
-        verb = "subscribed to" if subscribe else "unsubscribed to"
-        for raw in params.split(","):
-            token = raw.strip()
-            if not token:
+        for item in channels(params):
+            if isinstance(item, str):
+                await self._error(conn, item)
                 continue
-            prefix, dot, ticker = token.partition(".")
-            ticker = ticker.strip()
-            if not dot or not prefix or not ticker:
-                await self._error(conn, f"invalid subscription: {token[:100]}")
-                continue
+            token, prefix, ticker = item
             if prefix not in spec.channels:
                 await self._error(conn, f"unknown channel {prefix[:20]} in {token[:100]}")
                 continue
@@ -632,7 +628,7 @@ class PolygonSimulator:
                 conn.other.add(token)
             else:
                 conn.other.discard(token)
-            await conn.ws.send(_status("success", f"{verb}: {token}"), text=True)
+            await conn.ws.send(subscribed(subscribe, token), text=True)
 
     # --- connection faults ---------------------------------------------------------------------
 
