@@ -23,7 +23,9 @@ happen in the bursts; so the collector's thresholds are crossed, and its passes 
 the resampler's state takes tens of milliseconds) stop the process, mostly while a burst is being
 processed, where they add to the bars' latency. The runner's fourth task therefore makes a full
 collection once the pipeline has been idle for ``idle_collect_s`` after a batch: the counters start
-each burst at zero, so the passes a burst triggers are young-generation ones. A feed without pauses
+each burst at zero, so the passes a burst triggers are young-generation ones. The pause is long
+enough (2 s) for the API's hub to have delivered the burst's candles to its WebSocket clients
+(a few hundred ms with 1,000 clients), which a collection in the midst of would hold up. A feed without pauses
 (a replay, a saturated bus) never triggers it, and the collector's own thresholds apply as before.
 """
 
@@ -71,7 +73,7 @@ class PipelineRunner(Supervisor):
         stats_every_s: float = 5.0,
         queue_batches: int = 1024,
         consumer: str = "speedlayer",
-        idle_collect_s: float | None = 0.5,
+        idle_collect_s: float | None = 2.0,
     ) -> None:
         super().__init__()
         self.pipeline = pipeline
