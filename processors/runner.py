@@ -25,8 +25,9 @@ processed, where they add to the bars' latency. The runner's fourth task therefo
 collection once the pipeline has been idle for ``idle_collect_s`` after a batch: the counters start
 each burst at zero, so the passes a burst triggers are young-generation ones. The pause is long
 enough (2 s) for the API's hub to have delivered the burst's candles to its WebSocket clients
-(a few hundred ms with 1,000 clients), which a collection in the midst of would hold up. A feed without pauses
-(a replay, a saturated bus) never triggers it, and the collector's own thresholds apply as before.
+(a few hundred ms with 1,000 clients), which a collection in the midst of would hold up. A feed
+without pauses (a replay, a saturated bus) never triggers it, and the collector's own thresholds
+apply as before.
 """
 
 from __future__ import annotations
