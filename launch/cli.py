@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import csv
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -241,16 +242,31 @@ def candles(
 @bus_option
 @click.option("--host", help="bind address (default 127.0.0.1)")
 @click.option("--port", type=int, help="port (default 8000)")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="API processes sharing the port and the store (docs/deploy.md#several-api-workers)",
+)
 def api(
-    db: Path | None, store: str | None, bus: str | None, host: str | None, port: int | None
+    db: Path | None,
+    store: str | None,
+    bus: str | None,
+    host: str | None,
+    port: int | None,
+    workers: int,
 ) -> None:
     """Serve the REST API (and, with --bus kinesis|kafka, live candles from the bus)."""
     settings = _settings(db=db, store=store, bus=bus, host=host, port=port)
     _setup_logging(settings.log_level)
     from launch.services import run_api
 
+    if workers > 1:  # each worker reads its settings from the environment: the flags go there
+        flags = {"SPEEDLAYER_DB": db, "SPEEDLAYER_STORE": store, "SPEEDLAYER_BUS": bus}
+        os.environ.update({name: str(value) for name, value in flags.items() if value})
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: uvicorn has shut down cleanly
-        run_api(settings)
+        run_api(settings, workers)
 
 
 @main.command()

@@ -28,6 +28,7 @@ import signal
 import time
 
 import uvicorn
+from fastapi import FastAPI
 
 from api.app import create_app
 from ingest.polygon import FeedStats, PolygonFeed
@@ -36,6 +37,7 @@ from launch.healthcheck import health_file
 from launch.wiring import (
     EmbeddedStack,
     embedded_stack,
+    serve_workers,
     start_feed,
     start_runner,
     start_source,
@@ -234,6 +236,17 @@ async def run_sink(settings: Settings) -> None:
             raise ServiceFailed(f"the sink stopped: {sink.failure}")
 
 
-def run_api(settings: Settings) -> None:
-    """``speedlayer api``: REST over the configured store; live feeds from a distributed bus."""
+def run_api(settings: Settings, workers: int = 1) -> None:
+    """``speedlayer api``: REST over the configured store; live feeds from a distributed bus.
+    With ``workers`` > 1, that many processes (docs/deploy.md#several-api-workers), each
+    building its app from the environment (:func:`api_app`)."""
+    if workers > 1:
+        serve_workers("launch.services:api_app", settings, workers, access_log=True)
+        return
     uvicorn_server(create_app(settings), settings, access_log=True).run()
+
+
+def api_app() -> FastAPI:
+    """The app of one worker of ``speedlayer api --workers N``: settings from ``SPEEDLAYER_*``
+    (where the command put its flags)."""
+    return create_app(Settings())
