@@ -13,8 +13,10 @@ that file, each into a new SQLite database (WAL, every interval, retention ``*=1
   through the streaming pipeline, which writes every revision of every candle;
 * **bound**: Python's ``sqlite3`` alone upserting the replay's final candle rows, read back
   beforehand and sorted by key (the engine's best order), in one transaction, with the store's
-  statement, schema and pragmas: what writing those candles costs at least, reading and
-  resampling the file free.
+  statement (``speedlayer.store.sqlite.upsert_flat``: 50 rows to a multi-row ``VALUES``), schema
+  and pragmas: what writing those candles costs at least, reading and resampling the file free.
+  ``bound_single_row`` is the same with one row to a statement (``executemany`` of the rows, the
+  store's statement before it wrote 50 rows at a time), kept for comparison with earlier runs.
 
 The two replays must leave identical tables (every column of every row, revisions included); the
 benchmark fails otherwise. ``ratio`` = bound seconds / replay seconds (1 would be "as fast as
@@ -96,8 +98,9 @@ def dump(db: Path) -> dict[str, list[tuple[Any, ...]]]:
         conn.close()
 
 
-def bound(db: Path, rows: dict[str, list[tuple[Any, ...]]]) -> float:
-    """Seconds for the bare engine to upsert ``rows`` into a new database ``db``."""
+def bound(db: Path, rows: dict[str, list[tuple[Any, ...]]], single_row: bool = False) -> float:
+    """Seconds for the bare engine to upsert ``rows`` into a new database ``db`` with the store's
+    statement (``single_row``: one row to a statement)."""
     from speedlayer.store import sqlite as module
 
     conn = sqlite3.connect(db)
@@ -106,16 +109,14 @@ def bound(db: Path, rows: dict[str, list[tuple[Any, ...]]]) -> float:
     for table in rows:
         conn.execute(module._SCHEMA.format(table=table))
         conn.execute(f"CREATE INDEX {table}_forming ON {table} (timestamp) WHERE final = 0")
-    statements = {
-        table: f"INSERT INTO {table} ({module._COLUMNS}) VALUES ({module._PLACEHOLDERS}) "
-        f"ON CONFLICT (symbol, timestamp) DO UPDATE SET {module._UPDATES} "
-        f"WHERE excluded.revision >= {table}.revision"
-        for table in rows
-    }
+    flat = {table: [v for row in table_rows for v in row] for table, table_rows in rows.items()}
     began = time.perf_counter()
     with conn:
         for table, table_rows in rows.items():
-            conn.executemany(statements[table], table_rows)
+            if single_row:
+                conn.executemany(module.upsert_statement(table), table_rows)
+            else:
+                module.upsert_flat(conn, table, flat[table])
     elapsed = time.perf_counter() - began
     conn.close()
     return elapsed
@@ -135,6 +136,7 @@ def run(symbols: int, minutes: int) -> dict[str, Any]:
             raise AssertionError(f"columnar and streaming replays differ in {differ}")
         candles = sum(len(table_rows) for table_rows in rows.values())
         bound_s = bound(Path(tmp) / "bound.db", rows)
+        single_row_s = bound(Path(tmp) / "bound_single_row.db", rows, single_row=True)
     ours_s, streaming_s = ours["seconds"], streaming["seconds"]
     return {
         "symbols": symbols,
@@ -155,6 +157,11 @@ def run(symbols: int, minutes: int) -> dict[str, Any]:
             "peak_rss_mib": streaming["peak_rss_mib"],
         },
         "bound": {"seconds": round(bound_s, 3), "candles_per_s": round(candles / bound_s)},
+        "bound_single_row": {
+            "seconds": round(single_row_s, 3),
+            "candles_per_s": round(candles / single_row_s),
+        },
+        "ratio_single_row": round(single_row_s / ours_s, 2),
         "ratio": round(bound_s / ours_s, 2),
         "streaming_ratio": round(bound_s / streaming_s, 3),
         "speedup": round(streaming_s / ours_s, 1),

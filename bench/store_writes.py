@@ -6,8 +6,9 @@ The candle updates are what the resampler makes of ``symbols`` x ``minutes`` bar
 interval, one batch per minute's frame, as the pipeline writes them: new rows and updates of
 forming candles). They go to the SQLite store (WAL, one writer thread) with ``upsert``, batch by
 batch, awaited as the pipeline does. The peer is the engine alone: the same rows, prepared
-beforehand as tuples, through Python's ``sqlite3`` ``executemany`` of the same statement on the
-same schema and pragmas, in the same process, with no event loop or thread hand-off.
+beforehand as flat lists of values, through Python's ``sqlite3`` with the store's statement
+(``speedlayer.store.sqlite.upsert_flat``: 50 rows to a statement) on the same schema and pragmas,
+in the same process, with no event loop or thread hand-off.
 """
 
 from __future__ import annotations
@@ -63,20 +64,14 @@ def _peer(path: Path, batches: list[list[Any]]) -> float:
     conn = sqlite3.connect(path)
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = NORMAL")
-    statements = {}
-    for name, table in tables.items():
+    for table in tables.values():
         conn.execute(module._SCHEMA.format(table=table))
         conn.execute(f"CREATE INDEX {table}_forming ON {table} (timestamp) WHERE final = 0")
-        statements[name] = (
-            f"INSERT INTO {table} ({module._COLUMNS}) VALUES ({module._PLACEHOLDERS}) "
-            f"ON CONFLICT (symbol, timestamp) DO UPDATE SET {module._UPDATES} "
-            f"WHERE excluded.revision >= {table}.revision"
-        )
     prepared = []
     for batch in batches:
-        by_name: dict[str, list[tuple[Any, ...]]] = {}
+        by_name: dict[str, list[Any]] = {}
         for c in batch:
-            by_name.setdefault(c.interval, []).append(
+            by_name.setdefault(c.interval, []).extend(
                 (c.symbol, c.interval, c.timestamp, c.open, c.high, c.low, c.close, c.volume,
                  c.vwap, c.trades, c.bars, c.final, c.revision, c.ttl)
             )  # fmt: skip
@@ -84,8 +79,8 @@ def _peer(path: Path, batches: list[list[Any]]) -> float:
     began = time.perf_counter()
     for by_name in prepared:
         with conn:
-            for name, rows in by_name.items():
-                conn.executemany(statements[name], rows)
+            for name, values in by_name.items():
+                module.upsert_flat(conn, tables[name], values)
     elapsed = time.perf_counter() - began
     conn.close()
     return elapsed

@@ -19,11 +19,15 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import orjson
 
 from ingest.polygon.protocol import Record, Rejected, from_event, from_rest_result
+from speedlayer.columns import BAR_FIELDS, BarColumns, SymbolTable, bar_columns
 from speedlayer.errors import ReplayFormatError
 from speedlayer.models import (
     MAX_PRICE,
@@ -37,9 +41,18 @@ from speedlayer.models import (
 )
 from speedlayer.symbols import canonical_symbol
 
-__all__ = ["REQUIRED_CSV_COLUMNS", "Record", "Rejected", "read_bars"]
+__all__ = [
+    "REQUIRED_CSV_COLUMNS",
+    "ColumnChunk",
+    "Record",
+    "Rejected",
+    "read_bar_columns",
+    "read_bars",
+]
 
 REQUIRED_CSV_COLUMNS = ("symbol", "t", "o", "h", "l", "c", "v")
+CHUNK_BYTES = 2 << 20  # of a CSV file, read and parsed at a time by ``read_bar_columns``
+JSON_CHUNK_RECORDS = 100_000  # records of a JSON file per chunk of ``read_bar_columns``
 
 
 def read_bars(path: str | Path) -> Iterator[Record]:
@@ -58,63 +71,93 @@ def read_bars(path: str | Path) -> Iterator[Record]:
             yield from _read_csv(handle, str(path))
 
 
+@dataclass(frozen=True)
+class _CsvLayout:
+    """Where a bar CSV's fields are, from its header."""
+
+    columns: int  # header fields
+    i_s: int
+    i_t: int
+    i_o: int
+    i_h: int
+    i_l: int
+    i_c: int
+    i_v: int
+    i_vw: int | None
+    i_n: int | None
+    width: int  # a row needs this many fields
+
+    @staticmethod
+    def of(header_row: list[str], name: str) -> _CsvLayout:
+        header = [column.strip().lower() for column in header_row]
+        missing = [column for column in REQUIRED_CSV_COLUMNS if column not in header]
+        if missing:
+            raise ReplayFormatError(
+                f"{name}: not a bar CSV: header lacks {', '.join(missing)} "
+                f"(expected symbol,t,o,h,l,c,v[,vw,n])"
+            )
+        i_s, i_t, i_o, i_h, i_l, i_c, i_v = (header.index(c) for c in REQUIRED_CSV_COLUMNS)
+        i_vw = header.index("vw") if "vw" in header else None
+        i_n = header.index("n") if "n" in header else None
+        width = max(i_s, i_t, i_o, i_h, i_l, i_c, i_v, i_vw or 0, i_n or 0) + 1
+        return _CsvLayout(len(header), i_s, i_t, i_o, i_h, i_l, i_c, i_v, i_vw, i_n, width)
+
+
 def _read_csv(handle: io.TextIOBase, name: str) -> Iterator[Record]:
     reader = csv.reader(handle)
-    header = [column.strip().lower() for column in next(reader, [])]
-    missing = [column for column in REQUIRED_CSV_COLUMNS if column not in header]
-    if missing:
-        raise ReplayFormatError(
-            f"{name}: not a bar CSV: header lacks {', '.join(missing)} "
-            f"(expected symbol,t,o,h,l,c,v[,vw,n])"
-        )
-    idx = [header.index(column) for column in REQUIRED_CSV_COLUMNS]
-    i_vw = header.index("vw") if "vw" in header else None
-    i_n = header.index("n") if "n" in header else None
-    width = max([*idx, i_vw or 0, i_n or 0]) + 1
-    i_s, i_t, i_o, i_h, i_l, i_c, i_v = idx
-    symbol_ok = SYMBOL_RE.match
-    canonical = canonical_symbol  # as validate_bar stores it
+    layout = _CsvLayout.of(next(reader, []), name)
+    yield from _csv_records(reader, layout, name)
+
+
+def _csv_records(
+    reader: Any, layout: _CsvLayout, name: str, lines_before: int = 0
+) -> Iterator[Record]:
+    """The records of a ``csv.reader``'s rows (``lines_before`` lines precede its first)."""
     for row in reader:
-        if len(row) < width:
-            if not row:
-                continue
-            yield Rejected("malformed_row", f"{name}:{reader.line_num}")
-            continue
-        s, vw, n = (
-            row[i_s],
-            row[i_vw] if i_vw is not None else "",
-            row[i_n] if i_n is not None else "",
-        )
-        # The common case, checked inline: the conversions and bounds of ``validate_bar``, which
-        # the rest (anything unusual or invalid) goes through for its reason. ``int`` of a
-        # string equals ``validate_bar``'s conversion wherever these bounds hold (below 2**53).
-        try:
-            t, o, h, lo, c, v = (
-                int(row[i_t]), float(row[i_o]), float(row[i_h]), float(row[i_l]),
-                float(row[i_c]), float(row[i_v]),
-            )  # fmt: skip
-            fvw = float(vw) if vw else None
-            tn = int(n) if n else None
-        except ValueError:
-            pass
-        else:
-            if (
-                0 < lo <= o <= h <= MAX_PRICE
-                and lo <= c <= h
-                and 0 <= v <= MAX_VOLUME
-                and (fvw is None or 0 <= fvw <= MAX_PRICE)
-                and (tn is None or 0 <= tn <= MAX_TRADES)
-                and t % MINUTE_MS == 0
-                and 0 <= t < T_MAX_MS
-                and symbol_ok(s) is not None
-            ):
-                yield Bar(canonical(s), t, o, h, lo, c, v, fvw, tn)
-                continue
-        result = validate_bar(
-            s, row[i_t], row[i_o], row[i_h], row[i_l], row[i_c], row[i_v],
-            vw if i_vw is not None else None, n if i_n is not None else None,
+        record = _csv_record(row, layout, name, lines_before + reader.line_num)
+        if record is not None:
+            yield record
+
+
+def _csv_record(row: list[str], layout: _CsvLayout, name: str, line: int) -> Record | None:
+    """One CSV row's Bar or Rejected (None for an empty row), ``line`` its line number."""
+    if len(row) < layout.width:
+        return None if not row else Rejected("malformed_row", f"{name}:{line}")
+    i_vw, i_n = layout.i_vw, layout.i_n
+    s, vw, n = (
+        row[layout.i_s],
+        row[i_vw] if i_vw is not None else "",
+        row[i_n] if i_n is not None else "",
+    )
+    # The common case, checked inline: the conversions and bounds of ``validate_bar``, which
+    # the rest (anything unusual or invalid) goes through for its reason. ``int`` of a string
+    # equals ``validate_bar``'s conversion wherever these bounds hold (below 2**53).
+    try:
+        t, o, h, lo, c, v = (
+            int(row[layout.i_t]), float(row[layout.i_o]), float(row[layout.i_h]),
+            float(row[layout.i_l]), float(row[layout.i_c]), float(row[layout.i_v]),
         )  # fmt: skip
-        yield result if isinstance(result, Bar) else Rejected(result, f"{name}:{reader.line_num}")
+        fvw = float(vw) if vw else None
+        tn = int(n) if n else None
+    except ValueError:
+        pass
+    else:
+        if (
+            0 < lo <= o <= h <= MAX_PRICE
+            and lo <= c <= h
+            and 0 <= v <= MAX_VOLUME
+            and (fvw is None or 0 <= fvw <= MAX_PRICE)
+            and (tn is None or 0 <= tn <= MAX_TRADES)
+            and t % MINUTE_MS == 0
+            and 0 <= t < T_MAX_MS
+            and SYMBOL_RE.match(s) is not None
+        ):
+            return Bar(canonical_symbol(s), t, o, h, lo, c, v, fvw, tn)
+    result = validate_bar(
+        s, row[layout.i_t], row[layout.i_o], row[layout.i_h], row[layout.i_l], row[layout.i_c],
+        row[layout.i_v], vw if i_vw is not None else None, n if i_n is not None else None,
+    )  # fmt: skip
+    return result if isinstance(result, Bar) else Rejected(result, f"{name}:{line}")
 
 
 def _read_json(handle: io.TextIOBase, name: str) -> Iterator[Record]:
@@ -170,3 +213,258 @@ def _from_rest(document: dict[str, object], where: str) -> Iterator[Record]:
             yield Rejected("unknown_record", where)
             continue
         yield from_rest_result(ticker, item, where)
+
+
+# -- columns -------------------------------------------------------------------------------------
+
+
+@dataclass
+class ColumnChunk:
+    """A part of a file read by ``read_bar_columns``: its valid bars as columns, in file order,
+    the records it held (valid or not), those rejected, and how far into the file (bytes) the
+    read has come with it (for progress; a JSON file's chunks say 0 until the last)."""
+
+    columns: BarColumns
+    records: int = 0
+    rejected: list[Rejected] = field(default_factory=list)
+    position: int = 0
+
+
+def read_bar_columns(
+    path: str | Path, symbols: SymbolTable, chunk_bytes: int = CHUNK_BYTES
+) -> Iterator[ColumnChunk]:
+    """``read_bars`` as columns, chunk by chunk (memory: a chunk, not the file): the same bars
+    (symbols coded by ``symbols``) and the same rejections with the same reasons and places.
+
+    A CSV file is parsed ``chunk_bytes`` at a time by polars, typed, and checked with the bounds
+    of ``validate_bar`` in a few vectorised comparisons; a row that fails them (or that the
+    parser could not type) is read again by the row reader for its Bar or its reason. A chunk
+    whose lines do not all have the header's number of fields is read by the row reader, and so
+    is the rest of a file from its first quote character or lone carriage return (a quoted field
+    may hold a line break). Other formats are read by ``read_bars`` and turned into columns."""
+    path = Path(path)
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise ReplayFormatError(f"cannot read {path}: {exc.strerror}") from exc
+    with handle:
+        head = handle.read(4096)
+        try:
+            first = head.decode("utf-8", errors="ignore").lstrip()[:1]
+        finally:
+            handle.seek(0)
+        if first in ("{", "["):
+            yield from _json_columns(path, symbols)
+        elif first:
+            yield from _csv_columns(handle, str(path), symbols, max(chunk_bytes, 1))
+
+
+def _json_columns(path: Path, symbols: SymbolTable) -> Iterator[ColumnChunk]:
+    chunk = ColumnChunk(BarColumns.empty())
+    bars: list[Bar] = []
+    for record in read_bars(path):
+        chunk.records += 1
+        if isinstance(record, Rejected):
+            chunk.rejected.append(record)
+        else:
+            bars.append(record)
+        if chunk.records >= JSON_CHUNK_RECORDS:
+            chunk.columns = bar_columns(bars, symbols)
+            yield chunk
+            chunk, bars = ColumnChunk(BarColumns.empty()), []
+    chunk.columns = bar_columns(bars, symbols)
+    chunk.position = path.stat().st_size
+    yield chunk
+
+
+def _csv_columns(
+    handle: io.BufferedReader, name: str, symbols: SymbolTable, chunk_bytes: int
+) -> Iterator[ColumnChunk]:
+    header = handle.readline()
+    if b'"' in header or b"\r" in header.rstrip(b"\r\n"):  # rare: the row reader, throughout
+        handle.seek(0)
+        yield from _row_reader_chunks(handle, name, symbols, None, 0)
+        return
+    layout = _CsvLayout.of(next(csv.reader([_decode(header, name, 0)]), []), name)
+    lines_before = 1
+    position = len(header)  # of the next chunk in the file
+    pending = b""
+    while True:
+        block = handle.read(chunk_bytes)
+        data = pending + block
+        if not data:
+            return
+        cut = data.rfind(b"\n") + 1 if block else len(data)
+        if cut == 0:  # no line end yet: read on
+            pending = data
+            continue
+        chunk, pending = data[:cut], data[cut:]
+        if b'"' in chunk or (b"\r" in chunk and chunk.count(b"\r") != chunk.count(b"\r\n")):
+            handle.seek(position)
+            yield from _row_reader_chunks(handle, name, symbols, layout, lines_before)
+            return
+        lines = chunk.count(b"\n") + (not chunk.endswith(b"\n"))
+        part = _csv_chunk(chunk, lines, layout, name, symbols, lines_before)
+        lines_before += lines
+        position += len(chunk)
+        part.position = position
+        yield part
+        if not block:
+            return
+
+
+def _row_reader_chunks(
+    handle: io.BufferedReader,
+    name: str,
+    symbols: SymbolTable,
+    layout: _CsvLayout | None,
+    lines_before: int,
+) -> Iterator[ColumnChunk]:
+    """The rest of a CSV file from the handle's position through the row reader (``csv``),
+    in chunks; ``layout`` None: the header is the first row."""
+    text = io.TextIOWrapper(handle, encoding="utf-8", newline="")
+    reader = csv.reader(text)
+    if layout is None:
+        layout = _CsvLayout.of(next(reader, []), name)
+    chunk = ColumnChunk(BarColumns.empty())
+    bars: list[Bar] = []
+    for record in _csv_records(reader, layout, name, lines_before):
+        chunk.records += 1
+        if isinstance(record, Rejected):
+            chunk.rejected.append(record)
+        else:
+            bars.append(record)
+        if chunk.records >= JSON_CHUNK_RECORDS:
+            chunk.columns = bar_columns(bars, symbols)
+            chunk.position = handle.tell()  # the text reader reads ahead: about here
+            yield chunk
+            chunk, bars = ColumnChunk(BarColumns.empty()), []
+    chunk.columns = bar_columns(bars, symbols)
+    chunk.position = handle.tell()
+    text.detach()
+    yield chunk
+
+
+def _decode(data: bytes, name: str, lines_before: int) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = lines_before + data.count(b"\n", 0, exc.start) + 1
+        raise ReplayFormatError(f"{name}:{line}: not UTF-8 text ({exc.reason})") from None
+
+
+def _csv_chunk(
+    chunk: bytes,
+    lines: int,
+    layout: _CsvLayout,
+    name: str,
+    symbols: SymbolTable,
+    lines_before: int,
+) -> ColumnChunk:
+    """One chunk of whole lines without quotes: parsed by polars where every line has the
+    header's fields, by the row reader otherwise."""
+    import polars as pl  # only replay reads columns
+
+    if chunk.count(b",") != lines * (layout.columns - 1):
+        return _rows_chunk(_decode(chunk, name, lines_before), layout, name, symbols, lines_before)
+    typed = {layout.i_t: pl.Int64, layout.i_o: pl.Float64, layout.i_h: pl.Float64}
+    typed |= {layout.i_l: pl.Float64, layout.i_c: pl.Float64, layout.i_v: pl.Float64}
+    if layout.i_vw is not None:
+        typed[layout.i_vw] = pl.Float64
+    if layout.i_n is not None:
+        typed[layout.i_n] = pl.Int64
+    schema = {f"c{i}": typed.get(i, pl.String) for i in range(layout.columns)}
+    try:
+        frame = pl.read_csv(
+            chunk, has_header=False, schema=schema, quote_char=None, encoding="utf8", n_threads=1
+        )
+    except (pl.exceptions.PolarsError, ValueError):  # a value it cannot type, a ragged line
+        return _rows_chunk(_decode(chunk, name, lines_before), layout, name, symbols, lines_before)
+    if frame.height != lines:
+        return _rows_chunk(_decode(chunk, name, lines_before), layout, name, symbols, lines_before)
+
+    def column(index: int) -> Any:
+        return frame.get_column(f"c{index}")
+
+    raw_symbols = column(layout.i_s).fill_null("")
+    names = raw_symbols.unique(maintain_order=True).to_list()
+    codes = [
+        symbols.code(canonical_symbol(s)) if SYMBOL_RE.match(s) is not None else -1 for s in names
+    ]
+    sym = raw_symbols.replace_strict(names, codes, return_dtype=pl.Int64).to_numpy()
+    required = [column(i) for i in (layout.i_t, layout.i_o, layout.i_h, layout.i_l)]
+    required += [column(layout.i_c), column(layout.i_v)]
+    present = np.ones(lines, dtype=np.bool_)
+    for series in required:
+        if series.null_count():
+            present &= series.is_not_null().to_numpy()
+    t, o, h, lo, c, v = (series.fill_null(0).to_numpy() for series in required)
+    if layout.i_vw is not None:
+        vw_column = column(layout.i_vw)
+        vw_null = vw_column.is_null().to_numpy()
+        vw = vw_column.fill_null(np.nan).to_numpy()
+    else:
+        vw_null, vw = np.ones(lines, dtype=np.bool_), np.full(lines, np.nan)
+    if layout.i_n is not None:
+        n_column = column(layout.i_n)
+        n_null = n_column.is_null().to_numpy()
+        n = n_column.fill_null(-1).to_numpy()
+    else:
+        n_null, n = np.ones(lines, dtype=np.bool_), np.full(lines, -1, dtype=np.int64)
+    with np.errstate(invalid="ignore"):
+        # The inline check of the row reader (``_csv_record``), element by element.
+        valid = (
+            present
+            & (sym >= 0)
+            & (lo > 0) & (lo <= o) & (o <= h) & (h <= MAX_PRICE)
+            & (lo <= c) & (c <= h)
+            & (v >= 0) & (v <= MAX_VOLUME)
+            & (vw_null | ((vw >= 0) & (vw <= MAX_PRICE)))
+            & (n_null | ((n >= 0) & (n <= MAX_TRADES)))
+            & (t % MINUTE_MS == 0) & (t >= 0) & (t < T_MAX_MS)
+        )  # fmt: skip
+    columns = BarColumns(sym, t, o, h, lo, c, v, vw, n)
+    result = ColumnChunk(columns, lines)
+    if valid.all():
+        return result
+    # The rest, row by row, for their Bar or their reason (into copies: polars' arrays may be
+    # read-only views).
+    columns = BarColumns(*(np.array(getattr(columns, f)) for f in BAR_FIELDS))
+    text_lines = chunk.split(b"\n")
+    for row_index in np.flatnonzero(~valid).tolist():
+        line = _decode(text_lines[row_index], name, lines_before + row_index)
+        row = next(csv.reader([line]), [])
+        record = _csv_record(row, layout, name, lines_before + row_index + 1)
+        if isinstance(record, Bar):
+            valid[row_index] = True
+            columns.sym[row_index] = symbols.code(record.symbol)
+            columns.t[row_index] = record.t
+            columns.o[row_index], columns.h[row_index] = record.o, record.h
+            columns.l[row_index], columns.c[row_index] = record.l, record.c
+            columns.v[row_index] = record.v
+            columns.vw[row_index] = np.nan if record.vw is None else record.vw
+            columns.n[row_index] = -1 if record.n is None else record.n
+        elif record is not None:
+            result.rejected.append(record)
+        else:  # an empty row is no record
+            result.records -= 1
+    result.columns = columns.take(valid)
+    return result
+
+
+def _rows_chunk(
+    text: str, layout: _CsvLayout, name: str, symbols: SymbolTable, lines_before: int
+) -> ColumnChunk:
+    """A chunk through the row reader."""
+    result = ColumnChunk(BarColumns.empty())
+    bars: list[Bar] = []
+    for record in _csv_records(
+        csv.reader(io.StringIO(text, newline="")), layout, name, lines_before
+    ):
+        result.records += 1
+        if isinstance(record, Rejected):
+            result.rejected.append(record)
+        else:
+            bars.append(record)
+    result.columns = bar_columns(bars, symbols)
+    return result

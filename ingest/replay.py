@@ -3,6 +3,8 @@
 ``read_batches`` reads the files one after the other (``ingest.files.read_bars``) and yields the
 valid bars in batches of ``batch_size`` (the last one may be shorter), counting bars read and
 records rejected (by reason, with the first place each reason occurred) as it goes.
+``read_column_batches`` does the same with the bars as columns (``ingest.files.read_bar_columns``:
+the columnar history path of ``speedlayer replay``), the same bars and the same counts.
 ``ReplaySummary`` is what a replay reports: those counts plus what the pipeline made of the
 batches (``launch.replay`` feeds them through the same pipeline as live data).
 """
@@ -14,7 +16,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ingest.files import Rejected, read_bars
+from ingest.files import CHUNK_BYTES, Rejected, read_bar_columns, read_bars
+from speedlayer.columns import BarColumns, SymbolTable
 from speedlayer.models import Bar
 
 
@@ -24,6 +27,7 @@ class ReadCounts:
 
     files: int = 0
     bars_read: int = 0  # records read, valid or not
+    bytes_read: int = 0  # of the files, as far as the reader has come (for progress)
     rejected: Counter[str] = field(default_factory=Counter)
     first_rejected: dict[str, str] = field(default_factory=dict)  # reason -> file:line
 
@@ -98,6 +102,7 @@ def read_batches(
     batch_size = max(batch_size, 1)
     counts = counts if counts is not None else ReadCounts()
     batch: list[Bar] = []
+    done_bytes = 0
     for path in paths:
         counts.files += 1
         for record in read_bars(path):
@@ -110,5 +115,31 @@ def read_batches(
             if len(batch) >= batch_size:
                 yield batch, counts
                 batch = []
+        done_bytes += Path(path).stat().st_size
+        counts.bytes_read = done_bytes
     if batch:
         yield batch, counts
+
+
+def read_column_batches(
+    paths: Sequence[str | Path],
+    symbols: SymbolTable,
+    counts: ReadCounts | None = None,
+    chunk_bytes: int = CHUNK_BYTES,
+) -> Iterator[tuple[BarColumns, ReadCounts]]:
+    """``read_batches`` as columns, a chunk of a file at a time (``read_bar_columns``; symbols
+    coded by ``symbols``): the same bars in the same order, the same counts. A batch may be
+    empty (a chunk of rejected records); ``counts.bytes_read`` says how far the files are read."""
+    counts = counts if counts is not None else ReadCounts()
+    done_bytes = 0
+    for path in paths:
+        counts.files += 1
+        for chunk in read_bar_columns(path, symbols, chunk_bytes):
+            counts.bars_read += chunk.records
+            for record in chunk.rejected:
+                counts.rejected[record.reason] += 1
+                counts.first_rejected.setdefault(record.reason, record.where)
+            counts.bytes_read = done_bytes + chunk.position
+            yield chunk.columns, counts
+        done_bytes += Path(path).stat().st_size
+        counts.bytes_read = done_bytes

@@ -40,7 +40,9 @@ DEFAULT_OUT = ROOT / "build" / "lambda.zip"
 HANDLER_PACKAGES = ("speedlayer", "processors")
 # Modules of those packages that only `speedlayer replay` uses (the columnar history path and its
 # numpy): not in the zip.
-NOT_PACKAGED = frozenset({"processors/columnar.py", "processors/history.py"})
+NOT_PACKAGED = frozenset(
+    {"processors/columnar.py", "processors/history.py", "speedlayer/columns.py"}
+)
 # The third-party distributions the handlers' code imports (the rest comes as their dependencies).
 HANDLER_DEPENDENCIES = ("aioboto3", "aiokafka", "msgspec", "pydantic", "pydantic-settings")
 PYTHON_VERSION = (3, 11)

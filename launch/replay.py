@@ -1,7 +1,8 @@
 """``speedlayer replay``: bars from files, in file order, into the store.
 
-``ingest.replay.read_batches`` reads the files into batches of validated bars. They go to a
-``processors.history.HistoryLoader``: history that is complete, final and new to the store is
+``ingest.replay.read_column_batches`` reads the files into batches of validated bars as columns
+(``ingest.replay.read_batches`` as ``Bar`` structs where every batch takes the pipeline). They go
+to a ``processors.history.HistoryLoader``: history that is complete, final and new to the store is
 resampled in large batches by the columnar engine and each final candle is written once; the rest
 (buckets the store or the resampler already holds, corrections, candles not final yet) goes
 through ``CandlePipeline.handle`` in batches of ``batch_size``, as live data does. The candles are
@@ -19,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ingest.replay import ReplaySummary, read_batches
+from ingest.replay import ReplaySummary, read_batches, read_column_batches
 from processors.history import HISTORY_BATCH_BARS, HistoryLoader, columnar_possible
 from processors.pipeline import CandlePipeline
 
@@ -53,8 +54,8 @@ async def replay_files(
     started = time.perf_counter()
     if columnar and columnar_possible(pipeline):
         loader = HistoryLoader(pipeline, batch_bars=history_batch, stream_batch=batch_size)
-        for batch, _ in read_batches(paths, batch_size, summary):
-            await loader.add(batch)
+        for columns, _ in read_column_batches(paths, loader.symbols, summary):
+            await loader.add_columns(columns)
             if on_batch is not None:
                 on_batch(summary, loader.counts.accepted)
         await loader.finish()

@@ -27,89 +27,37 @@ what had arrived by then), so the caller routes corrected buckets to the streami
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from itertools import repeat
 
 import numpy as np
-import numpy.typing as npt
 
+from speedlayer.columns import (
+    BarColumns,
+    Bools,
+    CandleColumns,
+    Floats,
+    Ints,
+    SymbolTable,
+    bar_columns,
+    to_candles,
+)
 from speedlayer.intervals import NO_BUCKET, Interval
-from speedlayer.models import Bar, Candle
+from speedlayer.models import Candle
 
-Ints = npt.NDArray[np.int64]
-Floats = npt.NDArray[np.float64]
-Bools = npt.NDArray[np.bool_]
-
-
-@dataclass
-class BarColumns:
-    """Bars as columns: ``sym`` codes into a symbol table, ``vw`` NaN and ``n`` -1 when absent
-    (validated bars never have a NaN VWAP or a negative trade count)."""
-
-    sym: Ints
-    t: Ints
-    o: Floats
-    h: Floats
-    l: Floats  # noqa: E741 - the bar's field name
-    c: Floats
-    v: Floats
-    vw: Floats
-    n: Ints
-
-    def __len__(self) -> int:
-        return len(self.t)
-
-    def take(self, rows: Ints | Bools) -> BarColumns:
-        return BarColumns(
-            self.sym[rows], self.t[rows], self.o[rows], self.h[rows], self.l[rows],
-            self.c[rows], self.v[rows], self.vw[rows], self.n[rows],
-        )  # fmt: skip
-
-    @staticmethod
-    def concat(parts: Sequence[BarColumns]) -> BarColumns:
-        return BarColumns(
-            *(
-                np.concatenate([getattr(p, name) for p in parts])
-                for name in ("sym", "t", "o", "h", "l", "c", "v", "vw", "n")
-            )
-        )
-
-
-class SymbolTable:
-    """Symbol <-> small integer code, stable for the table's life."""
-
-    def __init__(self) -> None:
-        self.codes: dict[str, int] = {}
-        self.names: list[str] = []
-
-    def code(self, symbol: str) -> int:
-        code = self.codes.get(symbol)
-        if code is None:
-            code = self.codes[symbol] = len(self.names)
-            self.names.append(symbol)
-        return code
-
-
-def bar_columns(bars: Sequence[Bar], symbols: SymbolTable) -> BarColumns:
-    """Columns of ``bars`` (same order); new symbols get codes in ``symbols``."""
-    codes = symbols.codes
-    code = symbols.code
-    count = len(bars)
-    return BarColumns(
-        np.fromiter(
-            (codes[b.symbol] if b.symbol in codes else code(b.symbol) for b in bars),
-            np.int64,
-            count,
-        ),
-        np.fromiter((b.t for b in bars), np.int64, count),
-        np.fromiter((b.o for b in bars), np.float64, count),
-        np.fromiter((b.h for b in bars), np.float64, count),
-        np.fromiter((b.l for b in bars), np.float64, count),
-        np.fromiter((b.c for b in bars), np.float64, count),
-        np.fromiter((b.v for b in bars), np.float64, count),
-        np.fromiter((np.nan if b.vw is None else b.vw for b in bars), np.float64, count),
-        np.fromiter((-1 if b.n is None else b.n for b in bars), np.int64, count),
-    )
+# The column types live in the core (``speedlayer.columns``): the reader makes them, the store
+# writes them.
+__all__ = [
+    "BarColumns",
+    "Bools",
+    "CandleColumns",
+    "Floats",
+    "Ints",
+    "SymbolTable",
+    "bar_columns",
+    "candle_columns",
+    "final_candles",
+    "sequential_sums",
+    "to_candles",
+]
 
 
 def sequential_sums(values: Floats, starts: Ints, lengths: Ints) -> Floats:
@@ -129,34 +77,6 @@ def sequential_sums(values: Floats, starts: Ints, lengths: Ints) -> Floats:
     out = np.empty_like(acc)
     out[order] = acc
     return out
-
-
-@dataclass
-class CandleColumns:
-    """One interval's final candles as columns (``vwap`` NaN and ``trades`` -1 when null)."""
-
-    interval: Interval
-    sym: Ints
-    timestamp: Ints
-    open: Floats
-    high: Floats
-    low: Floats
-    close: Floats
-    volume: Floats
-    vwap: Floats
-    trades: Ints
-    bars: Ints
-
-    def __len__(self) -> int:
-        return len(self.timestamp)
-
-    def slice(self, start: int, stop: int) -> CandleColumns:
-        return CandleColumns(
-            self.interval, self.sym[start:stop], self.timestamp[start:stop],
-            self.open[start:stop], self.high[start:stop], self.low[start:stop],
-            self.close[start:stop], self.volume[start:stop], self.vwap[start:stop],
-            self.trades[start:stop], self.bars[start:stop],
-        )  # fmt: skip
 
 
 def candle_columns(bars: BarColumns, intervals: Sequence[Interval]) -> list[CandleColumns]:
@@ -207,37 +127,6 @@ def candle_columns(bars: BarColumns, intervals: Sequence[Interval]) -> list[Cand
                 np.where(lengths == 1, bars.vw[starts], multi),
                 np.where(any_n, np.add.reduceat(trades_in, starts), -1),
                 lengths,
-            )
-        )
-    return out
-
-
-def to_candles(columns: Sequence[CandleColumns], names: Sequence[str]) -> list[Candle]:
-    """``Candle`` structs (final, revision = bars) of candle columns; ``names[code]`` is the
-    symbol of a code."""
-    names_array = np.asarray(names, dtype=object)
-    out: list[Candle] = []
-    for cc in columns:
-        interval = cc.interval
-        ttls = interval.bucket_ends(cc.timestamp) // 1000 + interval.retention_s
-        bar_counts = cc.bars.tolist()
-        out.extend(
-            map(
-                Candle,
-                names_array[cc.sym].tolist(),
-                repeat(interval.name),
-                cc.timestamp.tolist(),
-                cc.open.tolist(),
-                cc.high.tolist(),
-                cc.low.tolist(),
-                cc.close.tolist(),
-                cc.volume.tolist(),
-                [None if x != x else x for x in cc.vwap.tolist()],  # NaN: null
-                [None if x < 0 else x for x in cc.trades.tolist()],
-                bar_counts,
-                repeat(True),
-                bar_counts,  # revision: one per distinct bar (module docstring)
-                ttls.tolist(),
             )
         )
     return out

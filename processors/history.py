@@ -26,7 +26,11 @@ merged by the existing restore path, and revisions keep increasing: a late bar f
 by the columnar engine finds it in the store (``Resampler.note_stored_until`` is told) and is
 applied on top of it, as after a restart. Memory is bounded by the batch plus the carried units,
 kept as columns (at most one longest interval, 4h, of the market when the file is in time order),
-plus the candles of a few store writes in flight (``HISTORY_WRITE_CANDLES`` each).
+plus the candle columns of the passes being written (``HISTORY_WRITES_IN_FLIGHT``), whose rows a
+store makes ``HISTORY_WRITE_CANDLES`` at a time.
+
+A pass runs when ``batch_bars`` bars have come since the last, or an eighth of that once the
+earliest pending unit has completed, so candles are written while the next bars are read.
 """
 
 from __future__ import annotations
@@ -45,14 +49,13 @@ from processors.columnar import (
     SymbolTable,
     bar_columns,
     candle_columns,
-    to_candles,
 )
 from processors.pipeline import CandlePipeline
 from speedlayer.models import MINUTE_MS, Bar
 
 HISTORY_BATCH_BARS = 200_000  # bars read between two passes of the columnar engine
-HISTORY_WRITE_CANDLES = 50_000  # candles per store write of the columnar engine
-HISTORY_WRITES_IN_FLIGHT = 4  # of those, written while the next are made and bars are read
+HISTORY_WRITE_CANDLES = 50_000  # candles made into rows at a time by a store's column write
+HISTORY_WRITES_IN_FLIGHT = 2  # passes' store writes in flight while the next bars are read
 _UNKNOWN = np.iinfo(np.int64).min  # frontier of a symbol the store was not asked about yet
 
 
@@ -96,7 +99,8 @@ class HistoryLoader:
         self.pipeline = pipeline
         self.resampler = pipeline.resampler
         self.intervals = self.resampler.intervals
-        self.unit_ms = max(interval.interval_ms for interval in self.intervals)
+        self.unit = max(self.intervals, key=lambda interval: interval.interval_ms)
+        self.unit_ms = self.unit.interval_ms
         self.batch_bars = max(1, batch_bars)
         self.stream_batch = max(1, stream_batch)
         self.write_candles = max(1, write_candles)
@@ -108,16 +112,26 @@ class HistoryLoader:
         self._pending = 0  # bars carried (their columns only: Bars are rebuilt to stream)
         self._fresh = 0  # bars added since the last pass
         self._watermark = -1  # end of the newest bar added
+        self._next_unit_end = 0  # a unit ending here completes once the watermark passes it
         self._writing: deque[asyncio.Future[None]] = deque()  # columnar writes in flight
 
     async def add(self, bars: Sequence[Bar]) -> None:
-        if not bars:
+        if bars:
+            await self.add_columns(bar_columns(bars, self.symbols))
+
+    async def add_columns(self, cols: BarColumns) -> None:
+        """``add`` of bars as columns, their symbols coded by ``self.symbols`` (the file reader
+        makes them so: ``ingest.files.read_bar_columns``)."""
+        if not len(cols):
             return
-        self._pending_cols.append(bar_columns(bars, self.symbols))
-        self._pending += len(bars)
-        self._watermark = max(self._watermark, self._pending_cols[-1].t.max() + MINUTE_MS)
-        self._fresh += len(bars)
-        if self._fresh >= self.batch_bars:
+        self._pending_cols.append(cols)
+        self._pending += len(cols)
+        self._watermark = max(self._watermark, int(cols.t.max()) + MINUTE_MS)
+        self._fresh += len(cols)
+        # A pass when a batch has come, or as soon as units complete (their candles are written
+        # while the next bars are read).
+        completes = self._watermark - self.resampler.lateness_ms >= self._next_unit_end
+        if self._fresh >= self.batch_bars or (completes and self._fresh >= self.batch_bars // 8):
             await self._pass(final=False)
 
     async def finish(self) -> None:
@@ -134,9 +148,8 @@ class HistoryLoader:
             return
         cols = BarColumns.concat(self._pending_cols)
         await self._learn_new_symbols()
-        unit = self.unit_ms
-        start = cols.t - cols.t % unit
-        end = start + unit
+        start = self.unit.bucket_starts(cols.t)
+        end = self.unit.bucket_ends(start)
         now = self.resampler.clock.now_ms()
         touched = start < self._frontier[cols.sym]
         stream = touched | (end + self.resampler.grace_ms > now)
@@ -145,7 +158,7 @@ class HistoryLoader:
         else:
             complete = end <= self._watermark - self.resampler.lateness_ms
         candidate = complete & ~stream
-        unit_id = (cols.sym << 32) | (cols.t // unit)
+        unit_id = (cols.sym << 32) | (start // self.unit_ms)
         corrected = _corrected_units(cols, unit_id, candidate)
         if corrected.size:
             stream |= candidate & np.isin(unit_id, corrected)
@@ -156,6 +169,12 @@ class HistoryLoader:
         stream_rows = np.flatnonzero(stream)
         columnar_rows = np.flatnonzero(columnar)
         keep_rows = np.flatnonzero(~done)
+        # The next pass is due once the earliest pending unit completes.
+        if keep_rows.size:
+            self._next_unit_end = int(end[keep_rows].min())
+        else:
+            horizon = self._watermark - self.resampler.lateness_ms
+            self._next_unit_end = self.unit.bucket_end(self.unit.bucket_start(horizon))
         self._pending_cols = [cols.take(keep_rows)] if keep_rows.size else []
         self._pending = len(keep_rows)
         if columnar_rows.size:
@@ -177,43 +196,34 @@ class HistoryLoader:
         self._frontier = np.concatenate([self._frontier, np.asarray(fresh, dtype=np.int64)])
 
     async def _columnar(self, cols: BarColumns) -> None:
-        order = np.lexsort((cols.t, cols.sym))  # stable: the first arrival of a key comes first
+        # By symbol name, then time (the store's key order: B-tree pages are filled in order),
+        # stable: the first arrival of a key comes first.
+        order = np.lexsort((cols.t, self.symbols.ranks()[cols.sym]))
         cols = cols.take(order)
         first = np.ones(len(cols), dtype=np.bool_)
         first[1:] = (cols.sym[1:] != cols.sym[:-1]) | (cols.t[1:] != cols.t[:-1])
         unique = cols.take(first)  # every repeat is an exact duplicate (no corrections here)
-        # Written in slices of ``write_candles`` (memory: Candle structs are ~30 times the size
-        # of their columns), the longest interval first and the 1-minute table last, the order
-        # a store writes one call in: the 1-minute slices start once every longer slice is
-        # written, so a crash never records a bar whose longer candles are missing. Up to
-        # ``writes_in_flight`` slices are written while the next ones are made and the next
-        # batch is read; whatever reads the store waits for them all first.
+        # One store call per pass, the longest interval first and the 1-minute table last: a
+        # store writes a call in that order (SQLite in one transaction, the rows made from the
+        # columns ``write_candles`` at a time), so a crash never records a bar whose longer
+        # candles are missing. Up to ``writes_in_flight`` passes are written while the next
+        # batches are read; whatever reads the store waits for them all first.
         names = self.symbols.names
-        step = self.write_candles
-        made = 0
-        minute = self.intervals[0].name
-        slices = [
-            (columns, at)
-            for columns in reversed(candle_columns(unique, self.intervals))
-            for at in range(0, len(columns), step)
-        ]
-        for number, (columns, at) in enumerate(slices):
-            candles = to_candles([columns.slice(at, at + step)], names)
-            made += len(candles)
-            last_slice = number == len(slices) - 1
-            if columns.interval.name == minute and at == 0:
-                await self._drain()
-            await self._drain(self.writes_in_flight - 1)
-            self._writing.append(
-                asyncio.ensure_future(
-                    self.pipeline.write_history(
-                        candles,
-                        accepted=len(unique) if last_slice else 0,
-                        duplicates=len(cols) - len(unique) if last_slice else 0,
-                    )
+        columns = list(reversed(candle_columns(unique, self.intervals)))
+        made = sum(len(cc) for cc in columns)
+        await self._drain(self.writes_in_flight - 1)
+        self._writing.append(
+            asyncio.ensure_future(
+                self.pipeline.write_history_columns(
+                    columns,
+                    names,
+                    accepted=len(unique),
+                    duplicates=len(cols) - len(unique),
+                    slice_candles=self.write_candles,
                 )
             )
-            await asyncio.sleep(0)  # let it hand the rows to the store's writer now
+        )
+        await asyncio.sleep(0)  # let it hand the columns to the store's writer now
         # The store now holds these bars: a late bar for one of their buckets restores it.
         last = np.flatnonzero(np.append(unique.sym[1:] != unique.sym[:-1], True))
         ends = zip(unique.sym[last].tolist(), unique.t[last].tolist(), strict=True)

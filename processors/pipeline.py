@@ -24,12 +24,15 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from processors.resampler import BatchResult, Resampler, RestoreRequest
 from speedlayer.models import Bar, Candle
 from speedlayer.retry import Backoff, retry
 from speedlayer.store.base import Store
+
+if TYPE_CHECKING:
+    from speedlayer.columns import CandleColumns
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +134,48 @@ class CandlePipeline:
         stats.bars_accepted += accepted
         stats.bars_duplicate += duplicates
 
+    async def write_history_columns(
+        self,
+        columns: Sequence[CandleColumns],
+        names: Sequence[str],
+        *,
+        accepted: int,
+        duplicates: int,
+        slice_candles: int = 50_000,
+    ) -> None:
+        """``write_history`` of candles as columns (``names[code]`` is a code's symbol), written
+        in their order: the store makes its rows ``slice_candles`` at a time (no ``Candle`` per
+        row); published candles are made and sent that many at a time, each slice after the
+        last."""
+        from speedlayer.columns import to_candles  # numpy: only the replay command has columns
+
+        if self.publish is not None:
+            for cc in columns:
+                for at in range(0, len(cc), slice_candles):
+                    await self._emit(to_candles([cc.slice(at, at + slice_candles)], names))
+            await self.write_history([], accepted=accepted, duplicates=duplicates)
+            return
+        count = sum(len(cc) for cc in columns)
+        if count:
+            store = self.store
+            written = await self._until_done(
+                "store write", lambda: store.upsert_columns(columns, names, slice_candles)
+            )
+            self.stats.rows_written += written
+            self.stats.candles_published += count
+            now_s = store.now_s()
+            for cc in columns:
+                expired = (cc.ttls() <= now_s).nonzero()[0]
+                if expired.size:  # the warning names the oldest
+                    oldest = int(expired[cc.timestamp[expired].argmin()])
+                    self._note_expired(
+                        to_candles([cc.slice(oldest, oldest + 1)], names), int(expired.size)
+                    )
+        stats = self.stats
+        stats.batches += 1
+        stats.bars_accepted += accepted
+        stats.bars_duplicate += duplicates
+
     async def read_store(self, operation: Callable[[], Awaitable[T]]) -> T:
         """A store read, retried like the pipeline's own (``retry_deadline_s``)."""
         return await self._until_done("store read", operation)
@@ -158,9 +203,11 @@ class CandlePipeline:
         if publish is not None:
             await self._until_done("candle publish", lambda: publish(candles))
 
-    def _note_expired(self, expired: Sequence[Candle]) -> None:
+    def _note_expired(self, expired: Sequence[Candle], count: int | None = None) -> None:
+        """Count ``count`` expired candles (``len(expired)`` by default); ``expired`` holds the
+        oldest of them at least (the warning names it)."""
         stats = self.stats
-        stats.candles_expired += len(expired)
+        stats.candles_expired += len(expired) if count is None else count
         now = time.monotonic()
         if (
             self._expired_warned_at is not None

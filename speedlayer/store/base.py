@@ -8,13 +8,16 @@ Every backend keeps one table per interval keyed by (symbol, timestamp), upserts
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from types import TracebackType
-from typing import Literal, Self
+from typing import TYPE_CHECKING, Literal, Self
 
 from speedlayer.clock import Clock
 from speedlayer.intervals import Interval, IntervalSet
 from speedlayer.models import Bar, Candle
+
+if TYPE_CHECKING:
+    from speedlayer.columns import CandleColumns
 
 Order = Literal["asc", "desc"]
 
@@ -54,6 +57,21 @@ class Store(ABC):
         A candle replaces the stored one for its key unless the stored revision is higher, so
         replays and duplicated deliveries converge.
         """
+
+    async def upsert_columns(
+        self, columns: Sequence[CandleColumns], names: Sequence[str], slice_rows: int = 50_000
+    ) -> int:
+        """``upsert`` of candles given as columns (``speedlayer.columns``; ``names[code]`` is a
+        code's symbol), written in their order, ``slice_rows`` made into rows at a time (memory:
+        a slice, not the call). Backends that can write rows straight from the columns override
+        this; the default makes ``Candle`` structs and upserts each slice after the last."""
+        from speedlayer.columns import to_candles  # numpy: only the replay command writes columns
+
+        changed = 0
+        for cc in columns:
+            for at in range(0, len(cc), max(slice_rows, 1)):
+                changed += await self.upsert(to_candles([cc.slice(at, at + slice_rows)], names))
+        return changed
 
     @abstractmethod
     async def query(
@@ -96,3 +114,9 @@ class Store(ABC):
     @abstractmethod
     async def ping(self) -> None:
         """Raise StoreError when the store cannot serve requests."""
+
+    def data_version(self) -> Hashable | None:
+        """A token equal to an earlier one only if no candle has been written or purged in
+        between, by this process or any other (what lets a reader reuse what it read); None when
+        the backend cannot tell, so nothing read from it may be reused."""
+        return None

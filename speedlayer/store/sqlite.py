@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from msgspec.structs import astuple
 
@@ -21,6 +21,9 @@ from speedlayer.errors import StoreError
 from speedlayer.intervals import Interval, IntervalSet
 from speedlayer.models import CANDLE_FIELDS, Bar, Candle
 from speedlayer.store.base import Order, Store
+
+if TYPE_CHECKING:
+    from speedlayer.columns import CandleColumns
 
 T = TypeVar("T")
 INLINE_READ_ROWS = 201  # range reads of up to this many rows run on the caller's thread
@@ -31,6 +34,84 @@ _PLACEHOLDERS = ", ".join("?" for _ in CANDLE_FIELDS)
 _UPDATES = ", ".join(
     f"{f} = excluded.{f}" for f in CANDLE_FIELDS if f not in ("symbol", "timestamp")
 )
+# Upserts go ROWS_PER_STATEMENT rows to a statement (a multi-row VALUES): one trip through
+# SQLite's statement machinery per 50 rows instead of per row, about a third less time per row.
+ROWS_PER_STATEMENT = 50
+_FIELD_COUNT = len(CANDLE_FIELDS)
+
+
+def upsert_statement(table: str, rows: int = 1) -> str:
+    """The upsert of ``rows`` candles into ``table``: each replaces the stored row of its key
+    unless that has a higher revision (rows of one statement apply in order)."""
+    values = ", ".join([f"({_PLACEHOLDERS})"] * rows)
+    return (
+        f"INSERT INTO {table} ({_COLUMNS}) VALUES {values} "
+        f"ON CONFLICT (symbol, timestamp) DO UPDATE SET {_UPDATES} "
+        f"WHERE excluded.revision >= {table}.revision"
+    )
+
+
+def _upsert_final(conn: sqlite3.Connection, table: str, interval: str, values: list[object]) -> int:
+    """``upsert_flat`` of final candles given as ``final_upsert_statement`` binds them."""
+    step = ROWS_PER_STATEMENT * _FINAL_COUNT
+    whole = len(values) // step * step
+    changed = 0
+    if whole:
+        cur = conn.executemany(
+            final_upsert_statement(table, interval, ROWS_PER_STATEMENT),
+            (values[at : at + step] for at in range(0, whole, step)),
+        )
+        changed += cur.rowcount
+    if whole < len(values):
+        rest = (len(values) - whole) // _FINAL_COUNT
+        changed += conn.execute(
+            final_upsert_statement(table, interval, rest), values[whole:]
+        ).rowcount
+    return changed
+
+
+def upsert_flat(conn: sqlite3.Connection, table: str, values: list[object]) -> int:
+    """Upsert candles given as one flat list of their fields (``Candle``'s order, row after
+    row) into ``table``, ``ROWS_PER_STATEMENT`` rows to a statement; the rows changed."""
+    step = ROWS_PER_STATEMENT * _FIELD_COUNT
+    whole = len(values) // step * step
+    changed = 0
+    if whole:
+        cur = conn.executemany(
+            upsert_statement(table, ROWS_PER_STATEMENT),
+            (values[at : at + step] for at in range(0, whole, step)),
+        )
+        changed += cur.rowcount
+    if whole < len(values):
+        rest = (len(values) - whole) // _FIELD_COUNT
+        changed += conn.execute(upsert_statement(table, rest), values[whole:]).rowcount
+    return changed
+
+
+# The final candles of ``upsert_columns`` (``final`` 1, ``revision`` = ``bars``): the interval and
+# ``final`` are literals of the statement and ``bars`` is bound once for both columns, 11 values a
+# row instead of 14 (the same rows, the same conflict rule).
+_FINAL_FIELDS = ("symbol", "timestamp", "open", "high", "low", "close", "volume", "vwap", "trades")
+_FINAL_COUNT = len(_FINAL_FIELDS) + 2  # and bars, ttl
+
+
+def final_upsert_statement(table: str, interval: str, rows: int = 1) -> str:
+    """``upsert_statement`` for final candles with ``revision`` = ``bars``, bound as
+    ``symbol, timestamp, open, high, low, close, volume, vwap, trades, bars, ttl`` per row."""
+
+    def row(first: int) -> str:
+        p = [f"?{first + i}" for i in range(_FINAL_COUNT)]
+        return f"({p[0]}, '{interval}', {', '.join(p[1:9])}, {p[9]}, 1, {p[9]}, {p[10]})"
+
+    assert interval.isalnum()  # a literal of the statement: an interval name such as 15m
+    values = ", ".join(row(1 + r * _FINAL_COUNT) for r in range(rows))
+    return (
+        f"INSERT INTO {table} ({_COLUMNS}) VALUES {values} "
+        f"ON CONFLICT (symbol, timestamp) DO UPDATE SET {_UPDATES} "
+        f"WHERE excluded.revision >= {table}.revision"
+    )
+
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS {table} (
     symbol    TEXT    NOT NULL,
@@ -71,6 +152,11 @@ _SYMBOLS_UPSERT = (
 def _row_to_candle(row: tuple[object, ...]) -> Candle:
     s, iv, ts, o, h, lo, c, v, vw, n, bars, final, rev, ttl = row
     return Candle(s, iv, ts, o, h, lo, c, v, vw, n, bars, bool(final), rev, ttl)  # type: ignore[arg-type]
+
+
+def _data_version(conn: sqlite3.Connection) -> tuple[int, int]:
+    # The connection stays open (and so its id unique) until the store stops.
+    return id(conn), conn.execute("PRAGMA data_version").fetchone()[0]
 
 
 class SQLiteStore(Store):
@@ -176,41 +262,78 @@ class SQLiteStore(Store):
         if not candles:
             return 0
         # Rows are the candles' fields in declaration order, the order of the table's columns
-        # (symbol, interval, ..., ttl last).
-        by_table: dict[str, list[tuple[object, ...]]] = {
-            table: [] for table in self._tables.values()
-        }
-        append = {name: by_table[table].append for name, table in self._tables.items()}
+        # (symbol, interval, ..., ttl last), one after the other in a flat list per table.
+        by_table: dict[str, list[object]] = {table: [] for table in self._tables.values()}
+        extend = {name: by_table[table].extend for name, table in self._tables.items()}
         newest_ttl: dict[str, int] = {}
         newest = newest_ttl.get
         for row in map(astuple, candles):
-            append[row[1]](row)
+            extend[row[1]](row)
             symbol, ttl = row[0], row[13]
             if newest(symbol, -1) < ttl:
                 newest_ttl[symbol] = ttl
 
+        return await self._write(lambda: self._write_rows(by_table, newest_ttl))
+
+    async def upsert_columns(
+        self, columns: Sequence[CandleColumns], names: Sequence[str], slice_rows: int = 50_000
+    ) -> int:
+        """In one transaction with the symbol index, in the columns' order, the rows made on the
+        writer thread ``slice_rows`` at a time (no ``Candle`` per row), with ``upsert``'s
+        statement."""
+        if not any(len(cc) for cc in columns):
+            return 0
+        step = max(slice_rows, 1)
+
         def write() -> int:
             conn = self._writer
             assert conn is not None
+            newest_ttl: dict[str, int] = {}
             changed = 0
             try:
                 with conn:
-                    for table, rows in by_table.items():
-                        if not rows:
+                    for cc in columns:
+                        table = self._tables[cc.interval.name]
+                        interval = cc.interval.name
+                        for at in range(0, len(cc), step):
+                            values = cc.slice(at, at + step).final_flat(names)
+                            changed += _upsert_final(conn, table, interval, values)
+                        if not len(cc):
                             continue
-                        cur = conn.executemany(
-                            f"INSERT INTO {table} ({_COLUMNS}) VALUES ({_PLACEHOLDERS}) "
-                            f"ON CONFLICT (symbol, timestamp) DO UPDATE SET {_UPDATES} "
-                            f"WHERE excluded.revision >= {table}.revision",
-                            rows,
-                        )
-                        changed += cur.rowcount
+                        # Each symbol's largest ttl: the last of its rows sorted by (symbol, ttl).
+                        ttls = cc.ttls()
+                        by_ttl = ttls.argsort(kind="stable")
+                        order = by_ttl[cc.sym[by_ttl].argsort(kind="stable")]
+                        sym = cc.sym[order]
+                        last = order[[*(sym[1:] != sym[:-1]).nonzero()[0].tolist(), len(sym) - 1]]
+                        for code, ttl in zip(
+                            cc.sym[last].tolist(), ttls[last].tolist(), strict=True
+                        ):
+                            symbol = names[code]
+                            if newest_ttl.get(symbol, -1) < ttl:
+                                newest_ttl[symbol] = ttl
                     conn.executemany(_SYMBOLS_UPSERT, newest_ttl.items())
             except sqlite3.Error as exc:
                 raise StoreError(f"SQLite write failed: {exc}") from exc
             return changed
 
         return await self._write(write)
+
+    def _write_rows(self, by_table: dict[str, list[object]], newest_ttl: dict[str, int]) -> int:
+        """Upsert rows (flat lists of ``Candle``'s fields, row after row) per table and the
+        symbols' largest ttl, in one transaction, on the writer thread."""
+        conn = self._writer
+        assert conn is not None
+        changed = 0
+        try:
+            with conn:
+                for table, values in by_table.items():
+                    if values:
+                        changed += upsert_flat(conn, table, values)
+                conn.executemany(_SYMBOLS_UPSERT, newest_ttl.items())
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite write failed: {exc}") from exc
+        return changed
 
     async def purge_expired(self) -> int:
         now_s = self.now_s()
@@ -312,6 +435,15 @@ class SQLiteStore(Store):
         sql = f"SELECT symbol FROM {SYMBOLS_TABLE} WHERE ttl > ? ORDER BY symbol"
         now_s = self.now_s()
         return await self._read(lambda conn: [row[0] for row in conn.execute(sql, (now_s,))])
+
+    def data_version(self) -> tuple[int, int]:
+        """``PRAGMA data_version`` of the calling thread's reader connection, which changes
+        whenever another connection commits (this store's writer, or any process writing the
+        file), paired with that connection's identity: versions of different connections are
+        not comparable. About 2 µs, so it runs inline."""
+        if self._reader_pool is None:
+            raise StoreError("SQLite store is not started")
+        return self._with_reader(_data_version)
 
     async def ping(self) -> None:
         # Touch a real table, so a missing or corrupted database file is noticed.
