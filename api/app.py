@@ -25,6 +25,7 @@ from api import (
 from api.deps import Resources
 from api.head import HeadAsGetMiddleware
 from api.live.hub import CandleHub
+from api.page_cache import PageCache
 from api.routes import router
 from speedlayer import __version__
 from speedlayer.bus.base import Bus
@@ -85,6 +86,7 @@ def create_app(
                 bus=live,
                 pipeline=pipeline,
                 health=tuple(health),
+                pages=PageCache(int(settings.page_cache_mb * 2**20)),
             )
             chores = [
                 asyncio.create_task(

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
 
 from api.live.hub import CandleHub
+from api.page_cache import PageCache
 from speedlayer.bus.base import Bus
 from speedlayer.clock import Clock
 from speedlayer.config import Settings
@@ -25,6 +26,7 @@ class Resources:
     bus: Bus | None = None  # the candle-update bus; None when the API runs without a pipeline
     pipeline: PipelineView | None = None  # the in-process pipeline (metrics, readiness), if any
     health: Sequence[HealthCheck] = ()  # other parts whose problems /readyz reports (a feed)
+    pages: PageCache = field(default_factory=lambda: PageCache(0))  # served candle pages
 
     def health_problems(self) -> list[str]:
         """What the hub, the pipeline (if any) and each part of ``health`` report, in that

@@ -9,7 +9,8 @@
   collector (no duplicated counters): subscribers, slow consumers dropped, messages delivered and
   events from the live hub (0 without one); bars in, candles out and feed lag from the in-process
   pipeline (absent without one); ``speedlayer_ready``, 1 while no health check (the live hub,
-  the pipeline, the feed) reports a problem, else 0 (/readyz also probes the store and bus).
+  the pipeline, the feed) reports a problem, else 0 (/readyz also probes the store and bus);
+  the page cache's hits, misses and bytes held (api/page_cache.py).
 - ``speedlayer_store_errors_total`` counts store failures seen while serving requests.
 """
 
@@ -60,6 +61,8 @@ class LiveCollector(Collector):
         families += [CounterMetricFamily(n, d) for n, d in _LIVE_COUNTERS + _PIPELINE_COUNTERS]
         families.append(GaugeMetricFamily(*_LAG))
         families.append(GaugeMetricFamily(*_READY))
+        families += [CounterMetricFamily(*_PAGE_HITS), CounterMetricFamily(*_PAGE_MISSES)]
+        families.append(GaugeMetricFamily(*_PAGE_BYTES))
         return families
 
     def collect(self) -> Iterable[Metric]:
@@ -78,6 +81,12 @@ class LiveCollector(Collector):
         if res is not None:
             ready = not res.health_problems()
             families.append(GaugeMetricFamily(*_READY, value=1.0 if ready else 0.0))
+            pages = res.pages
+            families += [
+                CounterMetricFamily(*_PAGE_HITS, value=pages.hits),
+                CounterMetricFamily(*_PAGE_MISSES, value=pages.misses),
+                GaugeMetricFamily(*_PAGE_BYTES, value=pages.size),
+            ]
         pipeline = res.pipeline if res is not None else None
         if pipeline is not None:
             families += [
@@ -116,6 +125,15 @@ _READY = (
     "speedlayer_ready",
     "1 while no health check (live hub, pipeline, feed) reports a problem, else 0",
 )
+_PAGE_HITS = (
+    "speedlayer_page_cache_hits",
+    "GET /candles/{symbol} pages served from the page cache (api/page_cache.py)",
+)
+_PAGE_MISSES = (
+    "speedlayer_page_cache_misses",
+    "GET /candles/{symbol} pages read from the store while the page cache is on",
+)
+_PAGE_BYTES = ("speedlayer_page_cache_bytes", "bytes of the pages the page cache holds")
 _LAG = (
     "speedlayer_feed_lag_seconds",
     "now minus the end of the newest bar processed (no sample before the first bar)",

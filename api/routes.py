@@ -63,6 +63,7 @@ NOT_FOUND: dict[int | str, dict[str, object]] = {
     404: {"model": ErrorBody, "description": "no candle for this symbol and interval"},
 }
 DEFAULT_LIMIT = 1000
+MAX_TTL_S = 2**63 - 1  # "never expires", for an empty page
 MAX_LATEST_SYMBOLS = 100  # symbols per GET /candles request
 READY_TIMEOUT_S = 2.0
 INTERVAL_DOC = "1m 5m 15m 30m 1h 2h 4h (or an alias: 15min, 60m, 1hour, ...)"
@@ -125,6 +126,22 @@ def query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
         }
         for name, prop in schema["properties"].items()
     ]
+
+
+# What FastAPI would document for ``symbol: Annotated[str, Path(description=..., examples=...)]``
+# (api/docs.py adds the ticker pattern).
+SYMBOL_PATH_PARAMETER: dict[str, Any] = {
+    "name": "symbol",
+    "in": "path",
+    "required": True,
+    "schema": {
+        "type": "string",
+        "description": "ticker, e.g. AAPL",
+        "examples": ["AAPL"],
+        "title": "Symbol",
+    },
+    "description": "ticker, e.g. AAPL",
+}
 
 
 def parse_query(model: type[Q], request: Request) -> Q:
@@ -233,13 +250,14 @@ async def get_latest(
         "by default. Pages hold `limit` candles; follow `next_cursor` until it is null. A ticker "
         "with a slash (`BRK/B`, forex `EUR/USD`) goes into the path as it is or as `%2F`."
     ),
-    openapi_extra={"parameters": query_parameters(CandleRange)},
+    openapi_extra={"parameters": [SYMBOL_PATH_PARAMETER, *query_parameters(CandleRange)]},
 )
-async def get_candles(
-    request: Request,
-    resources: ResourcesDep,
-    symbol: Annotated[str, Path(description="ticker, e.g. AAPL", examples=["AAPL"])],
-) -> Response:
+async def get_candles(request: Request) -> Response:
+    # Parameters and resources are read from the request, not declared: FastAPI's dependency
+    # solving would cost more than serving a cached page (bench/rest.py); the OpenAPI
+    # parameters are documented above instead.
+    resources: Resources = request.app.state.resources
+    symbol: str = request.path_params["symbol"]
     query = parse_query(CandleRange, request)
     interval, start, end, limit, order, cursor = (
         query.interval, query.start, query.end, query.limit, query.order, query.cursor
@@ -260,14 +278,29 @@ async def get_candles(
             start_ms = after + 1 if start_ms is None else max(start_ms, after + 1)
         else:
             end_ms = after if end_ms is None else min(end_ms, after)
-    candles = await resources.store.query(symbol, iv, start_ms, end_ms, page + 1, order)
+    store, pages = resources.store, resources.pages
+    # The page cache (api/page_cache.py): the data version is read before the query, so a write
+    # racing the query leaves an entry that the next request finds stale.
+    version = store.data_version() if pages.enabled else None
+    key = (symbol, iv.name, start_ms, end_ms, page, order)
+    if version is not None:
+        body = pages.get(key, version, store.now_s())
+        if body is not None:
+            return Response(body, media_type="application/json")
+    candles = await store.query(symbol, iv, start_ms, end_ms, page + 1, order)
+    # the page changes when any candle read for it expires (the one past the page decides
+    # next_cursor)
+    valid_until = min([c.ttl for c in candles], default=MAX_TTL_S)
     next_cursor = None
     if len(candles) > page:
         candles = candles[:page]
         next_cursor = encode_cursor(iv.name, order, candles[-1].timestamp)
-    return _json(
+    body = msgspec.json.encode(
         {"symbol": symbol, "interval": iv.name, "candles": candles, "next_cursor": next_cursor}
     )
+    if version is not None:  # from now on (the query's clock read is not later than this one)
+        pages.put(key, version, store.now_s(), valid_until, body)
+    return Response(body, media_type="application/json")
 
 
 @router.get(

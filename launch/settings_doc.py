@@ -106,6 +106,7 @@ SECTIONS: list[tuple[str, tuple[str, ...], tuple[str, ...], str]] = [
             "host",
             "port",
             "max_page",
+            "page_cache_mb",
             "purge_interval_s",
             "memory_trim_s",
             "api_keys",

@@ -64,6 +64,12 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, description="port the API listens on")
     batch_size: int = Field(5000, ge=1, le=1_000_000, description="bars per replay batch")
     max_page: int = Field(10_000, ge=1, description="largest page of candles one request returns")
+    page_cache_mb: float = Field(
+        32.0,
+        ge=0,
+        description="memory for recently served pages of GET /candles/{symbol}, served again "
+        "until any write to the store (0: none)",
+    )
     purge_interval_s: float = Field(
         3600.0, gt=0, description="how often expired candles are purged"
     )
