@@ -5,7 +5,19 @@
 The store: a SQLite file holding 90 days of 1h and 30 days of 15m candles (the default retention)
 for ``symbols`` symbols, ending now. The server: ``speedlayer api``'s app (uvicorn, one process,
 the same middleware: metrics, CORS, API-key check) on that file, in its own process, plus one
-extra route, ``GET /noop``, that returns ``{}`` — the peer: everything but the query.
+extra route, ``GET /noop``, that returns ``{}`` — the peer: everything but the query. It is
+started as ``speedlayer api`` starts it (launch/wiring.py), on an app factory
+(``bench.rest:bench_app``, settings from ``SPEEDLAYER_*`` variables).
+
+Nothing writes the file during the run, so after the warm-up every page comes from the API's page
+cache (api/page_cache.py). Two more servers on the same file show the rest:
+
+* ``uncached``: ``SPEEDLAYER_PAGE_CACHE_MB=0``, every page read from SQLite and encoded, which is
+  what a page costs while the store is being written (any write invalidates the cache);
+* ``workers``: two uvicorn worker processes sharing the port and the file, as
+  ``speedlayer api --workers 2`` runs them (docs/deploy.md), each with its own page cache;
+  candle and no-op requests/s relative to one worker; and the candle endpoint under uvicorn's
+  own ``uvicorn --workers 2`` command line, which leaves Nagle's algorithm on.
 
 The load generator is wrk (Debian's package), a C program on its own thread; the server is one
 Python process, so wrk is not the bottleneck. For each endpoint:
@@ -30,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +51,7 @@ import numpy as np
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
 URL_CANDLES = "/candles/{symbol}?interval=15m&limit=100"
+INTERVALS = ("1m", "15m", "1h")
 
 
 def symbols_for(count: int) -> list[str]:
@@ -89,7 +103,7 @@ async def build_store(path: Path, symbols: list[str], hours_days: int, quarter_d
     from speedlayer.intervals import IntervalSet
     from speedlayer.store.sqlite import SQLiteStore
 
-    intervals = IntervalSet(["1m", "15m", "1h"])
+    intervals = IntervalSet(list(INTERVALS))
     now = int(time.time() * 1000)
     rows = 0
     async with SQLiteStore(path, intervals, SystemClock()) as store:
@@ -102,20 +116,76 @@ async def build_store(path: Path, symbols: list[str], hours_days: int, quarter_d
     return rows
 
 
-def serve(db: str, port: int) -> None:
-    """The server process: the API's app on ``db`` plus ``GET /noop``."""
-    import uvicorn
-
+def bench_app() -> Any:
+    """The app factory the servers run: the API's app (settings from ``SPEEDLAYER_*``) plus
+    ``GET /noop``."""
     from api.app import create_app
-    from speedlayer.config import Settings
 
-    app = create_app(Settings(db=Path(db), intervals=["1m", "15m", "1h"]))
+    app = create_app()
 
     async def noop() -> dict[str, Any]:
         return {}
 
     app.add_api_route("/noop", noop, include_in_schema=False)
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+    return app
+
+
+def serve(port: int, workers: int) -> None:
+    """The server process: :func:`bench_app` on uvicorn as ``speedlayer api [--workers N]``
+    serves it (launch/wiring.py)."""
+    from launch.wiring import serve_workers, uvicorn_server
+    from speedlayer.config import Settings
+
+    settings = Settings(port=port, log_level="warning")
+    if workers > 1:
+        serve_workers("bench.rest:bench_app", settings, workers, access_log=True)
+    else:
+        uvicorn_server(bench_app(), settings, access_log=True).run()
+
+
+def start_server(
+    db: Path, workers: int = 1, env: dict[str, str] | None = None, uvicorn_cli: bool = False
+) -> Server:
+    """:func:`serve` on ``db`` in its own process, on a free loopback port; with
+    ``uvicorn_cli``, uvicorn's own command line instead (``uvicorn --factory ... --workers``)."""
+    port = _free_port()
+    command = [sys.executable, "-m", "bench.rest", "--serve", str(workers), "--port", str(port)]
+    if uvicorn_cli:
+        command = [sys.executable, "-m", "uvicorn", "--factory", "bench.rest:bench_app"]
+        command += ["--port", str(port), "--workers", str(workers), "--log-level", "warning"]
+    variables = {"SPEEDLAYER_DB": str(db), "SPEEDLAYER_INTERVALS": ",".join(INTERVALS)}
+    proc = subprocess.Popen(
+        command, env=os.environ | {"PYTHONUNBUFFERED": "1"} | variables | (env or {})
+    )
+    server = Server(proc, f"http://127.0.0.1:{port}")
+    try:
+        _wait_ready(server.base + "/healthz", proc)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen[bytes]
+    base: str
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def page_cache(self) -> dict[str, float]:
+        """The page cache's hits and misses (of the worker that answers /metrics)."""
+        import httpx
+
+        text = httpx.get(self.base + "/metrics", timeout=10).text
+        found = dict(re.findall(r"^speedlayer_page_cache_(hits|misses)_total (\S+)$", text, re.M))
+        return {name: float(value) for name, value in found.items()}
 
 
 def _free_port() -> int:
@@ -195,33 +265,51 @@ def run(
         began = time.perf_counter()
         rows = asyncio.run(build_store(db, names, hours_days, quarter_days))
         build_s = time.perf_counter() - began
-        port = _free_port()
-        server = subprocess.Popen(
-            [sys.executable, "-m", "bench.rest", "--serve", str(db), "--port", str(port)],
-            env=os.environ | {"PYTHONUNBUFFERED": "1"},
-        )
+        candles_script = _script(Path(tmp) / "candles.lua", names, None)
+        noop_script = _script(Path(tmp) / "noop.lua", None, None)
+
+        def saturate(server: Server) -> tuple[dict[str, Any], dict[str, Any]]:
+            wrk(server.base + "/noop", noop_script, 2, 32)  # warm up both paths
+            wrk(server.base + "/", candles_script, 2, 32)
+            candles = wrk(server.base + "/", candles_script, seconds, 32)
+            return candles, wrk(server.base + "/noop", noop_script, seconds, 32)
+
+        server = start_server(db)
         try:
-            base = f"http://127.0.0.1:{port}"
-            _wait_ready(base + "/healthz", server)
-            candles_script = _script(Path(tmp) / "candles.lua", names, None)
-            noop_script = _script(Path(tmp) / "noop.lua", None, None)
-            wrk(base + "/noop", noop_script, 2, 32)  # warm up both paths
-            wrk(base + "/", candles_script, 2, 32)
-            sat_candles = wrk(base + "/", candles_script, seconds, 32)
-            sat_noop = wrk(base + "/noop", noop_script, seconds, 32)
+            sat_candles, sat_noop = saturate(server)
             # Fixed rate: 8 connections, each pausing so that together they offer half the
             # candle endpoint's saturated rate (the pause is on top of each response's latency).
             rate = sat_candles["requests_per_s"] / 2
             delay_ms = 8 / rate * 1000
             fixed_candles = wrk(
-                base + "/", _script(Path(tmp) / "c_fixed.lua", names, delay_ms), seconds, 8
+                server.base + "/", _script(Path(tmp) / "c_fixed.lua", names, delay_ms), seconds, 8
             )
             fixed_noop = wrk(
-                base + "/noop", _script(Path(tmp) / "n_fixed.lua", None, delay_ms), seconds, 8
+                server.base + "/noop",
+                _script(Path(tmp) / "n_fixed.lua", None, delay_ms),
+                seconds,
+                8,
             )
+            cache = server.page_cache()
         finally:
-            server.terminate()
-            server.wait(10)
+            server.stop()
+        server = start_server(db, env={"SPEEDLAYER_PAGE_CACHE_MB": "0"})
+        try:
+            wrk(server.base + "/", candles_script, 2, 32)
+            uncached = wrk(server.base + "/", candles_script, seconds, 32)
+        finally:
+            server.stop()
+        server = start_server(db, workers=2)
+        try:
+            two_candles, two_noop = saturate(server)
+        finally:
+            server.stop()
+        server = start_server(db, workers=2, uvicorn_cli=True)
+        try:
+            wrk(server.base + "/", candles_script, 2, 32)
+            cli_candles = wrk(server.base + "/", candles_script, seconds, 32)
+        finally:
+            server.stop()
     return {
         "symbols": symbols,
         "days_1h": hours_days,
@@ -232,6 +320,20 @@ def run(
         "candles": {"saturated": sat_candles, "fixed_rate": fixed_candles},
         "noop": {"saturated": sat_noop, "fixed_rate": fixed_noop},
         "ratio": round(sat_candles["requests_per_s"] / sat_noop["requests_per_s"], 3),
+        "page_cache": cache,
+        "uncached": {
+            "saturated": uncached,
+            "ratio": round(uncached["requests_per_s"] / sat_noop["requests_per_s"], 3),
+        },
+        "workers": {
+            "workers": 2,
+            "candles": two_candles,
+            "noop": two_noop,
+            "candles_vs_1": round(two_candles["requests_per_s"] / sat_candles["requests_per_s"], 3),
+            "noop_vs_1": round(two_noop["requests_per_s"] / sat_noop["requests_per_s"], 3),
+            # uvicorn's own `--workers 2`: Nagle left on (launch/wiring.py serve_workers)
+            "uvicorn_cli_candles": cli_candles,
+        },
     }
 
 
@@ -255,11 +357,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--symbols", type=int, default=500)
     parser.add_argument("--seconds", type=float, default=15)
-    parser.add_argument("--serve", metavar="DB", help=argparse.SUPPRESS)
+    parser.add_argument("--serve", type=int, metavar="WORKERS", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve, args.port)
+        serve(args.port, args.serve)
         return
     print(json.dumps(run(args.symbols, args.seconds), indent=2))
 

@@ -91,6 +91,10 @@ def test_every_benchmark_runs_at_smoke_size(tmp_path: Path) -> None:
         for mode in ("saturated", "fixed_rate"):
             assert rest[side][mode]["requests_per_s"] > 0
             assert rest[side][mode]["non_2xx"] == 0
+    assert rest["page_cache"]["hits"] > 0  # nothing writes: the candle pages are cached
+    workers = rest["workers"]
+    for run in (rest["uncached"]["saturated"], workers["candles"], workers["noop"]):
+        assert run["requests_per_s"] > 0 and run["non_2xx"] == 0
     assert runs["store_writes"]["figures"]["store_candles_per_s"] > 0
     text = doc.read_text()
     assert "| 1 | resampler batch (history, columnar), in order |" in text
