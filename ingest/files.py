@@ -51,7 +51,11 @@ __all__ = [
 ]
 
 REQUIRED_CSV_COLUMNS = ("symbol", "t", "o", "h", "l", "c", "v")
-CHUNK_BYTES = 2 << 20  # of a CSV file, read and parsed at a time by ``read_bar_columns``
+# Of a CSV file, read and parsed at a time by ``read_bar_columns``: the first chunk is
+# FIRST_CHUNK_BYTES, each next one twice the last, up to CHUNK_BYTES (progress comes early,
+# large files go in large chunks).
+CHUNK_BYTES = 8 << 20
+FIRST_CHUNK_BYTES = 1 << 20
 JSON_CHUNK_RECORDS = 100_000  # records of a JSON file per chunk of ``read_bar_columns``
 
 
@@ -236,7 +240,8 @@ def read_bar_columns(
     """``read_bars`` as columns, chunk by chunk (memory: a chunk, not the file): the same bars
     (symbols coded by ``symbols``) and the same rejections with the same reasons and places.
 
-    A CSV file is parsed ``chunk_bytes`` at a time by polars, typed, and checked with the bounds
+    A CSV file is parsed in chunks of up to ``chunk_bytes`` (from ``FIRST_CHUNK_BYTES``,
+    doubling) by polars, typed, and checked with the bounds
     of ``validate_bar`` in a few vectorised comparisons; a row that fails them (or that the
     parser could not type) is read again by the row reader for its Bar or its reason. A chunk
     whose lines do not all have the header's number of fields is read by the row reader, and so
@@ -289,8 +294,11 @@ def _csv_columns(
     lines_before = 1
     position = len(header)  # of the next chunk in the file
     pending = b""
+    size = min(FIRST_CHUNK_BYTES, chunk_bytes)
+    codes: dict[str, int] = {}  # symbol as written -> its code (-1: not a symbol)
     while True:
-        block = handle.read(chunk_bytes)
+        block = handle.read(size)
+        size = min(2 * size, chunk_bytes)
         data = pending + block
         if not data:
             return
@@ -304,7 +312,7 @@ def _csv_columns(
             yield from _row_reader_chunks(handle, name, symbols, layout, lines_before)
             return
         lines = chunk.count(b"\n") + (not chunk.endswith(b"\n"))
-        part = _csv_chunk(chunk, lines, layout, name, symbols, lines_before)
+        part = _csv_chunk(chunk, lines, layout, name, symbols, codes, lines_before)
         lines_before += lines
         position += len(chunk)
         part.position = position
@@ -359,10 +367,12 @@ def _csv_chunk(
     layout: _CsvLayout,
     name: str,
     symbols: SymbolTable,
+    codes: dict[str, int],
     lines_before: int,
 ) -> ColumnChunk:
     """One chunk of whole lines without quotes: parsed by polars where every line has the
-    header's fields, by the row reader otherwise."""
+    header's fields, by the row reader otherwise. ``codes`` caches the code of each symbol as
+    written (-1: not a symbol) across the chunks of a file."""
     import polars as pl  # only replay reads columns
 
     if chunk.count(b",") != lines * (layout.columns - 1):
@@ -376,7 +386,7 @@ def _csv_chunk(
     schema = {f"c{i}": typed.get(i, pl.String) for i in range(layout.columns)}
     try:
         frame = pl.read_csv(
-            chunk, has_header=False, schema=schema, quote_char=None, encoding="utf8", n_threads=1
+            chunk, has_header=False, schema=schema, quote_char=None, encoding="utf8"
         )
     except (pl.exceptions.PolarsError, ValueError):  # a value it cannot type, a ragged line
         return _rows_chunk(_decode(chunk, name, lines_before), layout, name, symbols, lines_before)
@@ -388,10 +398,12 @@ def _csv_chunk(
 
     raw_symbols = column(layout.i_s).fill_null("")
     names = raw_symbols.unique(maintain_order=True).to_list()
-    codes = [
-        symbols.code(canonical_symbol(s)) if SYMBOL_RE.match(s) is not None else -1 for s in names
-    ]
-    sym = raw_symbols.replace_strict(names, codes, return_dtype=pl.Int64).to_numpy()
+    for s in names:
+        if s not in codes:
+            codes[s] = symbols.code(canonical_symbol(s)) if SYMBOL_RE.match(s) is not None else -1
+    sym = raw_symbols.replace_strict(
+        names, [codes[s] for s in names], return_dtype=pl.Int64
+    ).to_numpy()
     required = [column(i) for i in (layout.i_t, layout.i_o, layout.i_h, layout.i_l)]
     required += [column(layout.i_c), column(layout.i_v)]
     present = np.ones(lines, dtype=np.bool_)
