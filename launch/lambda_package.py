@@ -38,11 +38,23 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "build" / "lambda.zip"
 # What the handlers import from the project (their layer and the core).
 HANDLER_PACKAGES = ("speedlayer", "processors")
-# Modules of those packages that only `speedlayer replay` uses (the columnar history path and its
-# numpy): not in the zip.
+# Modules of those packages that the handlers never import: `speedlayer replay`'s columnar
+# history path (and its numpy), the command line's progress display (rich) and the Polygon
+# WebSocket protocol of the API and the simulator (orjson). Not in the zip.
 NOT_PACKAGED = frozenset(
-    {"processors/columnar.py", "processors/history.py", "speedlayer/columns.py"}
+    {
+        "processors/columnar.py",
+        "processors/history.py",
+        "speedlayer/columns.py",
+        "speedlayer/progress.py",
+        "speedlayer/polygon_ws.py",
+    }
 )
+# Lazy imports of packaged modules that the handlers never reach, so their packages are not in
+# the zip: exchange time's vectorised bucket starts (numpy; the columnar path's) and its exchange
+# calendars (the session 1d interval, which the handlers refuse with a ConfigError naming the
+# missing package).
+NOT_PACKAGED_IMPORTS = {"speedlayer/exchange_time.py": frozenset({"numpy", "exchange_calendars"})}
 # The third-party distributions the handlers' code imports (the rest comes as their dependencies).
 HANDLER_DEPENDENCIES = ("aioboto3", "aiokafka", "msgspec", "pydantic", "pydantic-settings")
 PYTHON_VERSION = (3, 11)
