@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from typing import Any
 
 import msgspec
@@ -53,7 +52,7 @@ from api.live.client import LIVE_FEED_INTERRUPTED, SLOW_CONSUMER, LiveClient
 from api.live.hub import CandleHub
 from api.live.messages import WILDCARD, CandleEvent, Item, Pair
 from api.security import ApiKeys, KeyCheck
-from api.ws import _is_disconnect
+from api.ws import run_connection
 from speedlayer.errors import ConfigError, RequestError
 from speedlayer.intervals import Interval
 from speedlayer.models import SYMBOL_RE
@@ -67,7 +66,6 @@ from speedlayer.polygon_ws import (
 )
 from speedlayer.symbols import canonical_symbol
 
-log = logging.getLogger(__name__)
 router = APIRouter()
 
 PREFIX = "/polygon/"
@@ -143,19 +141,7 @@ class _Session:
     async def run(self) -> None:
         await self.send(CONNECTED)
         client = self.client
-        tasks = [
-            asyncio.create_task(self._read(), name=f"polygon-{client.id}-read"),
-            asyncio.create_task(self._write(), name=f"polygon-{client.id}-write"),
-            asyncio.create_task(client.closed.wait(), name=f"polygon-{client.id}-closed"),
-        ]
-        try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in tasks:
-                task.cancel()
-            for result in await asyncio.gather(*tasks, return_exceptions=True):
-                if isinstance(result, Exception) and not _is_disconnect(result):
-                    log.error("Polygon WebSocket client %d failed", client.id, exc_info=result)
+        await run_connection(client, self._read(), self._write(), "polygon")
         reason = client.closed_reason
         if reason is not None and reason != "disconnected" and not self.disconnected:
             with contextlib.suppress(Exception):

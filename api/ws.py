@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Coroutine
 from typing import Any
 
 import msgspec
@@ -84,19 +85,7 @@ class _Session:
 
     async def run(self) -> None:
         client = self.client
-        tasks = [
-            asyncio.create_task(self._read(), name=f"ws-{client.id}-read"),
-            asyncio.create_task(self._write(), name=f"ws-{client.id}-write"),
-            asyncio.create_task(client.closed.wait(), name=f"ws-{client.id}-closed"),
-        ]
-        try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in tasks:
-                task.cancel()
-            for result in await asyncio.gather(*tasks, return_exceptions=True):
-                if isinstance(result, Exception) and not _is_disconnect(result):
-                    log.error("WebSocket client %d failed", client.id, exc_info=result)
+        await run_connection(client, self._read(), self._write(), "ws")
         reason = client.closed_reason
         if reason is not None and reason != "disconnected" and not self.disconnected:
             code = CLOSE_CODES.get(reason, 1001)
@@ -219,6 +208,29 @@ class _Session:
         self._send("subscribed", ack)
         if snapshot > 0 and pairs:
             await hub.send_snapshots(client, pairs, snapshot)
+
+
+async def run_connection(
+    client: LiveClient,
+    read: Coroutine[Any, Any, None],
+    write: Coroutine[Any, Any, None],
+    name: str,
+) -> None:
+    """A live connection's reader and writer, until either ends or the hub closes the client;
+    then both are cancelled, and a failure that is not the peer going away is logged."""
+    tasks = [
+        asyncio.create_task(read, name=f"{name}-{client.id}-read"),
+        asyncio.create_task(write, name=f"{name}-{client.id}-write"),
+        asyncio.create_task(client.closed.wait(), name=f"{name}-{client.id}-closed"),
+    ]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        for result in await asyncio.gather(*tasks, return_exceptions=True):
+            if isinstance(result, Exception) and not _is_disconnect(result):
+                log.error("%s client %d failed", name, client.id, exc_info=result)
 
 
 def _is_disconnect(exc: BaseException) -> bool:
