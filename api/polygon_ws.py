@@ -52,7 +52,7 @@ from api.live.client import LIVE_FEED_INTERRUPTED, SLOW_CONSUMER, LiveClient
 from api.live.hub import CandleHub
 from api.live.messages import WILDCARD, CandleEvent, Item, Pair
 from api.security import ApiKeys, KeyCheck
-from api.ws import run_connection
+from api.ws import NOT_UTF8, receive_text, run_connection
 from speedlayer.errors import ConfigError, RequestError
 from speedlayer.intervals import Interval
 from speedlayer.models import SYMBOL_RE
@@ -163,19 +163,15 @@ class _Session:
             self.client.sent += len(items)
 
     async def _read(self) -> None:
-        websocket = self.websocket
         while True:
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
+            try:
+                text = await receive_text(self.websocket)
+            except UnicodeDecodeError:
+                await self._error(NOT_UTF8)
+                continue
+            if text is None:
                 self.disconnected = True
                 return
-            text = message.get("text")
-            if text is None:
-                try:
-                    text = (message.get("bytes") or b"").decode()
-                except UnicodeDecodeError:
-                    await self._error("binary messages must be UTF-8 JSON")
-                    continue
             await self._handle(text)
 
     async def _error(self, message: str) -> None:

@@ -115,20 +115,15 @@ class _Session:
             self.client.sent += len(items)
 
     async def _read(self) -> None:
-        websocket = self.websocket
         while True:
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
+            try:
+                text = await receive_text(self.websocket)
+            except UnicodeDecodeError:
+                self._error(NOT_UTF8)
+                continue
+            if text is None:
                 self.disconnected = True
                 return
-            text = message.get("text")
-            if text is None:
-                data = message.get("bytes") or b""
-                try:
-                    text = data.decode()
-                except UnicodeDecodeError:
-                    self._error("binary messages must be UTF-8 JSON")
-                    continue
             await self._handle(text)
 
     # --- requests ------------------------------------------------------------------------------
@@ -208,6 +203,19 @@ class _Session:
         self._send("subscribed", ack)
         if snapshot > 0 and pairs:
             await hub.send_snapshots(client, pairs, snapshot)
+
+
+NOT_UTF8 = "binary messages must be UTF-8 JSON"
+
+
+async def receive_text(websocket: WebSocket) -> str | None:
+    """A client's next message as text (a binary one decoded as UTF-8, UnicodeDecodeError if it
+    is not), or None once the client has disconnected."""
+    message = await websocket.receive()
+    if message["type"] == "websocket.disconnect":
+        return None
+    text = message.get("text")
+    return text if text is not None else (message.get("bytes") or b"").decode()
 
 
 async def run_connection(

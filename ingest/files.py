@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -265,9 +265,20 @@ def read_bar_columns(
 
 
 def _json_columns(path: Path, symbols: SymbolTable) -> Iterator[ColumnChunk]:
+    yield from _record_chunks(read_bars(path), symbols, lambda: 0, lambda: path.stat().st_size)
+
+
+def _record_chunks(
+    records: Iterable[Bar | Rejected],
+    symbols: SymbolTable,
+    position: Callable[[], int],
+    end: Callable[[], int],
+) -> Iterator[ColumnChunk]:
+    """Records of the row readers as column chunks of ``JSON_CHUNK_RECORDS`` records; each chunk
+    says how far the read has come (``position()``, and ``end()`` for the last)."""
     chunk = ColumnChunk(BarColumns.empty())
     bars: list[Bar] = []
-    for record in read_bars(path):
+    for record in records:
         chunk.records += 1
         if isinstance(record, Rejected):
             chunk.rejected.append(record)
@@ -275,10 +286,11 @@ def _json_columns(path: Path, symbols: SymbolTable) -> Iterator[ColumnChunk]:
             bars.append(record)
         if chunk.records >= JSON_CHUNK_RECORDS:
             chunk.columns = bar_columns(bars, symbols)
+            chunk.position = position()
             yield chunk
             chunk, bars = ColumnChunk(BarColumns.empty()), []
     chunk.columns = bar_columns(bars, symbols)
-    chunk.position = path.stat().st_size
+    chunk.position = end()
     yield chunk
 
 
@@ -334,23 +346,10 @@ def _row_reader_chunks(
     reader = csv.reader(text)
     if layout is None:
         layout = _CsvLayout.of(next(reader, []), name)
-    chunk = ColumnChunk(BarColumns.empty())
-    bars: list[Bar] = []
-    for record in _csv_records(reader, layout, name, lines_before):
-        chunk.records += 1
-        if isinstance(record, Rejected):
-            chunk.rejected.append(record)
-        else:
-            bars.append(record)
-        if chunk.records >= JSON_CHUNK_RECORDS:
-            chunk.columns = bar_columns(bars, symbols)
-            chunk.position = handle.tell()  # the text reader reads ahead: about here
-            yield chunk
-            chunk, bars = ColumnChunk(BarColumns.empty()), []
-    chunk.columns = bar_columns(bars, symbols)
-    chunk.position = handle.tell()
+    # The text reader reads ahead: the handle's position is about where the records are.
+    records = _csv_records(reader, layout, name, lines_before)
+    yield from _record_chunks(records, symbols, handle.tell, handle.tell)
     text.detach()
-    yield chunk
 
 
 def _decode(data: bytes, name: str, lines_before: int) -> str:

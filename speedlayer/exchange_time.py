@@ -105,21 +105,27 @@ class Sessions:
     close_of: dict[int, int]
 
 
-@lru_cache(maxsize=4)
-def sessions(calendar: str) -> Sessions:
+def _calendar(name: str, needed_by: str, **options: Any) -> Any:
+    """``exchange_calendars``' calendar ``name``; a ConfigError saying what needs it when the
+    package is missing, or what names it knows when the name is unknown."""
     try:
         import exchange_calendars  # type: ignore[import-untyped]
     except ImportError:  # pragma: no cover - a dependency of the package
         raise ConfigError(
-            "the session 1d interval needs the exchange_calendars package: "
+            f"{needed_by} the exchange_calendars package: "
             "pip install -c constraints.txt 'speedlayer[exchange]'"
         ) from None
     try:
-        cal: Any = exchange_calendars.get_calendar(calendar, start=SESSIONS_FROM)
+        return exchange_calendars.get_calendar(name, **options)
     except exchange_calendars.errors.InvalidCalendarName:
         raise ConfigError(
-            f"unknown exchange calendar {calendar!r}: expected e.g. XNYS, XNAS, XLON"
+            f"unknown exchange calendar {name!r}: expected e.g. XNYS, XNAS, XLON"
         ) from None
+
+
+@lru_cache(maxsize=4)
+def sessions(calendar: str) -> Sessions:
+    cal = _calendar(calendar, "the session 1d interval needs", start=SESSIONS_FROM)
     schedule = cal.schedule
     opens = tuple(int(x) for x in schedule["open"].dt.as_unit("ms").astype("int64"))
     closes = tuple(int(x) for x in schedule["close"].dt.as_unit("ms").astype("int64"))
@@ -130,19 +136,7 @@ def sessions(calendar: str) -> Sessions:
 def regular_hours(calendar: str) -> tuple[dt.time, dt.time]:
     """The local open and close of the exchange's regular session today (its calendar's latest
     regime, ignoring early closes): ``XNYS`` -> 09:30, 16:00."""
-    try:
-        import exchange_calendars
-    except ImportError:  # pragma: no cover - a dependency of the package
-        raise ConfigError(
-            "the exchange's trading hours need the exchange_calendars package: "
-            "pip install -c constraints.txt 'speedlayer[exchange]'"
-        ) from None
-    try:
-        cal: Any = exchange_calendars.get_calendar(calendar)
-    except exchange_calendars.errors.InvalidCalendarName:
-        raise ConfigError(
-            f"unknown exchange calendar {calendar!r}: expected e.g. XNYS, XNAS, XLON"
-        ) from None
+    cal = _calendar(calendar, "the exchange's trading hours need")
     return cal.open_times[-1][1], cal.close_times[-1][1]
 
 
