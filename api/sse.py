@@ -170,33 +170,32 @@ async def _events(
     limit: int,
     snapshot_id: int,
 ) -> AsyncIterator[bytes]:
-    try:
-        if not hub.live:
-            yield f": {NO_LIVE_MESSAGE}\n\n".encode()
-        if replay:
-            for start in range(0, len(replay), REPLAY_CHUNK):
-                chunk = replay[start : start + REPLAY_CHUNK]
-                yield b"".join(event.sse for event in chunk)
-                hub.delivered += len(chunk)
-                client.sent += len(chunk)
-        elif replay is None and pairs:
-            items = await hub.snapshot_items(client, pairs, limit, snapshot_id)
-            for start in range(0, len(items), REPLAY_CHUNK):
-                part = items[start : start + REPLAY_CHUNK]
-                yield b"".join(item.sse for item in part)
-                hub.delivered += len(part)
-                client.sent += len(part)
-        while True:
-            items = await client.take()
-            if not items:
-                reason = client.closed_reason or "closed"
-                yield Message("error", {"message": reason}).sse
-                return
-            yield b"".join(item.sse for item in items)
-            hub.delivered += len(items)
-            client.sent += len(items)
-    finally:
-        hub.disconnect(client)
+    # The hub client is released by _LiveEventSource once the response has ended, after a
+    # stalled stream has been counted, so a stream is never seen gone but not yet counted.
+    if not hub.live:
+        yield f": {NO_LIVE_MESSAGE}\n\n".encode()
+    if replay:
+        for start in range(0, len(replay), REPLAY_CHUNK):
+            chunk = replay[start : start + REPLAY_CHUNK]
+            yield b"".join(event.sse for event in chunk)
+            hub.delivered += len(chunk)
+            client.sent += len(chunk)
+    elif replay is None and pairs:
+        items = await hub.snapshot_items(client, pairs, limit, snapshot_id)
+        for start in range(0, len(items), REPLAY_CHUNK):
+            part = items[start : start + REPLAY_CHUNK]
+            yield b"".join(item.sse for item in part)
+            hub.delivered += len(part)
+            client.sent += len(part)
+    while True:
+        items = await client.take()
+        if not items:
+            reason = client.closed_reason or "closed"
+            yield Message("error", {"message": reason}).sse
+            return
+        yield b"".join(item.sse for item in items)
+        hub.delivered += len(items)
+        client.sent += len(items)
 
 
 def _split(value: str) -> list[str]:
