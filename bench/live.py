@@ -221,10 +221,14 @@ async def _phase(
     hub = stack.hub
     await until(lambda: time.time() >= start_at, 0.2)
     dropped0, delivered0 = hub.dropped_slow, hub.delivered
+    cpu0 = time.process_time()  # the server's process: event loop, writer thread, simulator
+    server_cpu_s = None
     peak = 0
     while time.time() < end_at + 3:
         peak = max(peak, hub.clients)
-        await asyncio.sleep(0.5)
+        if server_cpu_s is None and time.time() >= end_at:
+            server_cpu_s = time.process_time() - cpu0
+        await asyncio.sleep(0.2)
     samples = await asyncio.to_thread(monitor_results.get, True, 120) if monitor else None
     collected = [await asyncio.to_thread(client_results.get, True, 120) for _ in workers]
     for proc in [watcher, *workers] if monitor else workers:
@@ -259,6 +263,12 @@ async def _phase(
             "latency_p99_ms": round(percentile(latencies, 0.99) * 1000, 1),
             "latency_max_ms": round(latencies[-1] * 1000, 1) if latencies else None,
             "dropped_slow": hub.dropped_slow - dropped0,
+            # CPU seconds over the window, on a machine of os.cpu_count() cores
+            "cpu_s": {
+                "server": round(server_cpu_s or 0.0, 2),
+                "clients": round(sum(r["cpu_s"] for r in collected), 2),
+                "window": round(window, 1),
+            },
             "hub_delivered": hub.delivered - delivered0,
             "closes": dict(closes),
             "latency_ms": quantiles(latencies),

@@ -394,6 +394,13 @@ def _details(runs: dict[str, Any]) -> list[str]:
                     else "."
                 ),
             ]
+            if "cpu_s" in fan:  # the worst run's CPU over its window
+                cpu = fan["cpu_s"]
+                lines[-1] += (
+                    f" CPU over that run's {cpu['window']} s window: the server's process "
+                    f"{cpu['server']} s (event loop, store writer thread and simulator, one "
+                    f"interpreter lock), the client processes {cpu['clients']} s."
+                )
         if fig.get("gc_per_run"):
             per_run = "; ".join(
                 f"run {i}: "

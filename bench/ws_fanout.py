@@ -123,6 +123,15 @@ async def _clients(
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(ws.close(), 2)
 
+    async def cpu_in_window() -> float:
+        # this process's CPU seconds between start_at and end_at: what the clients themselves
+        # took from the cores the server shares
+        await asyncio.sleep(max(0.0, start_at - time.time()))
+        begin = time.process_time()
+        await asyncio.sleep(max(0.0, end_at - time.time()))
+        return time.process_time() - begin
+
+    cpu = asyncio.create_task(cpu_in_window())
     tasks = []
     for symbols in subscriptions:
         tasks.append(asyncio.create_task(one(symbols)))
@@ -132,7 +141,7 @@ async def _clients(
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    results.put({"samples": samples, "closes": dict(closes), "failed": failed})
+    results.put({"samples": samples, "closes": dict(closes), "failed": failed, "cpu_s": await cpu})
 
 
 async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
