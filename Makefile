@@ -190,8 +190,11 @@ lint: $(STAMP) ## ruff and mypy (needs only the virtualenv)
 
 # SPEEDLAYER_REQUIRE_ALL: a missing prerequisite (Java, the emulators, Chromium, wrk) fails the
 # run instead of skipping its tests, so `make test` and CI always run everything.
+# TEST_WORKERS pytest-xdist workers, each running whole test files (most tests wait on servers,
+# brokers and JVMs; every worker starts its own session-wide emulators and broker on free ports).
+TEST_WORKERS ?= 2
 pytest: setup
-	SPEEDLAYER_REQUIRE_ALL=1 $(BIN)/pytest
+	SPEEDLAYER_REQUIRE_ALL=1 $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 test: lint pytest ## lint, then every test (installs what they need; about 20 minutes)
 
