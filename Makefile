@@ -196,7 +196,7 @@ TEST_WORKERS ?= 2
 pytest: setup
 	SPEEDLAYER_REQUIRE_ALL=1 $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
-test: lint pytest ## lint, then every test (installs what they need; about 20 minutes)
+test: lint pytest ## lint, then every test (installs what they need; about 15 minutes)
 
 test-fast: $(STAMP) ## the unit tests only (no servers, brokers or browsers; under a minute)
 	SPEEDLAYER_TEST_FAST=1 $(BIN)/pytest tests/unit -q
