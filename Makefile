@@ -175,13 +175,15 @@ deploy-check: $(STAMP) ## check docker-compose.yml and the Dockerfiles (no Docke
 # MARKET: stocks, crypto or forex (the Polygon cluster, which the simulator serves; default
 # SPEEDLAYER_POLYGON_MARKET, else stocks).
 # HOST, PORT: where the API listens (127.0.0.1:8000). Installs only what running needs.
+# WORKERS: API processes beside the pipeline's (0: one process; docs/design.md#api-processes).
 SPEED   ?= 0
 SYMBOLS ?= 100
 HISTORY ?= 480
 MARKET  ?=
-run: $(RUN_STAMP) $(NODE_RUN_STAMP) ## the embedded stack, live, on the simulator (SPEED=, SYMBOLS=, HISTORY=, MARKET=, HOST=, PORT=)
+WORKERS ?= 0
+run: $(RUN_STAMP) $(NODE_RUN_STAMP) ## the embedded stack, live, on the simulator (SPEED=, SYMBOLS=, HISTORY=, MARKET=, WORKERS=, HOST=, PORT=)
 	$(BIN)/speedlayer up --host $(HOST) --port $(PORT) --symbols $(SYMBOLS) --speed $(SPEED) \
-	  --history $(HISTORY) $(if $(MARKET),--market $(MARKET))
+	  --history $(HISTORY) --workers $(WORKERS) $(if $(MARKET),--market $(MARKET))
 
 lint: $(STAMP) ## ruff and mypy (needs only the virtualenv)
 	$(BIN)/ruff check .

@@ -58,6 +58,14 @@ def create_app(
     (e.g. the feed) reports a problem, besides the store and bus answering.
     """
     settings = settings or Settings()
+    relayed: Bus | None = None
+    if bus is None and settings.bus == "relay":
+        # an API process of `speedlayer up --workers N`: candles and the market clock come from
+        # the pipeline's process (speedlayer/bus/relay.py); the bus is started by the lifespan
+        from speedlayer.backends import make_bus
+
+        relayed = make_bus(settings)
+        clock = clock or getattr(relayed, "clock", None)
     clock = clock or SystemClock()
 
     @contextlib.asynccontextmanager
@@ -71,7 +79,9 @@ def create_app(
 
                 active = await stack.enter_async_context(open_store(settings, clock))
             live = bus
-            if live is None and settings.bus != "memory":
+            if relayed is not None:
+                live = await stack.enter_async_context(relayed)
+            elif live is None and settings.bus != "memory":
                 from speedlayer.backends import open_bus
 
                 live = await stack.enter_async_context(open_bus(settings))

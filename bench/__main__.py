@@ -46,7 +46,8 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
             "bursts": 3,
             "clients": 1000,
             "runs": 3,
-            "scan": (2000, 4000, 6000, 8000),
+            "compare_runs": 1,
+            "scan": (2000, 4000, 6000, 8000, 10_000, 12_000),
         },
         "flink": {
             "symbols": FLINK_SYMBOLS,
@@ -78,7 +79,15 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         "store_writes": {"symbols": 20, "minutes": 10},
         "history": {"symbols": 20, "minutes": 30},
         "rest": {"symbols": 3, "seconds": 1, "hours_days": 3, "quarter_days": 2},
-        "live": {"symbols": 100, "speed": 2.0, "bursts": 2, "clients": 4, "runs": 2, "scan": (8,)},
+        "live": {
+            "symbols": 100,
+            "speed": 2.0,
+            "bursts": 2,
+            "clients": 4,
+            "runs": 2,
+            "compare_runs": 1,
+            "scan": (8,),
+        },
         "flink": {
             "symbols": 10,
             "minutes": 12,

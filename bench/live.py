@@ -2,11 +2,13 @@
 
     .venv/bin/python -m bench.live --symbols 12000 --bursts 3 --clients 1000
 
-One process runs the embedded stack as ``speedlayer up`` does (bench/stack.py): the Polygon
+The embedded stack runs as ``speedlayer up --workers 1`` runs it (bench/stack.py): the Polygon
 simulator at full-market size sends one minute's bars per burst, as Polygon does (batched frames
-spread over about a second), to the WebSocket feed -> bus -> resampler -> SQLite -> candle bus ->
-the API's live hub. The simulator runs at ``--speed`` simulated minutes per second (0.1: a burst
-every 10 s, time enough for each burst to clear).
+spread over about a second), to the WebSocket feed -> bus -> resampler -> SQLite -> candle bus in
+this process, and over the relay to the API's live hub in a process of its own
+(docs/design.md#api-processes); ``--workers 0`` runs the API in this process, as ``speedlayer up``
+does, and ``--compare-runs N`` adds N such runs for comparison. The simulator runs at ``--speed``
+simulated minutes per second (0.1: a burst every 10 s, time enough for each burst to clear).
 
 A monitor client, in its own process, subscribes to every symbol at every interval (the ``*``
 wildcard, with batched frames: ``/ws?batch=1``) and timestamps every candle message. Per bar:
@@ -221,14 +223,15 @@ async def _phase(
     hub = stack.hub
     await until(lambda: time.time() >= start_at, 0.2)
     dropped0, delivered0 = hub.dropped_slow, hub.delivered
-    cpu0 = time.process_time()  # the server's process: event loop, writer thread, simulator
-    server_cpu_s = None
+    cpu0 = stack.cpu_s()
+    server_cpu: dict[str, float] | None = None
     peak = 0
     while time.time() < end_at + 3:
         peak = max(peak, hub.clients)
-        if server_cpu_s is None and time.time() >= end_at:
-            server_cpu_s = time.process_time() - cpu0
+        if server_cpu is None and time.time() >= end_at:
+            server_cpu = {k: v - cpu0[k] for k, v in stack.cpu_s().items()}
         await asyncio.sleep(0.2)
+    await stack.sync_marks()
     samples = await asyncio.to_thread(monitor_results.get, True, 120) if monitor else None
     collected = [await asyncio.to_thread(client_results.get, True, 120) for _ in workers]
     for proc in [watcher, *workers] if monitor else workers:
@@ -265,7 +268,8 @@ async def _phase(
             "dropped_slow": hub.dropped_slow - dropped0,
             # CPU seconds over the window, on a machine of os.cpu_count() cores
             "cpu_s": {
-                "server": round(server_cpu_s or 0.0, 2),
+                "server": round(sum((server_cpu or {}).values()), 2),
+                **{k: round(v, 2) for k, v in (server_cpu or {}).items()},
                 "clients": round(sum(r["cpu_s"] for r in collected), 2),
                 "window": round(window, 1),
             },
@@ -278,11 +282,20 @@ async def _phase(
 
 
 async def _one_run(
-    run: int, symbols: int, speed: float, bursts: int, clients: int, procs: int, per_client: int
+    run: int,
+    symbols: int,
+    speed: float,
+    bursts: int,
+    clients: int,
+    procs: int,
+    per_client: int,
+    api_process: bool,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any] | None, dict[str, Any]]:
     """A fresh stack: the monitor's bursts, then (with clients) the fan-out's, and the run's
     garbage collections by generation."""
-    async with embedded_stack(symbols, speed, max_clients=clients + 10) as stack:
+    async with embedded_stack(
+        symbols, speed, max_clients=clients + 10, api_process=api_process
+    ) as stack:
         log.info("run %d: waiting for the first full burst ...", run)
         await until(lambda: stack.runner.bars_in >= symbols // 2, 0.2)
         burst, _ = await _phase(stack, bursts, 0, procs, per_client, True, run)
@@ -294,11 +307,19 @@ async def _one_run(
 
 
 async def _scan(
-    symbols: int, speed: float, counts: list[int], procs: int, per_client: int, bound_ms: float
+    symbols: int,
+    speed: float,
+    counts: list[int],
+    procs: int,
+    per_client: int,
+    bound_ms: float,
+    api_process: bool,
 ) -> dict[str, Any]:
     """Fan-out at growing client counts (2 bursts each) until the p99 reaches ``bound_ms``."""
     tried: list[dict[str, Any]] = []
-    async with embedded_stack(symbols, speed, max_clients=max(counts) + 10) as stack:
+    async with embedded_stack(
+        symbols, speed, max_clients=max(counts) + 10, api_process=api_process
+    ) as stack:
         await until(lambda: stack.runner.bars_in >= symbols // 2, 0.2)
         for count in counts:
             log.info("scan: %d clients", count)
@@ -328,15 +349,17 @@ async def run_async(
     per_client: int,
     runs: int,
     scan: list[int],
+    workers: int = 1,
+    compare_runs: int = 0,
 ) -> dict[str, Any]:
-    out: dict[str, Any] = {"symbols": symbols, "speed": speed, "runs": runs}
+    out: dict[str, Any] = {"symbols": symbols, "speed": speed, "runs": runs, "workers": workers}
     burst_rows: list[dict[str, Any]] = []
     fan_rows: list[dict[str, Any]] = []
     fans: list[dict[str, Any]] = []
     out["gc_per_run"] = []
     for run in range(1, runs + 1):
         burst, rows, fan, collections = await _one_run(
-            run, symbols, speed, bursts, clients, procs, per_client
+            run, symbols, speed, bursts, clients, procs, per_client, workers > 0
         )
         out["gc_per_run"].append(collections)
         burst_rows += burst
@@ -346,8 +369,22 @@ async def run_async(
     out["burst"] = summary(burst_rows)
     if fans:
         out["fanout"] = {**summary(fan_rows), "fanout": fanout_summary(fans)}
+    if compare_runs and workers:
+        # the same phases with the API in the pipeline's process (`speedlayer up`), for the
+        # difference a process of its own makes
+        burst_rows, fan_rows, fans = [], [], []
+        for run in range(1, compare_runs + 1):
+            burst, rows, fan, _ = await _one_run(
+                run, symbols, speed, bursts, clients, procs, per_client, False
+            )
+            burst_rows += burst
+            if fan is not None:
+                fans.append(fan)
+        out["in_process"] = {"runs": compare_runs, "burst": summary(burst_rows)}
+        if fans:
+            out["in_process"]["fanout"] = fanout_summary(fans)
     if scan:
-        out["scan"] = await _scan(symbols, speed, scan, procs, per_client, 1000.0)
+        out["scan"] = await _scan(symbols, speed, scan, procs, per_client, 1000.0, workers > 0)
     return out
 
 
@@ -359,8 +396,14 @@ def run(
     procs: int = 2,
     runs: int = 1,
     scan: tuple[int, ...] = (),
+    workers: int = 1,
+    compare_runs: int = 0,
 ) -> dict[str, Any]:
-    return asyncio.run(run_async(symbols, speed, bursts, clients, procs, 10, runs, list(scan)))
+    return asyncio.run(
+        run_async(
+            symbols, speed, bursts, clients, procs, 10, runs, list(scan), workers, compare_runs
+        )
+    )
 
 
 def main() -> None:
@@ -374,10 +417,27 @@ def main() -> None:
     parser.add_argument(
         "--scan", default="", help="client counts to try for the p99 < 1 s bound, e.g. 2000,3000"
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        choices=(0, 1),
+        default=1,
+        help="1: the API in a process of its own (speedlayer up --workers 1); 0: in the "
+        "pipeline's process (speedlayer up)",
+    )
+    parser.add_argument(
+        "--compare-runs",
+        type=int,
+        default=0,
+        help="with --workers 1: runs with the API in the pipeline's process too, for comparison",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     scan = tuple(int(n) for n in args.scan.split(",") if n)
-    figures = run(args.symbols, args.speed, args.bursts, args.clients, args.procs, args.runs, scan)
+    figures = run(
+        args.symbols, args.speed, args.bursts, args.clients, args.procs, args.runs, scan,
+        args.workers, args.compare_runs,
+    )  # fmt: skip
     print(json.dumps(figures, indent=2))
 
 

@@ -29,6 +29,18 @@ Machine: {cores} cores, {cpu}, Python {python}, {platform}.
 """
 
 
+IN_PROCESS = "the same with the API in the pipeline's process (speedlayer up)"
+
+
+def _stack_shape(workers: int) -> str:
+    if workers:
+        return (
+            "the API in a process of its own reading the pipeline's bus over the relay "
+            "(`speedlayer up --workers 1`, docs/design.md#api-processes)"
+        )
+    return "the API in the pipeline's process (`speedlayer up`)"
+
+
 def _fmt(x: float | None, unit: str = "") -> str:
     if x is None:
         return "—"
@@ -63,12 +75,17 @@ def entries(runs: dict[str, Any]) -> list[dict[str, Any]]:
         )
     if "live" in runs:
         burst = runs["live"]["figures"]["burst"]
+        base = runs["live"]["figures"].get("in_process")
         out.append(
             {
                 "name": "full_market_burst",
                 "figures": {k: v for k, v in burst.items() if k != "per_burst"},
-                "peer": None,
-                "peer_name": None,
+                "peer": (
+                    None
+                    if base is None
+                    else {k: v for k, v in base["burst"].items() if k != "per_burst"}
+                ),
+                "peer_name": None if base is None else IN_PROCESS,
                 "ratio": None,
                 "target": "every burst of every run: p99 < 100 ms, stored and published <= 50 ms "
                 "after the last bar",
@@ -91,12 +108,14 @@ def entries(runs: dict[str, Any]) -> list[dict[str, Any]]:
         )
     if "live" in runs and "fanout" in runs["live"]["figures"]:
         fan = runs["live"]["figures"]["fanout"]["fanout"]
+        base = runs["live"]["figures"].get("in_process")
+        base_fan = None if base is None else base.get("fanout")
         out.append(
             {
                 "name": "websocket_fanout",
                 "figures": fan,
-                "peer": None,
-                "peer_name": None,
+                "peer": base_fan,
+                "peer_name": None if base_fan is None else IN_PROCESS,
                 "ratio": None,
                 "target": "1,000 subscribers: p99 < 250 ms in every run, none dropped",
                 "met": fan["clients"] >= 1000
@@ -233,8 +252,15 @@ def _summary_rows(items: list[dict[str, Any]]) -> list[str]:
                 f"bar -> subscriber p50 {_fmt(f['latency_p50_ms_median'], ' ms')}, "
                 f"p99 {_fmt(f['latency_p99_ms_worst'], ' ms')}, "
                 f"max {_fmt(f['latency_max_ms_worst'], ' ms')}; stored + published "
-                f"{_fmt(f['stored_after_last_bar_ms_worst'], ' ms')} after the last bar | — | — | "
-                f"{target} | {met} |"
+                f"{_fmt(f['stored_after_last_bar_ms_worst'], ' ms')} after the last bar | "
+                + (
+                    "— | — |"
+                    if not p
+                    else f"p99 {_fmt(p['latency_p99_ms_worst'], ' ms')}, stored "
+                    f"{_fmt(p['stored_after_last_bar_ms_worst'], ' ms')} (API in the pipeline's "
+                    "process) | — |"
+                )
+                + f" {target} | {met} |"
             )
         elif e["name"] == "rest":
             rows.append(
@@ -250,7 +276,14 @@ def _summary_rows(items: list[dict[str, Any]]) -> list[str]:
             rows.append(
                 f"| {i} | WebSocket fan-out, {f['clients']:,} clients | "
                 f"{_fmt(f['messages_per_s'])} msgs/s, p99 {_fmt(f['latency_p99_ms'], ' ms')}, "
-                f"{f['dropped_slow']} dropped | — | — | {target} | {met} |"
+                f"{f['dropped_slow']} dropped | "
+                + (
+                    "— | — |"
+                    if not p
+                    else f"p99 {_fmt(p['latency_p99_ms'], ' ms')}, {p['dropped_slow']} dropped "
+                    "(API in the pipeline's process) | — |"
+                )
+                + f" {target} | {met} |"
             )
         elif e["name"] == "flink":
             for name, r in e["figures"].items():
@@ -336,7 +369,8 @@ def _details(runs: dict[str, Any]) -> list[str]:
             "## 2 and 4. Full-market bursts and WebSocket fan-out (`bench/live.py`)",
             "",
             f"{fig['symbols']:,} symbols, simulator at {fig['speed']} simulated minutes per "
-            f"second. Run {run['machine']['date']}, {run['seconds']} s. Latency per bar: from "
+            f"second, {_stack_shape(fig.get('workers', 0))}. "
+            f"Run {run['machine']['date']}, {run['seconds']} s. Latency per bar: from "
             "the simulator's write of its frame to the monitor's receipt of the last of its "
             "7 candle updates (the burst phase's monitor; the fan-out phase has none). "
             f"{fig.get('runs', 1)} run(s), each on a fresh stack. What the process did during "
@@ -396,11 +430,34 @@ def _details(runs: dict[str, Any]) -> list[str]:
             ]
             if "cpu_s" in fan:  # the worst run's CPU over its window
                 cpu = fan["cpu_s"]
+                if cpu.get("api"):
+                    server = (
+                        f"the pipeline's process {cpu['pipeline']} s (event loop, store writer "
+                        f"thread and simulator), the API's process {cpu['api']} s"
+                    )
+                else:
+                    server = (
+                        f"the server's process {cpu['server']} s (event loop, store writer "
+                        "thread, simulator and API, one interpreter lock)"
+                    )
                 lines[-1] += (
-                    f" CPU over that run's {cpu['window']} s window: the server's process "
-                    f"{cpu['server']} s (event loop, store writer thread and simulator, one "
-                    f"interpreter lock), the client processes {cpu['clients']} s."
+                    f" CPU over that run's {cpu['window']} s window: {server}, the client "
+                    f"processes {cpu['clients']} s."
                 )
+        if "in_process" in fig:
+            base = fig["in_process"]
+            line = (
+                f"For comparison, {base['runs']} run(s) of the same phases with "
+                f"{_stack_shape(0)}: burst p99 worst "
+                f"{_fmt(base['burst']['latency_p99_ms_worst'], ' ms')}, stored after the last "
+                f"bar worst {_fmt(base['burst']['stored_after_last_bar_ms_worst'], ' ms')}"
+            )
+            if "fanout" in base:
+                line += (
+                    f"; fan-out p99 {base['fanout']['latency_p99_ms']} ms "
+                    f"({base['fanout']['dropped_slow']} dropped)"
+                )
+            lines += ["", line + "."]
         if fig.get("gc_per_run"):
             per_run = "; ".join(
                 f"run {i}: "

@@ -265,6 +265,8 @@ def api(
     if workers > 1:  # each worker reads its settings from the environment: the flags go there
         flags = {"SPEEDLAYER_DB": db, "SPEEDLAYER_STORE": store, "SPEEDLAYER_BUS": bus}
         os.environ.update({name: str(value) for name, value in flags.items() if value})
+    else:
+        tune_gc()  # (each worker of several tunes its own: launch.services.api_app)
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: uvicorn has shut down cleanly
         run_api(settings, workers)
 
@@ -424,6 +426,14 @@ def source_option(fn: F) -> F:
 @market_option
 @sim_options
 @history_option
+@click.option(
+    "--workers",
+    type=click.IntRange(0, 64),
+    default=0,
+    show_default=True,
+    help="API processes beside the pipeline's (0: the API runs in the pipeline's process; "
+    "docs/design.md#api-processes)",
+)
 def up(
     db: Path | None,
     store: str | None,
@@ -436,8 +446,10 @@ def up(
     speed: float | None,
     replay_files: tuple[str, ...],
     history: int | None,
+    workers: int,
 ) -> None:
-    """Run everything in one process: feed, resampler, store and the API.
+    """Run feed, resampler, store and the API: in one process, or with --workers N the API in
+    N processes of its own that read the pipeline's candles over a local socket.
 
     --history also sets the start-up backfill (SPEEDLAYER_BACKFILL_LOOKBACK_MIN), so the
     whole simulated history reaches the store, as `make run HISTORY=` does."""
@@ -457,10 +469,10 @@ def up(
     )
     _setup_logging(settings.log_level)
     tune_gc()
-    from launch.services import run_stack
+    from launch.services import run_split_stack, run_stack
 
     with contextlib.suppress(KeyboardInterrupt):
-        _run(run_stack(settings))
+        _run(run_split_stack(settings, workers) if workers else run_stack(settings))
 
 
 @main.command("lambda-run")

@@ -24,7 +24,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import sys
 import time
 
 import uvicorn
@@ -45,12 +47,16 @@ from launch.wiring import (
 )
 from processors.sink import CandleSink
 from speedlayer.backends import open_bus, open_store
+from speedlayer.bus.relay import RelayServer
 from speedlayer.clock import SystemClock
 from speedlayer.config import Settings
-from speedlayer.errors import ServiceFailed
+from speedlayer.errors import ConfigError, ServiceFailed
 from speedlayer.progress import Progress, progress_mode
+from speedlayer.runtime import tune_gc
 
 log = logging.getLogger(__name__)
+
+API_STOP_TIMEOUT_S = 30.0  # how long `up --workers` waits for its API processes to stop
 
 
 async def wait_for_stop(failed: asyncio.Event | None = None) -> bool:
@@ -89,6 +95,65 @@ async def run_stack(settings: Settings) -> None:
         failure = embedded.failure()
         if failure is not None:
             raise ServiceFailed(f"speedlayer up stopped: {failure}")
+
+
+async def run_split_stack(settings: Settings, workers: int) -> None:
+    """``speedlayer up --workers N``: feed, pipeline and store in this process, the API in N
+    processes (``speedlayer api --workers N``) that read the candle topics and the market clock
+    from this process's bus over the relay (speedlayer/bus/relay.py) or, with a distributed bus,
+    from that bus itself (docs/design.md#api-processes). Stops with an error when the pipeline or
+    the feed fails for good, or when the API processes exit; SIGINT/SIGTERM stop both."""
+    if settings.store == "memory":
+        raise ConfigError("--workers needs a store the processes share (sqlite or dynamodb)")
+    api_bus = "relay" if settings.bus == "memory" else settings.bus
+    env = dict(os.environ)
+    env.update(
+        SPEEDLAYER_DB=str(settings.db),
+        SPEEDLAYER_STORE=settings.store,
+        SPEEDLAYER_BUS=api_bus,
+        SPEEDLAYER_RELAY_SOCKET=str(settings.relay_path),
+        SPEEDLAYER_HOST=settings.host,
+        SPEEDLAYER_PORT=str(settings.port),
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        embedded = await stack.enter_async_context(embedded_stack(settings))
+        if api_bus == "relay":
+            await stack.enter_async_context(
+                RelayServer(embedded.bus, settings.relay_path, embedded.clock)
+            )
+        child = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "launch.cli", "api", "--workers", str(workers), env=env
+        )
+        log.info("API on http://%s:%d (%d processes, pid %d)", settings.host, settings.port,
+                 workers, child.pid)  # fmt: skip
+        backfill = asyncio.create_task(report_backfill(embedded.feed.stats, settings))
+        failed = asyncio.Event()
+        exited = asyncio.create_task(child.wait())
+        exited.add_done_callback(lambda _: failed.set())
+        watcher = asyncio.create_task(embedded.wait_failed())
+        watcher.add_done_callback(lambda _: failed.set())
+        try:
+            stopped = await wait_for_stop(failed)
+        finally:
+            for task in (backfill, watcher):
+                task.cancel()
+            if child.returncode is None:
+                child.terminate()
+                try:
+                    await asyncio.wait_for(asyncio.shield(exited), API_STOP_TIMEOUT_S)
+                except TimeoutError:
+                    child.kill()
+                    await exited
+        if stopped:
+            return
+        failed_part = embedded.failure()
+        failure = (
+            f"the API processes exited with code {child.returncode}"
+            if failed_part is None
+            else str(failed_part)
+        )
+        log.error("stopping: %s", failure)
+        raise ServiceFailed(f"speedlayer up stopped: {failure}")
 
 
 async def _stop_on_failure(embedded: EmbeddedStack, server: uvicorn.Server) -> None:
@@ -249,4 +314,5 @@ def run_api(settings: Settings, workers: int = 1) -> None:
 def api_app() -> FastAPI:
     """The app of one worker of ``speedlayer api --workers N``: settings from ``SPEEDLAYER_*``
     (where the command put its flags)."""
+    tune_gc()
     return create_app(Settings())

@@ -64,9 +64,11 @@ SECTIONS: list[tuple[str, tuple[str, ...], tuple[str, ...], str]] = [
             "kinesis_poll_interval_s",
             "process_consumer",
             "sink_consumer",
+            "relay_socket",
         ),
         "`up` runs on the in-process bus unless told otherwise; the Kafka settings also reach "
-        "the Kafka Lambda handler and the Flink job.",
+        "the Kafka Lambda handler and the Flink job. `up --workers N` serves its in-process bus "
+        "to its API processes on `relay_socket` (they run with bus `relay`).",
     ),
     (
         "AWS",

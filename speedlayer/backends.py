@@ -2,7 +2,8 @@
 
 ``open_store(settings, clock)`` gives ``SQLiteStore`` (``store=sqlite``, the default),
 ``DynamoDBStore`` (``dynamodb``) or ``MemoryStore`` (``memory``); ``open_bus(settings)`` gives
-``MemoryBus`` (``bus=memory``), ``KinesisBus`` (``kinesis``) or ``KafkaBus`` (``kafka``). Backend
+``MemoryBus`` (``bus=memory``), ``KinesisBus`` (``kinesis``), ``KafkaBus`` (``kafka``) or
+``RelayBus`` (``relay``: another process's in-process bus, speedlayer/bus/relay.py). Backend
 modules are imported only when selected. ``init_aws(settings)`` creates everything the AWS path
 needs, idempotently: the candle tables with TTL, the checkpoint table and the streams.
 
@@ -122,6 +123,13 @@ def make_bus(settings: Settings, *, initial_position: InitialPosition = "LATEST"
         return kinesis_bus(settings, initial_position)
     if settings.bus == "kafka":
         return kafka_bus(settings, initial_position)
+    if settings.bus == "relay":
+        from speedlayer.bus.relay import RelayBus
+
+        try:
+            return RelayBus(settings.relay_path)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     raise ConfigError(f"unknown bus {settings.bus!r}")
 
 

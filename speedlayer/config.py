@@ -166,7 +166,16 @@ class Settings(BaseSettings):
     store: Literal["sqlite", "dynamodb", "memory"] = Field(
         "sqlite", description="candle store backend (memory: nothing kept after exit)"
     )
-    bus: Literal["memory", "kinesis", "kafka"] = Field("memory", description="bus backend")
+    bus: Literal["memory", "kinesis", "kafka", "relay"] = Field(
+        "memory",
+        description="bus backend (relay: the API processes of `speedlayer up --workers N`, which "
+        "read the pipeline's in-process bus over relay_socket)",
+    )
+    relay_socket: Path | None = Field(
+        None,
+        description="the Unix socket on which `speedlayer up --workers N` serves its bus to its "
+        "API processes (default: the SQLite file's path + '.relay')",
+    )
     kafka_bootstrap_servers: str = Field(
         "127.0.0.1:9092", description="Kafka brokers for the Kafka bus, host:port[,host:port...]"
     )
@@ -292,6 +301,10 @@ class Settings(BaseSettings):
     @property
     def interval_set(self) -> IntervalSet:
         return self._interval_set
+
+    @property
+    def relay_path(self) -> Path:
+        return self.relay_socket or Path(f"{self.db}.relay")
 
     @property
     def live_source(self) -> Literal["simulator", "polygon"]:

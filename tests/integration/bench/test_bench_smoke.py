@@ -86,6 +86,11 @@ def test_every_benchmark_runs_at_smoke_size(tmp_path: Path) -> None:
     assert fan["messages"] > 0 and fan["failed_connections"] == 0
     assert len(fan["latency_p99_ms_per_run"]) == 2 and len(fan["latency_ms"]) == 101
     assert [t["clients"] for t in live["scan"]["tried"]] == [8]
+    # the API in a process of its own (`up --workers 1`), and one run in the pipeline's process
+    assert live["workers"] == 1 and fan["cpu_s"]["api"] > 0 and fan["cpu_s"]["pipeline"] > 0
+    base = live["in_process"]
+    assert base["runs"] == 1 and base["fanout"]["messages"] > 0
+    assert base["burst"]["bursts"] == 2 and base["fanout"]["cpu_s"]["api"] == 0
     rest = runs["rest"]["figures"]
     for side in ("candles", "noop"):
         for mode in ("saturated", "fixed_rate"):
@@ -106,6 +111,7 @@ def test_every_benchmark_runs_at_smoke_size(tmp_path: Path) -> None:
     marker = "<!-- /bench-table -->"
     assert ours[ours.index(marker) :] == before[before.index(marker) :]
     assert "## 5. Store writes" in text and "## 8. History replay" in text
+    assert "`speedlayer up --workers 1`" in text and "For comparison, 1 run(s)" in text
     # The pictures of the run, next to the document that shows them (bench/plots.py).
     for name in (PEERS_PNG, LATENCY_PNG):
         assert f"]({name})" in text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -15,6 +16,7 @@ import pytest
 
 from ingest.simulator import FaultConfig, PolygonSimulator, SimulatorConfig
 from tests.conftest import SPEEDLAYER, free_port
+from tests.integration.api.test_live_api import WsClient, sub
 
 pytestmark = pytest.mark.slow
 
@@ -133,3 +135,97 @@ async def test_up_stops_with_an_error_when_its_feed_fails_for_good(tmp_path: Pat
     assert "Polygon rejected the API key" in text, text
     assert "speedlayer up stopped" in text, text
     assert sim.stats.auth_failures >= 1
+
+
+async def _start_split_up(tmp_path: Path, port: int) -> tuple[asyncio.subprocess.Process, Path]:
+    """`speedlayer up --workers 1` on the simulator at 4 simulated minutes a second, ready."""
+    log_path = tmp_path / "up.log"
+    env = {**os.environ, "SPEEDLAYER_LOG_LEVEL": "info", "SPEEDLAYER_BACKFILL_LOOKBACK_MIN": "5"}
+    with log_path.open("w") as log:
+        proc = await asyncio.create_subprocess_exec(
+            SPEEDLAYER, "up", "--workers", "1", "--db", str(tmp_path / "up.db"),
+            "--port", str(port), "--symbols", "20", "--speed", "4",
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    async with httpx.AsyncClient() as client:
+        while True:
+            assert proc.returncode is None, log_path.read_text()
+            with contextlib.suppress(httpx.TransportError):
+                if (await client.get(url + "/readyz", timeout=1)).status_code == 200:
+                    return proc, log_path
+            assert time.monotonic() < deadline, "never ready\n" + log_path.read_text()
+            await asyncio.sleep(0.2)
+
+
+async def _stop(proc: asyncio.subprocess.Process, sig: int = signal.SIGTERM) -> int:
+    if proc.returncode is None:
+        proc.send_signal(sig)
+    try:
+        return await asyncio.wait_for(proc.wait(), 40)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise AssertionError("speedlayer up did not stop") from None
+
+
+async def test_up_with_workers_serves_the_api_from_its_own_process(tmp_path: Path) -> None:
+    """`up --workers 1`: the API in a process of its own, live over the relay, on the market
+    clock of the pipeline's simulator (docs/design.md#api-processes)."""
+    port = free_port()
+    proc, log_path = await _start_split_up(tmp_path, port)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        text = log_path.read_text()
+        api_pid = int(re.search(r"API on http://\S+ \(1 processes, pid (\d+)\)", text)[1])  # type: ignore[index]
+        assert api_pid != proc.pid
+        monitor = await WsClient.open(f"ws://127.0.0.1:{port}/ws")
+        ack = await monitor.reply(sub(["*"], ["1m"]), ("subscribed", "error"))
+        assert ack["type"] == "subscribed" and ack["live"] is True, ack
+        live = await monitor.wait_for(lambda ms: [m for m in ms if m["type"] == "candle"], 20)
+        await monitor.close()
+        async with httpx.AsyncClient(base_url=url, timeout=5) as client:
+            # the simulated market runs 240 times faster than the wall clock: the API process
+            # tells the time of the pipeline's clock, not its own
+            market_s = int((await client.get("/udf/time")).text)
+            assert market_s - time.time() > 60, (market_s, time.time())
+            symbol = live[0]["symbol"]
+            stored = (await client.get(f"/candles/{symbol}?interval=1m&limit=5")).json()
+            assert stored["candles"], stored
+            metrics = (await client.get("/metrics")).text
+            assert re.search(r"^speedlayer_live_events_total [1-9]", metrics, re.M), metrics
+    finally:
+        code = await _stop(proc)
+    text = log_path.read_text()
+    assert code == 0, text
+    assert "Traceback" not in text, text
+    assert not (tmp_path / "up.db.relay").exists()  # the relay's socket is removed on exit
+    with pytest.raises(ProcessLookupError):
+        os.kill(api_pid, 0)  # the API process stopped with it
+
+
+async def test_up_with_workers_stops_with_an_error_when_its_api_process_dies(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    proc, log_path = await _start_split_up(tmp_path, port)
+    try:
+        text = log_path.read_text()
+        api_pid = int(re.search(r"\(1 processes, pid (\d+)\)", text)[1])  # type: ignore[index]
+        os.kill(api_pid, signal.SIGKILL)
+        code = await asyncio.wait_for(proc.wait(), 30)
+    finally:
+        await _stop(proc)
+    text = log_path.read_text()
+    assert code != 0, text
+    assert "speedlayer up stopped: the API processes exited with code -9" in text, text
+
+
+def test_up_with_workers_refuses_a_store_the_processes_cannot_share(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [SPEEDLAYER, "up", "--workers", "1", "--store", "memory", "--symbols", "5"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "--workers needs a store the processes share" in result.stderr, result.stderr
