@@ -124,7 +124,7 @@ async def run_split_stack(settings: Settings, workers: int) -> None:
         child = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "launch.cli", "api", "--workers", str(workers), env=env
         )
-        log.info("API on http://%s:%d (%d processes, pid %d)", settings.host, settings.port,
+        log.info("API on http://%s:%d (workers: %d, pid %d)", settings.host, settings.port,
                  workers, child.pid)  # fmt: skip
         backfill = asyncio.create_task(report_backfill(embedded.feed.stats, settings))
         failed = asyncio.Event()

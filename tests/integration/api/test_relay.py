@@ -184,3 +184,32 @@ def test_settings_select_the_relay_and_check_its_path(tmp_path: Path) -> None:
     long = tmp_path / ("d" * 120) / "x.db"
     with pytest.raises(ConfigError, match="too long"):
         make_bus(Settings(bus="relay", db=long))
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"\x00\x00\x00\x03abc",  # not a frame msgspec can decode
+        (relay.FRAME_LIMIT + 1).to_bytes(4, "big"),  # a length past the limit
+        relay.encode_frame(relay.ClockFrame(NOW, 1000.0))[:-2],  # cut off mid-frame
+    ],
+    ids=["garbage", "oversized", "truncated"],
+)
+async def test_a_broken_stream_fails_the_subscription_with_a_reason(
+    sock: Path, reply: bytes
+) -> None:
+    async def broken(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readline()
+        writer.write(reply)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_unix_server(broken, path=str(sock))
+    try:
+        async with RelayBus(sock) as remote:
+            sub = remote.subscribe([candle_topic("1m")], consumer=None)
+            assert not await sub.wait_started()
+            assert sub.failed and isinstance(sub.error, BusError), sub.error
+    finally:
+        server.close()
+        await server.wait_closed()

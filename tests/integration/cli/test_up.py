@@ -178,7 +178,7 @@ async def test_up_with_workers_serves_the_api_from_its_own_process(tmp_path: Pat
     url = f"http://127.0.0.1:{port}"
     try:
         text = log_path.read_text()
-        api_pid = int(re.search(r"API on http://\S+ \(1 processes, pid (\d+)\)", text)[1])  # type: ignore[index]
+        api_pid = int(re.search(r"API on http://\S+ \(workers: 1, pid (\d+)\)", text)[1])  # type: ignore[index]
         assert api_pid != proc.pid
         monitor = await WsClient.open(f"ws://127.0.0.1:{port}/ws")
         ack = await monitor.reply(sub(["*"], ["1m"]), ("subscribed", "error"))
@@ -212,7 +212,7 @@ async def test_up_with_workers_stops_with_an_error_when_its_api_process_dies(
     proc, log_path = await _start_split_up(tmp_path, port)
     try:
         text = log_path.read_text()
-        api_pid = int(re.search(r"\(1 processes, pid (\d+)\)", text)[1])  # type: ignore[index]
+        api_pid = int(re.search(r"\(workers: 1, pid (\d+)\)", text)[1])  # type: ignore[index]
         os.kill(api_pid, signal.SIGKILL)
         code = await asyncio.wait_for(proc.wait(), 30)
     finally:
