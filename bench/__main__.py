@@ -46,7 +46,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
             "bursts": 3,
             "clients": 1000,
             "runs": 3,
-            "compare_runs": 1,
+            "compare_runs": 3,
             "scan": (2000, 4000, 6000, 8000, 10_000, 12_000),
         },
         "flink": {
