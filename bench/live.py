@@ -340,6 +340,29 @@ async def _scan(
     return {"bound_ms": bound_ms, "largest_clients": max(kept, default=None), "tried": tried}
 
 
+Shape = tuple[int, float, int, int, int, int]  # symbols, speed, bursts, clients, procs, per client
+
+
+async def _runs(
+    runs: int, api_process: bool, shape: Shape
+) -> tuple[dict[str, Any], dict[str, Any] | None, list[dict[str, Any]]]:
+    """``runs`` fresh stacks of ``shape`` one after another: the burst summary, the fan-out's
+    (None without clients), and the garbage collections of each run."""
+    burst_rows: list[dict[str, Any]] = []
+    fan_rows: list[dict[str, Any]] = []
+    fans: list[dict[str, Any]] = []
+    collections = []
+    for run in range(1, runs + 1):
+        burst, rows, fan, gcs = await _one_run(run, *shape, api_process)
+        collections.append(gcs)
+        burst_rows += burst
+        fan_rows += rows
+        if fan is not None:
+            fans.append(fan)
+    fanout = {**summary(fan_rows), "fanout": fanout_summary(fans)} if fans else None
+    return summary(burst_rows), fanout, collections
+
+
 async def run_async(
     symbols: int,
     speed: float,
@@ -353,36 +376,17 @@ async def run_async(
     compare_runs: int = 0,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {"symbols": symbols, "speed": speed, "runs": runs, "workers": workers}
-    burst_rows: list[dict[str, Any]] = []
-    fan_rows: list[dict[str, Any]] = []
-    fans: list[dict[str, Any]] = []
-    out["gc_per_run"] = []
-    for run in range(1, runs + 1):
-        burst, rows, fan, collections = await _one_run(
-            run, symbols, speed, bursts, clients, procs, per_client, workers > 0
-        )
-        out["gc_per_run"].append(collections)
-        burst_rows += burst
-        fan_rows += rows
-        if fan is not None:
-            fans.append(fan)
-    out["burst"] = summary(burst_rows)
-    if fans:
-        out["fanout"] = {**summary(fan_rows), "fanout": fanout_summary(fans)}
+    shape: Shape = (symbols, speed, bursts, clients, procs, per_client)
+    out["burst"], fanout, out["gc_per_run"] = await _runs(runs, workers > 0, shape)
+    if fanout is not None:
+        out["fanout"] = fanout
     if compare_runs and workers:
         # the same phases with the API in the pipeline's process (`speedlayer up`), for the
         # difference a process of its own makes
-        burst_rows, fan_rows, fans = [], [], []
-        for run in range(1, compare_runs + 1):
-            burst, rows, fan, _ = await _one_run(
-                run, symbols, speed, bursts, clients, procs, per_client, False
-            )
-            burst_rows += burst
-            if fan is not None:
-                fans.append(fan)
-        out["in_process"] = {"runs": compare_runs, "burst": summary(burst_rows)}
-        if fans:
-            out["in_process"]["fanout"] = fanout_summary(fans)
+        burst, fanout, _ = await _runs(compare_runs, False, shape)
+        out["in_process"] = {"runs": compare_runs, "burst": burst}
+        if fanout is not None:
+            out["in_process"]["fanout"] = fanout["fanout"]
     if scan:
         out["scan"] = await _scan(symbols, speed, scan, procs, per_client, 1000.0, workers > 0)
     return out

@@ -373,10 +373,10 @@ def _details(runs: dict[str, Any]) -> list[str]:
             f"Run {run['machine']['date']}, {run['seconds']} s. Latency per bar: from "
             "the simulator's write of its frame to the monitor's receipt of the last of its "
             "7 candle updates (the burst phase's monitor; the fan-out phase has none). "
-            f"{fig.get('runs', 1)} run(s), each on a fresh stack. What the process did during "
-            "each burst (bench/tail.py): garbage collection pauses, the event loop's longest "
-            "stall, and the pipeline's longest resample (event loop), store write (writer "
-            "thread) and publish (bus and hub) of one batch.",
+            f"{fig.get('runs', 1)} run(s), each on a fresh stack. What the pipeline's process "
+            "did during each burst (bench/tail.py): garbage collection pauses, the event loop's "
+            "longest stall, and the pipeline's longest resample (event loop), store write "
+            "(writer thread) and publish (onto the in-process bus) of one batch.",
             "",
             "| run | phase | minute | bars | p50 | p99 | max | send spread | stored after last "
             "bar | GC pauses (max) | loop stall max | resample max | write max | publish max |",
