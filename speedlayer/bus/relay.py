@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import orjson
 
 from speedlayer.bus.base import RAW_TOPIC, Bus, ConsumerBus, Subscription
 from speedlayer.clock import Clock
@@ -165,7 +164,7 @@ class RelayServer:
         except (BusError, ValueError) as exc:  # a bad hello: say why, then hang up
             log.warning("relay: refused a client: %s", exc)
             with contextlib.suppress(OSError):
-                writer.write(orjson.dumps({"error": str(exc)}) + b"\n")
+                writer.write(msgspec.json.encode({"error": str(exc)}) + b"\n")
         except (ConnectionError, asyncio.IncompleteReadError):
             pass  # the client went away
         except asyncio.CancelledError:
@@ -188,8 +187,8 @@ class RelayServer:
             line = await asyncio.wait_for(reader.readline(), 10.0)
             if not line:
                 return None
-            hello = orjson.loads(line)
-        except (TimeoutError, asyncio.LimitOverrunError, orjson.JSONDecodeError) as exc:
+            hello = msgspec.json.decode(line)
+        except (TimeoutError, asyncio.LimitOverrunError, msgspec.DecodeError) as exc:
             raise ValueError(f"no valid hello line: {exc}") from None
         topics = hello.get("topics") if isinstance(hello, dict) else None
         if not (isinstance(topics, list) and topics and all(isinstance(t, str) for t in topics)):
@@ -279,7 +278,7 @@ class RelayBus(ConsumerBus):
         writer: asyncio.StreamWriter | None = None
         try:
             reader, writer = await asyncio.open_unix_connection(str(self.path), limit=FRAME_LIMIT)
-            writer.write(orjson.dumps({"topics": list(sub.topics)}) + b"\n")
+            writer.write(msgspec.json.encode({"topics": list(sub.topics)}) + b"\n")
             await writer.drain()
             while True:
                 head = await reader.readexactly(4)
