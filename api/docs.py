@@ -3,17 +3,20 @@
 FastAPI generates the OpenAPI schema from the routes; ``install_openapi`` then adds what depends on
 the settings (the configured intervals as an enum, the maximum page size, the API-key security
 schemes with 401/403 responses when auth is on) and links the AsyncAPI document, which describes
-the WebSocket ``/ws`` and SSE ``/stream/candles`` message formats (OpenAPI cannot).
+the WebSocket ``/ws``, SSE ``/stream/candles`` and Polygon-protocol ``/polygon/{market}`` message
+formats (OpenAPI cannot).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI
 from pydantic import BaseModel
 
 from api import security
+from api.polygon_ws import MARKETS
 from api.wire import CandleOut, ErrorBody
 from speedlayer import __version__
 from speedlayer.config import Settings
@@ -173,8 +176,123 @@ def _const(value: str) -> dict[str, Any]:
     return {"type": "string", "const": value}
 
 
+def _polygon_channel(
+    intervals: list[str], message: Callable[[str, dict[str, Any], str], dict[str, Any]]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The channel of the Polygon-protocol WebSocket (api/polygon_ws.py) and its operations."""
+
+    def client(action: str, params: dict[str, Any], description: str) -> dict[str, Any]:
+        return _object({"action": _const(action), "params": params}, ["action", "params"],
+                       description)  # fmt: skip
+
+    channels = {
+        "type": "string",
+        "description": "comma-separated channels: `AM.<ticker>` (1-minute candles), "
+        "`AM<interval>.<ticker>` (another configured interval, any spelling /intervals takes: "
+        f"{', '.join(intervals)}), `<ticker>` `*` for every symbol",
+        "examples": ["AM.AAPL,AM5m.MSFT,AM1h.*"],
+    }
+    status = _object(
+        {
+            "ev": _const("status"),
+            "status": {
+                "type": "string",
+                "description": "connected, auth_success, auth_failed, success (one per channel "
+                "of a subscribe or unsubscribe), error (the connection stays open), "
+                "max_connections, slow_consumer, live_feed_interrupted, server_shutting_down",
+                "examples": ["success"],
+            },
+            "message": {"type": "string", "examples": ["subscribed to: AM5m.AAPL"]},
+        },
+        ["ev", "status", "message"],
+    )
+    number = {"type": "number"}
+    aggregate = _object(
+        {
+            "ev": _const("AM"),
+            "sym": {"type": "string", "examples": ["AAPL"]},
+            "v": {**number, "description": "volume"},
+            "vw": {**number, "description": "the candle's VWAP (absent when no bar had one)"},
+            "o": number,
+            "h": number,
+            "l": number,
+            "c": number,
+            "z": {**number, "description": "average trade size (when trades are known)"},
+            "s": {"type": "integer", "description": "bucket start, epoch ms"},
+            "e": {"type": "integer", "description": "bucket end, epoch ms"},
+            "interval": {"type": "string", "enum": intervals},
+            "n": {"type": "integer", "description": "trades (when known)"},
+            "final": {"type": "boolean"},
+            "revision": {"type": "integer", "minimum": 1},
+        },
+        ["ev", "sym", "v", "o", "h", "l", "c", "s", "e", "interval", "final", "revision"],
+        "One candle update as Polygon's `AM` aggregate; `interval`, `n`, `final` and "
+        "`revision` are extra fields Polygon's own clients ignore.",
+    )
+    frame = {
+        "type": "array",
+        "items": {"oneOf": [status, aggregate]},
+        "minItems": 1,
+        "description": "every server frame is a JSON array of events",
+    }
+    messages = {
+        "polygonAuth": message(
+            "auth", client("auth", {"type": "string"}, "`params` is the API key"), "client → server"
+        ),
+        "polygonSubscribe": message(
+            "subscribe", client("subscribe", channels, "add channels"), "client → server"
+        ),
+        "polygonUnsubscribe": message(
+            "unsubscribe", client("unsubscribe", channels, "remove channels"), "client → server"
+        ),
+        "polygonEvents": message("events", frame, "server → client: status and AM events"),
+    }
+    channel = {
+        "address": "/polygon/{market}",
+        "title": "Polygon-protocol WebSocket",
+        "servers": [{"$ref": "#/servers/websocket"}],
+        "description": (
+            "Polygon's (Massive's) WebSocket protocol, so its official client reads live candles "
+            'of every configured interval (`WebSocketClient(feed="HOST:PORT/polygon", '
+            "secure=False, ...)`): `connected` on open, then `auth` (answered by `auth_success` "
+            "or `auth_failed`), then `subscribe`. Updates come from the same live hub as `/ws` "
+            "(no snapshot): a forming candle is sent again at each revision, the last of a "
+            "bucket with `final: true`. Close codes: 1008 slow consumer, 1011 live feed "
+            "interrupted, 1013 too many connections."
+        ),
+        "parameters": {
+            "market": {
+                "enum": list(MARKETS),
+                "description": "names the client's event models only: every symbol is served "
+                "on every market path",
+            }
+        },
+        "messages": messages,
+    }
+    ref = "#/channels/polygon"
+    operations = {
+        "receivePolygonClientMessages": {
+            "action": "receive",
+            "channel": {"$ref": ref},
+            "title": "Client → server Polygon-protocol messages",
+            "messages": [
+                {"$ref": f"{ref}/messages/{n}"}
+                for n in ("polygonAuth", "polygonSubscribe", "polygonUnsubscribe")
+            ],
+        },
+        "sendPolygonEvents": {
+            "action": "send",
+            "channel": {"$ref": ref},
+            "title": "Server → client Polygon-protocol frames",
+            "messages": [{"$ref": f"{ref}/messages/polygonEvents"}],
+        },
+    }
+    return channel, operations
+
+
 def asyncapi_document(settings: Settings, host: str, secure: bool) -> dict[str, Any]:
-    """The AsyncAPI 3.0 document of ``/ws`` and ``/stream/candles`` as served from ``host``."""
+    """The AsyncAPI 3.0 document of ``/ws``, ``/stream/candles`` and ``/polygon/{market}`` as
+    served from ``host``."""
     intervals = [iv.name for iv in settings.interval_set]
     symbol = {"type": "string", "pattern": f"^{SYMBOL_LIST_BODY}$", "examples": ["AAPL"]}
     interval = {"type": "string", "enum": intervals, "examples": ["15m"]}
@@ -371,6 +489,8 @@ def asyncapi_document(settings: Settings, host: str, secure: bool) -> dict[str, 
             "SSE fields of the event (not JSON on the wire)",
         )
 
+    polygon_channel, polygon_operations = _polygon_channel(intervals, message)
+
     auth_on = bool(settings.api_keys)
     security_refs = (
         [{"$ref": "#/components/securitySchemes/apiKeyHeader"},
@@ -506,6 +626,7 @@ def asyncapi_document(settings: Settings, host: str, secure: bool) -> dict[str, 
                     }
                 },
             },
+            "polygon": polygon_channel,
         },
         "operations": {
             "receiveClientMessages": {
@@ -542,6 +663,7 @@ def asyncapi_document(settings: Settings, host: str, secure: bool) -> dict[str, 
                     for n in ("sseSnapshot", "sseCandle", "sseError")
                 ],
             },
+            **polygon_operations,
         },
         "components": {
             "schemas": {"Candle": candle},

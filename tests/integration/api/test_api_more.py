@@ -770,6 +770,18 @@ def test_asyncapi_document(client: httpx.Client, server: ApiServer) -> None:
     sse_names = {m["name"] for m in doc["channels"]["sseCandles"]["messages"].values()}
     assert sse_names == {"snapshot", "candle", "error"}
     assert "Last-Event-ID" in doc["channels"]["sseCandles"]["description"]
+    polygon = doc["channels"]["polygon"]
+    assert polygon["address"] == "/polygon/{market}"
+    assert polygon["parameters"]["market"]["enum"] == ["stocks", "options", "indices", "crypto",
+                                                        "forex"]  # fmt: skip
+    assert {m["name"] for m in polygon["messages"].values()} == {
+        "auth", "subscribe", "unsubscribe", "events"
+    }  # fmt: skip
+    for operation in doc["operations"].values():  # every reference resolves
+        for ref in [operation["channel"], *operation["messages"]]:
+            node: Any = doc
+            for part in ref["$ref"].removeprefix("#/").split("/"):
+                node = node[part]
     ws = _asyncapi_payloads(doc, "ws")
     for example in (
         {"action": "subscribe", "symbols": ["AAPL"], "intervals": ["1m", "15m"], "snapshot": 100},

@@ -14,6 +14,8 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
+import jsonschema_rs
 import orjson
 import pytest
 import pytest_asyncio
@@ -224,3 +226,33 @@ async def test_wildcard_gets_every_symbol_of_the_interval(stack: LiveStack) -> N
 async def _eventually_zero(stack: LiveStack) -> bool:
     await until(lambda: stack.hub.wildcards == 0, 5, "the wildcard released on disconnect")
     return True
+
+
+async def test_frames_and_requests_match_the_asyncapi_document(stack: LiveStack) -> None:
+    """What /polygon/{market} sends, statuses and AM events, validates against the channel's
+    schemas in the served /asyncapi.json, and so do the requests it accepts."""
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{stack.port}", timeout=10) as http:
+        doc = (await http.get("/asyncapi.json", headers={"X-API-Key": KEY})).json()
+    schemas = {
+        m["name"]: jsonschema_rs.validator_for(m["payload"])
+        for m in doc["channels"]["polygon"]["messages"].values()
+    }
+    requests = [
+        {"action": "auth", "params": KEY},
+        {"action": "subscribe", "params": "AM.*,AM15min.*,AM7m.AAPL"},  # one not configured
+        {"action": "unsubscribe", "params": "AM15min.*"},
+    ]
+    for request in requests:
+        schemas[str(request["action"])].validate(request)
+    with pytest.raises(jsonschema_rs.ValidationError):
+        schemas["subscribe"].validate({"action": "subscribe", "params": ["AM.AAPL"]})
+    kinds: set[str] = set()
+    url = f"ws://127.0.0.1:{stack.port}/polygon/crypto"
+    async with connect(url, open_timeout=5) as ws:
+        for request in requests:
+            await ws.send(orjson.dumps(request).decode())
+        async with asyncio.timeout(30):
+            while not {"connected", "auth_success", "success", "error", "AM"} <= kinds:
+                frame = orjson.loads(await ws.recv())
+                schemas["events"].validate(frame)
+                kinds |= {e["status"] if e["ev"] == "status" else e["ev"] for e in frame}
