@@ -358,15 +358,16 @@ def small_disk(tmp: Path) -> Iterator[Path]:
                           capture_output=True, text=True)  # fmt: skip
     require(done.returncode == 0, f"cannot mount a tmpfs here: {done.stderr.strip()}")
     try:
+        (mount / "filler").touch()  # made now, so that filling it later creates nothing
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def fill(disk: Path) -> Path:
-    """A file that takes every free byte of ``disk``."""
+    """The disk's filler file (made by ``small_disk``), grown until it takes every free byte."""
     filler = disk / "filler"
-    with filler.open("wb") as f:
+    with filler.open("ab") as f:
         chunk = b"\0" * (1 << 16)
         with contextlib.suppress(OSError):
             while True:
