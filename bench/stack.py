@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import multiprocessing as mp
 import tempfile
 import time
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.tail import Probe
+
+log = logging.getLogger("bench.stack")
 
 
 async def until(condition: Any, every_s: float = 0.1) -> None:
@@ -155,6 +158,19 @@ class RemoteAPI:
             await asyncio.sleep(0.2)
 
 
+def _fail_with(owner: asyncio.Task[Any]) -> Any:
+    """A done-callback for the poller: if it failed (the API process died or stopped
+    answering), cancel ``owner`` rather than let the benchmark wait on figures that no longer
+    change; the failure is raised where the poller is awaited."""
+
+    def done(poller: asyncio.Task[None]) -> None:
+        if not poller.cancelled() and poller.exception() is not None:
+            log.error("the API process stopped answering: %r", poller.exception())
+            owner.cancel()
+
+    return done
+
+
 @contextlib.asynccontextmanager
 async def remote_api(settings: dict[str, Any], deflate: bool) -> Any:
     """The API app (``create_app``, as ``speedlayer api`` builds it) served in a spawned process
@@ -167,6 +183,9 @@ async def remote_api(settings: dict[str, Any], deflate: bool) -> Any:
         port = await asyncio.to_thread(replies.get, True, 120)
         api = RemoteAPI(port, RemoteHub(), commands, replies)
         poller = asyncio.create_task(api.refresh())
+        owner = asyncio.current_task()
+        assert owner is not None
+        poller.add_done_callback(_fail_with(owner))
         try:
             yield api
         finally:
